@@ -1,0 +1,196 @@
+package s3
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/nimbus-fs/nimbus/backend"
+)
+
+// errShortBody marks a Put whose body ended before size bytes. It is the
+// caller's mistake, not a network failure, so classify must not call it
+// offline even though the SDK reports it as a failed send.
+var errShortBody = errors.New("body shorter than the given size")
+
+// classify maps an SDK error to the backend domain error it means, or nil
+// when none fits. The order matters: API codes are the most precise, then
+// HTTP status codes, then transport failures.
+func classify(err error) error {
+	if err == nil || errors.Is(err, errShortBody) {
+		return nil
+	}
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode() {
+		case "NoSuchBucket":
+			return backend.ErrNoBucket
+		case "NoSuchKey", "NotFound":
+			return backend.ErrNotFound
+		case "PreconditionFailed":
+			return backend.ErrPrecondition
+		case "ConditionalRequestConflict", "OperationAborted":
+			return backend.ErrConflict
+		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+			"Forbidden", "ExpiredToken", "InvalidToken", "AccountProblem",
+			"AllAccessDisabled", "RequestTimeTooSkewed":
+			return backend.ErrAccess
+		case "KeyTooLongError", "InvalidObjectName",
+			"XMinioInvalidObjectName", "XMinioInvalidResourceName":
+			return backend.ErrInvalidKey
+		}
+	}
+	if status := httpStatus(err); status != 0 {
+		switch status {
+		case http.StatusNotFound:
+			return backend.ErrNotFound
+		case http.StatusPreconditionFailed:
+			return backend.ErrPrecondition
+		case http.StatusConflict:
+			return backend.ErrConflict
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return backend.ErrAccess
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			// A proxy in front of a dead store, or a store that is
+			// still starting: unreachable for our purposes, and
+			// worth retrying later.
+			return backend.ErrOffline
+		}
+		// Any other HTTP answer means the store was reached.
+		return nil
+	}
+	// Missing or unusable credentials fail before anything is sent.
+	var signErr *v4.SigningError
+	if errors.As(err, &signErr) {
+		return backend.ErrAccess
+	}
+	if isNetworkFailure(err) {
+		return backend.ErrOffline
+	}
+	return nil
+}
+
+// httpStatus returns the status of the HTTP answer err carries, or 0 when
+// there was none: the SDK wraps transport failures in a ResponseError too,
+// with status 0.
+func httpStatus(err error) int {
+	var respErr *awshttp.ResponseError
+	if !errors.As(err, &respErr) || respErr.Response == nil || respErr.Response.Response == nil {
+		return 0
+	}
+	return respErr.Response.StatusCode
+}
+
+// isNetworkFailure reports whether err means the store could not be reached,
+// or the connection broke mid-response. TLS verification failures are not:
+// retrying will not help and "offline" would hide a configuration error.
+func isNetworkFailure(err error) bool {
+	var (
+		unknownCA   x509.UnknownAuthorityError
+		invalidCert x509.CertificateInvalidError
+		hostname    x509.HostnameError
+		verifyErr   *tls.CertificateVerificationError
+		recordErr   tls.RecordHeaderError
+	)
+	if errors.As(err, &unknownCA) || errors.As(err, &invalidCert) ||
+		errors.As(err, &hostname) || errors.As(err, &verifyErr) ||
+		errors.As(err, &recordErr) {
+		return false
+	}
+	var (
+		sendErr    *smithyhttp.RequestSendError
+		netErr     net.Error
+		timeoutErr interface{ Timeout() bool }
+	)
+	switch {
+	case errors.As(err, &sendErr), errors.As(err, &netErr):
+		return true
+	case errors.As(err, &timeoutErr) && timeoutErr.Timeout():
+		return true
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT),
+		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return true
+	}
+	return false
+}
+
+// reason is a short, human cause for err, for the messages of New: the API
+// code and message when the store answered, else the innermost network
+// error, else the whole text.
+func reason(err error) string {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		if msg := apiErr.ErrorMessage(); msg != "" {
+			return apiErr.ErrorCode() + ": " + msg
+		}
+		return apiErr.ErrorCode()
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr.Error()
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr.Error()
+	}
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		return urlErr.Err.Error() // without the URL, which the message names already
+	}
+	return err.Error()
+}
+
+// opError wraps err from operation op on key with the domain error it
+// means, keeping the SDK text for logs:
+//
+//	get "a/b" in s3://bkt at http://127.0.0.1:9000: not found: operation error S3: GetObject, …
+//
+// A cancelled ctx wins over any classification, so that callers see
+// context.Canceled (EINTR) rather than "offline".
+func (s *Store) opError(ctx context.Context, op, key string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if errors.Is(err, ctxErr) {
+			return fmt.Errorf("%s %q in %s: %w", op, key, s, err)
+		}
+		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, ctxErr, err)
+	}
+	if kind := classify(err); kind != nil {
+		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, kind, err)
+	}
+	return fmt.Errorf("%s %q in %s: %w", op, key, s, err)
+}
+
+// opErrorAs is opError with the domain error decided by the caller, for
+// answers whose meaning depends on the request (a 404 to a conditional put
+// is a failed precondition).
+func (s *Store) opErrorAs(ctx context.Context, op, key string, kind, err error) error {
+	if ctx.Err() != nil {
+		return s.opError(ctx, op, key, err)
+	}
+	return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, kind, err)
+}
+
+// openError is an error of New: a short message for the user that wraps the
+// domain error and the SDK error without repeating their text.
+type openError struct {
+	msg   string
+	kind  error
+	cause error
+}
+
+func (e *openError) Error() string   { return e.msg }
+func (e *openError) Unwrap() []error { return []error{e.kind, e.cause} }

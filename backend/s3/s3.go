@@ -1,0 +1,336 @@
+// Package s3 is the Backend for Amazon S3 and S3-compatible stores (MinIO,
+// Ceph RGW, R2, Wasabi…), built on aws-sdk-go-v2.
+//
+// # Failing fast
+//
+// A FUSE read of uncached content must fail within seconds when the store is
+// gone, so the HTTP client dials with a short timeout and the SDK retries
+// little: connection refused/reset and 5xx/throttling answers are retried a
+// couple of times with sub-second backoff, while timeouts (which already cost
+// seconds) are not retried at all. Callers that want persistence (the upload
+// journal) retry on their own schedule, using backend.Retryable.
+//
+// # Conditional writes
+//
+// Put sends If-Match / If-None-Match and relies on the store to check them
+// atomically (AWS S3 and MinIO do). Some stores (MinIO included) ignore the
+// conditions on CopyObject's destination and on DeleteObject, so Copy and
+// Delete check them with a HeadObject first and also send the headers, for
+// stores that honour them. Between that HEAD and the write there is a short
+// race window in which a concurrent writer's change can be overwritten or
+// deleted; on AWS S3, which checks the headers itself, the window is closed.
+//
+// # Large objects
+//
+// Put is a single PutObject (at most 5 GiB) and Copy a single CopyObject
+// (likewise). Multipart upload and copy come with the write path.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/nimbus-fs/nimbus/backend"
+)
+
+// Transport limits. See the package doc.
+const (
+	dialTimeout           = 3 * time.Second
+	responseHeaderTimeout = 15 * time.Second
+	tlsHandshakeTimeout   = 5 * time.Second
+	maxIdleConnsPerHost   = 64 // parallel ranged GETs of one file
+	maxAttempts           = 3
+	maxBackoff            = 400 * time.Millisecond
+
+	// defaultRegion is used when neither Config nor the AWS config/env
+	// names one.
+	defaultRegion = "us-east-1"
+	// maxKeyLen is S3's limit on key length, in bytes.
+	maxKeyLen = 1024
+	// maxPresignExpiry is SigV4's limit on presigned URL lifetime.
+	maxPresignExpiry = 7 * 24 * time.Hour
+)
+
+// Config says which bucket to open and how to reach it.
+type Config struct {
+	// Bucket is the bucket name. Required.
+	Bucket string
+	// Endpoint is the URL of an S3-compatible store
+	// ("http://127.0.0.1:9000"). When set, requests use path-style
+	// addressing. Empty means AWS S3.
+	Endpoint string
+	// Region defaults to the AWS config/env (AWS_REGION, profile), else
+	// us-east-1.
+	Region string
+	// AccessKey and SecretKey are static credentials, meant for tests.
+	// Both empty means the standard AWS credential chain (env, shared
+	// config and credentials files, SSO, IMDS…).
+	AccessKey string
+	SecretKey string
+	// ProbePrefix is where New lists one key to check that the bucket
+	// exists and the credentials work. Set it to the prefix nimbus will
+	// use when the credentials may list only under it. Keys given to
+	// Store methods are full keys either way; Store adds no prefix.
+	ProbePrefix string
+}
+
+// Store is a Backend over one S3 bucket. It is safe for concurrent use.
+type Store struct {
+	client   *awss3.Client
+	presign  *awss3.PresignClient
+	bucket   string
+	endpoint string // "" for AWS S3
+	name     string // String(), computed once; never holds credentials
+}
+
+var (
+	_ backend.Backend   = (*Store)(nil)
+	_ backend.Presigner = (*Store)(nil)
+)
+
+// New opens the bucket described by cfg and checks, with one ListObjectsV2
+// of at most one key, that it exists and that the credentials are accepted.
+// Its errors read well on their own and wrap:
+//   - backend.ErrNoBucket: `bucket "x" not found at http://127.0.0.1:9000`;
+//   - backend.ErrAccess: credentials missing, unknown or refused;
+//   - backend.ErrOffline: the endpoint cannot be reached (this fails within
+//     a few seconds, not minutes). The Store is returned with this error:
+//     it works once the endpoint is reachable again.
+//
+// Invalid configuration (no bucket, bad endpoint URL) gives a plain error.
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("s3: no bucket given")
+	}
+	if cfg.Endpoint != "" {
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("s3: endpoint %q is not an http:// or https:// URL", cfg.Endpoint)
+		}
+		cfg.Endpoint = strings.TrimRight(cfg.Endpoint, "/")
+	}
+	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
+		return nil, errors.New("s3: static credentials need both an access key and a secret key")
+	}
+
+	opts := []func(*config.LoadOptions) error{
+		// A BuildableClient, not a plain *http.Client: the loader adds
+		// AWS_CA_BUNDLE to it, and refuses other client types.
+		config.WithHTTPClient(newHTTPClient()),
+		config.WithRetryer(newRetryer),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.AccessKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3: load AWS configuration: %w", err)
+	}
+	if awsCfg.Region == "" {
+		awsCfg.Region = defaultRegion
+	}
+
+	s := newStore(awsCfg, cfg)
+	err = s.probe(ctx, cfg.ProbePrefix)
+	if region, ok := redirectRegion(err); ok && cfg.Endpoint == "" && region != awsCfg.Region {
+		// AWS answers 301 when the bucket lives in another region and
+		// names that region; follow it once rather than fail.
+		slog.Info("s3: bucket is in another region", "bucket", cfg.Bucket, "region", region)
+		awsCfg.Region = region
+		s = newStore(awsCfg, cfg)
+		err = s.probe(ctx, cfg.ProbePrefix)
+	}
+	if err != nil {
+		err = s.openError(ctx, err)
+		if errors.Is(err, backend.ErrOffline) {
+			// Usable once the endpoint is back: a mount can start offline
+			// from its persisted tree.
+			return s, err
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+func newStore(awsCfg aws.Config, cfg Config) *Store {
+	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+			o.UsePathStyle = true
+			// Third-party stores vary in their support of the newer
+			// flexible checksums; send them only when required.
+			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		}
+		// Ranged GETs cannot be checked against whole-object
+		// checksums; If-Match on the ETag guards consistency instead.
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	name := "s3://" + cfg.Bucket
+	if cfg.Endpoint != "" {
+		name += " at " + cfg.Endpoint
+	}
+	return &Store{
+		client:   client,
+		presign:  awss3.NewPresignClient(client),
+		bucket:   cfg.Bucket,
+		endpoint: cfg.Endpoint,
+		name:     name,
+	}
+}
+
+// newHTTPClient returns the SDK's buildable client tuned to fail fast when
+// the store is unreachable and to keep enough idle connections for parallel
+// ranged reads.
+func newHTTPClient() *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) {
+			d.Timeout = dialTimeout
+			d.KeepAlive = 30 * time.Second
+		}).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.ResponseHeaderTimeout = responseHeaderTimeout
+			tr.TLSHandshakeTimeout = tlsHandshakeTimeout
+			tr.MaxIdleConns = 4 * maxIdleConnsPerHost
+			tr.MaxIdleConnsPerHost = maxIdleConnsPerHost
+			tr.IdleConnTimeout = 90 * time.Second
+		})
+}
+
+// newRetryer retries a little and quickly (see the package doc). There is no
+// client-side retry quota: attempts are already few, and a quota drained
+// during an outage would keep failing requests after the store is back.
+func newRetryer() aws.Retryer {
+	return retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = maxAttempts
+		o.MaxBackoff = maxBackoff
+		o.RateLimiter = ratelimit.None
+		o.Retryables = append([]retry.IsErrorRetryable{retry.IsErrorRetryableFunc(noRetryOnTimeout)}, o.Retryables...)
+	})
+}
+
+// noRetryOnTimeout refuses to retry timeouts: each already took seconds.
+func noRetryOnTimeout(err error) aws.Ternary {
+	var t interface{ Timeout() bool }
+	if errors.As(err, &t) && t.Timeout() {
+		return aws.FalseTernary
+	}
+	return aws.UnknownTernary
+}
+
+// probe lists at most one key, which needs the bucket and the credentials.
+func (s *Store) probe(ctx context.Context, prefix string) error {
+	in := &awss3.ListObjectsV2Input{Bucket: aws.String(s.bucket), MaxKeys: aws.Int32(1)}
+	if prefix != "" {
+		in.Prefix = aws.String(prefix)
+	}
+	_, err := s.client.ListObjectsV2(ctx, in)
+	return err
+}
+
+// redirectRegion returns the region named by a 301 PermanentRedirect answer.
+func redirectRegion(err error) (string, bool) {
+	var respErr *awshttp.ResponseError
+	if httpStatus(err) != http.StatusMovedPermanently || !errors.As(err, &respErr) {
+		return "", false
+	}
+	region := respErr.Response.Header.Get("X-Amz-Bucket-Region")
+	return region, region != ""
+}
+
+// openError turns a failed probe into the error New returns.
+func (s *Store) openError(ctx context.Context, err error) error {
+	where := s.where()
+	if ctx.Err() != nil {
+		return fmt.Errorf("open %s: %w", s, err)
+	}
+	if region, ok := redirectRegion(err); ok {
+		return &openError{
+			msg:   fmt.Sprintf("bucket %q is in region %s, not the one configured", s.bucket, region),
+			kind:  backend.ErrNoBucket,
+			cause: err,
+		}
+	}
+	switch kind := classify(err); kind {
+	case backend.ErrNoBucket, backend.ErrNotFound:
+		// A bare 404 to a bucket-level request is the bucket.
+		return &openError{
+			msg:   fmt.Sprintf("bucket %q not found at %s", s.bucket, where),
+			kind:  backend.ErrNoBucket,
+			cause: err,
+		}
+	case backend.ErrAccess:
+		return &openError{
+			msg:   fmt.Sprintf("access to bucket %q at %s denied (%s)", s.bucket, where, reason(err)),
+			kind:  backend.ErrAccess,
+			cause: err,
+		}
+	case backend.ErrOffline:
+		return &openError{
+			msg:   fmt.Sprintf("cannot reach %s (%s)", where, reason(err)),
+			kind:  backend.ErrOffline,
+			cause: err,
+		}
+	case nil:
+		return fmt.Errorf("open %s: %w", s, err)
+	default:
+		return &openError{
+			msg:   fmt.Sprintf("open bucket %q at %s: %s", s.bucket, where, reason(err)),
+			kind:  kind,
+			cause: err,
+		}
+	}
+}
+
+// where names the endpoint for messages.
+func (s *Store) where() string {
+	if s.endpoint != "" {
+		return s.endpoint
+	}
+	return "AWS S3 (region " + s.client.Options().Region + ")"
+}
+
+// String returns "s3://bucket at ENDPOINT", or "s3://bucket" for AWS S3.
+func (s *Store) String() string { return s.name }
+
+// checkKey refuses keys S3 would refuse, without a request.
+func checkKey(op, key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%s: empty key: %w", op, backend.ErrInvalidKey)
+	case len(key) > maxKeyLen:
+		return fmt.Errorf("%s %.40q…: key is %d bytes, more than %d: %w", op, key, len(key), maxKeyLen, backend.ErrInvalidKey)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%s %q: key is not valid UTF-8: %w", op, key, backend.ErrInvalidKey)
+	}
+	return nil
+}
+
+// quoteETag makes an entity tag for If-Match headers.
+func quoteETag(etag string) *string {
+	return aws.String(`"` + etag + `"`)
+}
+
+// unquoteETag strips the quotes S3 puts around ETags.
+func unquoteETag(etag *string) string {
+	return strings.Trim(aws.ToString(etag), `"`)
+}

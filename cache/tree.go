@@ -1,0 +1,363 @@
+package cache
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The tree's bbolt buckets. Only this file touches them.
+var (
+	// treeEntries maps entryKey(dir, name) to an encoded Entry.
+	treeEntries = []byte("tree.entries")
+	// treeDirs maps dirKey(path) to its encoded DirState.
+	treeDirs = []byte("tree.dirs")
+	// treeSkipped maps an object key that cannot be shown to the reason.
+	treeSkipped = []byte("tree.skipped")
+)
+
+// Entry is one known child of a directory, as the last listing (or a later
+// HEAD) reported it.
+type Entry struct {
+	Name  string
+	Dir   bool
+	Size  int64
+	ETag  string
+	MTime time.Time
+}
+
+// DirState records when a directory was last listed completely.
+type DirState struct {
+	ListedAt time.Time
+}
+
+// Skipped is a remote key that Nimbus cannot show as a POSIX path.
+type Skipped struct {
+	Key    string
+	Reason string
+}
+
+// Tree is the persisted metadata of the remote tree: for each directory that
+// was listed, its children and when it was listed. Directories are relative
+// slash-separated paths, "" being the root. It holds nothing in memory, so a
+// tree of a million keys costs disk, not RAM.
+type Tree struct {
+	db *bolt.DB
+}
+
+// OpenTree prepares the tree's buckets in db.
+func OpenTree(db *bolt.DB) (*Tree, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{treeEntries, treeDirs, treeSkipped} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open tree: %w", err)
+	}
+	return &Tree{db: db}, nil
+}
+
+// entryKey orders a directory's children together: names cannot hold NUL.
+func entryKey(dir, name string) []byte {
+	k := make([]byte, 0, len(dir)+1+len(name))
+	k = append(k, dir...)
+	k = append(k, 0)
+	return append(k, name...)
+}
+
+func childPrefix(dir string) []byte { return entryKey(dir, "") }
+
+// dirKey gives the root a non-empty key: bbolt refuses empty keys.
+func dirKey(dir string) []byte { return []byte("/" + dir) }
+
+// Lookup returns dir's child name, and whether it is known.
+func (t *Tree) Lookup(dir, name string) (Entry, bool, error) {
+	var e Entry
+	var found bool
+	err := t.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(treeEntries).Get(entryKey(dir, name))
+		if v == nil {
+			return nil
+		}
+		found = true
+		var err error
+		e, err = decodeEntry(name, v)
+		return err
+	})
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("lookup %q in %q: %w", name, dir, err)
+	}
+	return e, found, nil
+}
+
+// Children calls fn for each known child of dir in name order, until fn
+// returns false.
+func (t *Tree) Children(dir string, fn func(Entry) bool) error {
+	prefix := childPrefix(dir)
+	err := t.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(treeEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			e, err := decodeEntry(string(k[len(prefix):]), v)
+			if err != nil {
+				return err
+			}
+			if !fn(e) {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("children of %q: %w", dir, err)
+	}
+	return nil
+}
+
+// Dir returns the state of dir, and whether it was ever listed.
+func (t *Tree) Dir(dir string) (DirState, bool, error) {
+	var st DirState
+	var found bool
+	err := t.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(treeDirs).Get(dirKey(dir))
+		if v == nil {
+			return nil
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("corrupt dir record of %d bytes", len(v))
+		}
+		found = true
+		st.ListedAt = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		return nil
+	})
+	if err != nil {
+		return DirState{}, false, fmt.Errorf("dir state of %q: %w", dir, err)
+	}
+	return st, found, nil
+}
+
+// ReplaceDir records a complete listing of dir: children not in entries are
+// removed (with their subtrees), the others are written, and the skipped
+// keys found directly under dir replace the ones recorded before. skippedPrefix
+// is the key prefix of dir, so that its old skipped records can be found.
+func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, skipped []Skipped, listedAt time.Time) error {
+	sorted := make([]Entry, len(entries))
+	copy(sorted, entries)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(treeEntries)
+		prefix := childPrefix(dir)
+		// Collect stale children first: a cursor must not see its own deletes.
+		var stale []Entry
+		c := b.Cursor()
+		i := 0
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			name := string(k[len(prefix):])
+			for i < len(sorted) && sorted[i].Name < name {
+				i++
+			}
+			if i < len(sorted) && sorted[i].Name == name {
+				old, err := decodeEntry(name, v)
+				if err != nil {
+					return err
+				}
+				if old.Dir && !sorted[i].Dir {
+					stale = append(stale, old) // was a dir, now a file: drop the subtree
+				}
+				continue
+			}
+			old, err := decodeEntry(name, v)
+			if err != nil {
+				return err
+			}
+			stale = append(stale, old)
+		}
+		for _, e := range stale {
+			if err := b.Delete(entryKey(dir, e.Name)); err != nil {
+				return err
+			}
+			if e.Dir {
+				if err := deleteSubtree(tx, JoinPath(dir, e.Name)); err != nil {
+					return err
+				}
+			}
+		}
+		for _, e := range sorted {
+			if err := b.Put(entryKey(dir, e.Name), encodeEntry(e)); err != nil {
+				return err
+			}
+		}
+		if err := replaceSkipped(tx, skippedPrefix, skipped); err != nil {
+			return err
+		}
+		var ts [8]byte
+		binary.BigEndian.PutUint64(ts[:], uint64(listedAt.UnixNano()))
+		return tx.Bucket(treeDirs).Put(dirKey(dir), ts[:])
+	})
+	if err != nil {
+		return fmt.Errorf("record listing of %q: %w", dir, err)
+	}
+	return nil
+}
+
+// PutEntry records one child of dir, as a HEAD reported it.
+func (t *Tree) PutEntry(dir string, e Entry) error {
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(treeEntries).Put(entryKey(dir, e.Name), encodeEntry(e))
+	})
+	if err != nil {
+		return fmt.Errorf("record %q in %q: %w", e.Name, dir, err)
+	}
+	return nil
+}
+
+// RemoveEntry forgets one child of dir (and its subtree if it is a directory).
+func (t *Tree) RemoveEntry(dir, name string) error {
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(treeEntries).Delete(entryKey(dir, name)); err != nil {
+			return err
+		}
+		return deleteSubtree(tx, JoinPath(dir, name))
+	})
+	if err != nil {
+		return fmt.Errorf("forget %q in %q: %w", name, dir, err)
+	}
+	return nil
+}
+
+// Skipped returns every recorded key that cannot be shown, in key order.
+func (t *Tree) Skipped() ([]Skipped, error) {
+	var out []Skipped
+	err := t.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(treeSkipped).ForEach(func(k, v []byte) error {
+			out = append(out, Skipped{Key: string(k), Reason: string(v)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("skipped keys: %w", err)
+	}
+	return out, nil
+}
+
+// replaceSkipped swaps the skipped records directly under keyPrefix (not in
+// deeper prefixes: those belong to other directories' listings).
+func replaceSkipped(tx *bolt.Tx, keyPrefix string, skipped []Skipped) error {
+	b := tx.Bucket(treeSkipped)
+	var old [][]byte
+	c := b.Cursor()
+	p := []byte(keyPrefix)
+	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+		rest := strings.TrimSuffix(string(k[len(p):]), "/")
+		if !strings.Contains(rest, "/") {
+			old = append(old, append([]byte(nil), k...))
+		}
+	}
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, s := range skipped {
+		if err := b.Put([]byte(s.Key), []byte(s.Reason)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteSubtree drops every entry and dir record at or below dir.
+func deleteSubtree(tx *bolt.Tx, dir string) error {
+	prefixes := map[string][][]byte{
+		// Children of dir ("dir\x00name") and of its descendants ("dir/…").
+		string(treeEntries): {childPrefix(dir), []byte(dir + "/")},
+		string(treeDirs):    {dirKey(dir + "/")},
+	}
+	for bucket, ps := range prefixes {
+		b := tx.Bucket([]byte(bucket))
+		var doomed [][]byte
+		for _, p := range ps {
+			c := b.Cursor()
+			for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+				doomed = append(doomed, append([]byte(nil), k...))
+			}
+		}
+		if bucket == string(treeDirs) && b.Get(dirKey(dir)) != nil {
+			doomed = append(doomed, dirKey(dir))
+		}
+		for _, k := range doomed {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// JoinPath joins a directory path ("" = root) and a name.
+func JoinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+const entryIsDir = 1
+
+// encodeEntry packs an entry compactly: flags, size, mtime, etag. The name
+// is the key's suffix and is not repeated.
+func encodeEntry(e Entry) []byte {
+	buf := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(e.ETag))
+	var flags byte
+	if e.Dir {
+		flags |= entryIsDir
+	}
+	buf = append(buf, flags)
+	buf = binary.AppendVarint(buf, e.Size)
+	var mtime int64
+	if !e.MTime.IsZero() {
+		mtime = e.MTime.UnixNano()
+	}
+	buf = binary.AppendVarint(buf, mtime)
+	buf = binary.AppendUvarint(buf, uint64(len(e.ETag)))
+	return append(buf, e.ETag...)
+}
+
+var errCorruptEntry = errors.New("corrupt tree entry")
+
+func decodeEntry(name string, v []byte) (Entry, error) {
+	e := Entry{Name: name}
+	if len(v) < 1 {
+		return e, errCorruptEntry
+	}
+	e.Dir = v[0]&entryIsDir != 0
+	v = v[1:]
+	size, n := binary.Varint(v)
+	if n <= 0 {
+		return e, errCorruptEntry
+	}
+	e.Size, v = size, v[n:]
+	mtime, n := binary.Varint(v)
+	if n <= 0 {
+		return e, errCorruptEntry
+	}
+	if mtime != 0 {
+		e.MTime = time.Unix(0, mtime)
+	}
+	v = v[n:]
+	l, n := binary.Uvarint(v)
+	if n <= 0 || uint64(len(v)-n) < l {
+		return e, errCorruptEntry
+	}
+	e.ETag = string(v[n : n+int(l)])
+	return e, nil
+}

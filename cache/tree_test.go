@@ -1,0 +1,173 @@
+package cache
+
+import (
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func openTestTree(t *testing.T, path string) (*Tree, *bolt.DB) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := OpenTree(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree, db
+}
+
+func childNames(t *testing.T, tree *Tree, dir string) []string {
+	t.Helper()
+	var names []string
+	if err := tree.Children(dir, func(e Entry) bool { names = append(names, e.Name); return true }); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func TestTreeReplaceDirAndPersistence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meta.db")
+	tree, db := openTestTree(t, path)
+	mtime := time.Unix(1700000000, 123)
+	listed := time.Unix(1700000100, 0)
+	entries := []Entry{
+		{Name: "b.txt", Size: 42, ETag: "abc", MTime: mtime},
+		{Name: "a", Dir: true},
+		{Name: "c", Dir: true},
+	}
+	if err := tree.ReplaceDir("", entries, "", []Skipped{{Key: "../", Reason: "dot segment"}}, listed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("a", []Entry{{Name: "deep", Dir: true}, {Name: "f", Size: 1}}, "a/", nil, listed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("a/deep", []Entry{{Name: "g", Size: 2}}, "a/deep/", nil, listed); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	tree, db = openTestTree(t, path)
+	defer db.Close()
+	if got, want := childNames(t, tree, ""), []string{"a", "b.txt", "c"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("root children after reopen = %v, want %v", got, want)
+	}
+	e, ok, err := tree.Lookup("", "b.txt")
+	if err != nil || !ok {
+		t.Fatalf("lookup b.txt: %v %v", ok, err)
+	}
+	if e.Size != 42 || e.ETag != "abc" || !e.MTime.Equal(mtime) || e.Dir {
+		t.Fatalf("b.txt decoded as %+v", e)
+	}
+	st, ok, err := tree.Dir("")
+	if err != nil || !ok || !st.ListedAt.Equal(listed) {
+		t.Fatalf("root dir state %+v %v %v", st, ok, err)
+	}
+	if _, ok, _ := tree.Dir("zzz"); ok {
+		t.Fatal("never-listed dir reported as listed")
+	}
+
+	// "a" disappears remotely: its subtree and dir records go with it, and a
+	// sibling with a common name prefix ("ab") is untouched.
+	if err := tree.ReplaceDir("", []Entry{{Name: "ab", Dir: true}, {Name: "b.txt", Size: 43, ETag: "def"}}, "", nil, listed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("ab", []Entry{{Name: "keep"}}, "ab/", nil, listed); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("", []Entry{{Name: "ab", Dir: true}, {Name: "b.txt", Size: 43, ETag: "def"}}, "", nil, listed); err != nil {
+		t.Fatal(err)
+	}
+	if names := childNames(t, tree, "a"); len(names) != 0 {
+		t.Fatalf("children of removed dir a survive: %v", names)
+	}
+	if names := childNames(t, tree, "a/deep"); len(names) != 0 {
+		t.Fatalf("grandchildren of removed dir survive: %v", names)
+	}
+	if _, ok, _ := tree.Dir("a/deep"); ok {
+		t.Fatal("dir state of removed a/deep survives")
+	}
+	if got := childNames(t, tree, "ab"); !reflect.DeepEqual(got, []string{"keep"}) {
+		t.Fatalf("sibling ab lost its children: %v", got)
+	}
+	if e, _, _ := tree.Lookup("", "b.txt"); e.Size != 43 || e.ETag != "def" {
+		t.Fatalf("b.txt not updated: %+v", e)
+	}
+	sk, err := tree.Skipped()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sk) != 0 {
+		t.Fatalf("skipped keys of root not replaced: %v", sk)
+	}
+}
+
+func TestTreeDirBecomesFile(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	now := time.Now()
+	if err := tree.ReplaceDir("", []Entry{{Name: "x", Dir: true}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("x", []Entry{{Name: "child"}}, "x/", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("", []Entry{{Name: "x", Size: 5}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if e, _, _ := tree.Lookup("", "x"); e.Dir || e.Size != 5 {
+		t.Fatalf("x should now be a file: %+v", e)
+	}
+	if names := childNames(t, tree, "x"); len(names) != 0 {
+		t.Fatalf("old children of x survive: %v", names)
+	}
+}
+
+func TestTreeSkippedScopedToDirectory(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	now := time.Now()
+	if err := tree.ReplaceDir("", nil, "", []Skipped{{Key: "..", Reason: "dot segment"}}, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("d", nil, "d/", []Skipped{{Key: "d/.", Reason: "dot segment"}}, now); err != nil {
+		t.Fatal(err)
+	}
+	// Re-listing the root must not drop d's skipped key.
+	if err := tree.ReplaceDir("", nil, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	sk, err := tree.Skipped()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sk) != 1 || sk[0].Key != "d/." {
+		t.Fatalf("skipped = %v, want only d/.", sk)
+	}
+}
+
+func TestEntryCodecRoundTrip(t *testing.T) {
+	for _, e := range []Entry{
+		{Name: "n"},
+		{Name: "n", Dir: true, MTime: time.Unix(0, 1)},
+		{Name: "n", Size: 1 << 40, ETag: "\"weird\"-3", MTime: time.Unix(1<<33, 999)},
+	} {
+		got, err := decodeEntry(e.Name, encodeEntry(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Name != e.Name || got.Dir != e.Dir || got.Size != e.Size || got.ETag != e.ETag || !got.MTime.Equal(e.MTime) {
+			t.Fatalf("round trip %+v -> %+v", e, got)
+		}
+	}
+	if _, err := decodeEntry("n", []byte{0, 0x80}); err == nil {
+		t.Fatal("truncated entry decoded without error")
+	}
+}
