@@ -30,6 +30,13 @@ type Entry struct {
 	Size  int64
 	ETag  string
 	MTime time.Time
+	// Local marks an entry created, changed or deleted on this machine and
+	// not yet confirmed by the store: listings do not override it.
+	Local bool
+	// Gone marks a local delete not yet confirmed (a tombstone, always
+	// Local): Lookup and Children do not show it, and a listing that still
+	// has the object does not bring it back.
+	Gone bool
 }
 
 // DirState records when a directory was last listed completely.
@@ -89,9 +96,9 @@ func (t *Tree) Lookup(dir, name string) (Entry, bool, error) {
 		if v == nil {
 			return nil
 		}
-		found = true
 		var err error
 		e, err = decodeEntry(name, v)
+		found = err == nil && !e.Gone
 		return err
 	})
 	if err != nil {
@@ -110,6 +117,9 @@ func (t *Tree) Children(dir string, fn func(Entry) bool) error {
 			e, err := decodeEntry(string(k[len(prefix):]), v)
 			if err != nil {
 				return err
+			}
+			if e.Gone {
+				continue
 			}
 			if !fn(e) {
 				return nil
@@ -146,7 +156,8 @@ func (t *Tree) Dir(dir string) (DirState, bool, error) {
 }
 
 // ReplaceDir records a complete listing of dir: children not in entries are
-// removed (with their subtrees), the others are written, and the skipped
+// removed (with their subtrees), the others are written (Local entries stay
+// as they are: local changes win until the store confirms them), and the skipped
 // keys found directly under dir replace the ones recorded before. skippedPrefix
 // is the key prefix of dir, so that its old skipped records can be found.
 func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, skipped []Skipped, listedAt time.Time) error {
@@ -156,30 +167,31 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(treeEntries)
 		prefix := childPrefix(dir)
-		// Collect stale children first: a cursor must not see its own deletes.
+		// Collect stale children first: a cursor must not see its own
+		// deletes. Local entries are neither stale nor overwritten.
 		var stale []Entry
+		local := make(map[string]bool)
 		c := b.Cursor()
 		i := 0
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			name := string(k[len(prefix):])
-			for i < len(sorted) && sorted[i].Name < name {
-				i++
-			}
-			if i < len(sorted) && sorted[i].Name == name {
-				old, err := decodeEntry(name, v)
-				if err != nil {
-					return err
-				}
-				if old.Dir && !sorted[i].Dir {
-					stale = append(stale, old) // was a dir, now a file: drop the subtree
-				}
-				continue
-			}
 			old, err := decodeEntry(name, v)
 			if err != nil {
 				return err
 			}
-			stale = append(stale, old)
+			if old.Local {
+				local[name] = true
+				continue
+			}
+			for i < len(sorted) && sorted[i].Name < name {
+				i++
+			}
+			listed := i < len(sorted) && sorted[i].Name == name
+			if !listed || (old.Dir && !sorted[i].Dir) {
+				// Gone remotely, or a dir that became a file: drop the
+				// entry and any subtree.
+				stale = append(stale, old)
+			}
 		}
 		for _, e := range stale {
 			if err := b.Delete(entryKey(dir, e.Name)); err != nil {
@@ -192,6 +204,9 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 			}
 		}
 		for _, e := range sorted {
+			if local[e.Name] {
+				continue
+			}
 			if err := b.Put(entryKey(dir, e.Name), encodeEntry(e)); err != nil {
 				return err
 			}
@@ -311,7 +326,11 @@ func JoinPath(dir, name string) string {
 	return dir + "/" + name
 }
 
-const entryIsDir = 1
+const (
+	entryIsDir   = 1
+	entryIsLocal = 2
+	entryIsGone  = 4
+)
 
 // encodeEntry packs an entry compactly: flags, size, mtime, etag. The name
 // is the key's suffix and is not repeated.
@@ -320,6 +339,12 @@ func encodeEntry(e Entry) []byte {
 	var flags byte
 	if e.Dir {
 		flags |= entryIsDir
+	}
+	if e.Local {
+		flags |= entryIsLocal
+	}
+	if e.Gone {
+		flags |= entryIsGone
 	}
 	buf = append(buf, flags)
 	buf = binary.AppendVarint(buf, e.Size)
@@ -340,6 +365,8 @@ func decodeEntry(name string, v []byte) (Entry, error) {
 		return e, errCorruptEntry
 	}
 	e.Dir = v[0]&entryIsDir != 0
+	e.Local = v[0]&entryIsLocal != 0
+	e.Gone = v[0]&entryIsGone != 0
 	v = v[1:]
 	size, n := binary.Varint(v)
 	if n <= 0 {

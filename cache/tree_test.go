@@ -171,3 +171,50 @@ func TestEntryCodecRoundTrip(t *testing.T) {
 		t.Fatal("truncated entry decoded without error")
 	}
 }
+
+// TestTreeLocalEntriesWinOverListings: a local change (new file, edit,
+// delete tombstone) survives re-listings until it is confirmed.
+func TestTreeLocalEntriesWinOverListings(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	now := time.Now()
+	if err := tree.ReplaceDir("", []Entry{{Name: "edited", Size: 1, ETag: "r1"}, {Name: "deleted", Size: 2, ETag: "r2"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []Entry{
+		{Name: "new", Size: 10, Local: true},
+		{Name: "edited", Size: 11, Local: true},
+		{Name: "deleted", Local: true, Gone: true},
+	} {
+		if err := tree.PutEntry("", e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The store does not have "new" yet, still has the old "edited" and
+	// still has "deleted".
+	if err := tree.ReplaceDir("", []Entry{{Name: "edited", Size: 1, ETag: "r1"}, {Name: "deleted", Size: 2, ETag: "r2"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if got := childNames(t, tree, ""); !reflect.DeepEqual(got, []string{"edited", "new"}) {
+		t.Fatalf("children = %v, want [edited new] (tombstone hidden, local file kept)", got)
+	}
+	if e, _, _ := tree.Lookup("", "edited"); e.Size != 11 || !e.Local {
+		t.Fatalf("a listing overrode a local edit: %+v", e)
+	}
+	if _, ok, _ := tree.Lookup("", "deleted"); ok {
+		t.Fatal("a listing resurrected a locally deleted file")
+	}
+	// Confirmed: the entry becomes remote again and listings take over.
+	if err := tree.PutEntry("", Entry{Name: "edited", Size: 11, ETag: "r3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.RemoveEntry("", "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("", []Entry{{Name: "edited", Size: 12, ETag: "r4"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if e, _, _ := tree.Lookup("", "edited"); e.Size != 12 || e.Local {
+		t.Fatalf("confirmed entry not updated by the listing: %+v", e)
+	}
+}

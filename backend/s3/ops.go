@@ -38,6 +38,9 @@ func (s *Store) list(ctx context.Context, op, prefix, delimiter string, fn func(
 	in := &awss3.ListObjectsV2Input{
 		Bucket:  aws.String(s.bucket),
 		MaxKeys: aws.Int32(pageSize),
+		// Keys may hold characters XML 1.0 cannot carry (control
+		// characters): ask for URL-encoded keys and decode them.
+		EncodingType: types.EncodingTypeUrl,
 	}
 	if prefix != "" {
 		in.Prefix = aws.String(prefix)
@@ -53,21 +56,43 @@ func (s *Store) list(ctx context.Context, op, prefix, delimiter string, fn func(
 		}
 		page := backend.Page{Objects: make([]backend.ObjectInfo, 0, len(out.Contents))}
 		for _, o := range out.Contents {
+			key, err := listedKey(o.Key, out.EncodingType)
+			if err != nil {
+				return fmt.Errorf("%s %q in %s: %w", op, prefix, s, err)
+			}
 			page.Objects = append(page.Objects, backend.ObjectInfo{
-				Key:     aws.ToString(o.Key),
+				Key:     key,
 				Size:    aws.ToInt64(o.Size),
 				ETag:    unquoteETag(o.ETag),
 				ModTime: aws.ToTime(o.LastModified),
 			})
 		}
 		for _, p := range out.CommonPrefixes {
-			page.Prefixes = append(page.Prefixes, aws.ToString(p.Prefix))
+			pfx, err := listedKey(p.Prefix, out.EncodingType)
+			if err != nil {
+				return fmt.Errorf("%s %q in %s: %w", op, prefix, s, err)
+			}
+			page.Prefixes = append(page.Prefixes, pfx)
 		}
 		if err := fn(page); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// listedKey decodes a key of a listing made with encoding-type=url. A store
+// that ignored the request answers without EncodingType, and its keys are
+// taken as they are.
+func listedKey(k *string, enc types.EncodingType) (string, error) {
+	if enc != types.EncodingTypeUrl {
+		return aws.ToString(k), nil
+	}
+	key, err := url.QueryUnescape(aws.ToString(k))
+	if err != nil {
+		return "", fmt.Errorf("undecodable key %q in listing: %w", aws.ToString(k), err)
+	}
+	return key, nil
 }
 
 // Stat implements backend.Backend with one HeadObject. Meta holds the user

@@ -45,6 +45,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/nimbus-fs/nimbus/backend"
 )
@@ -239,7 +240,12 @@ func noRetryOnTimeout(err error) aws.Ternary {
 
 // probe lists at most one key, which needs the bucket and the credentials.
 func (s *Store) probe(ctx context.Context, prefix string) error {
-	in := &awss3.ListObjectsV2Input{Bucket: aws.String(s.bucket), MaxKeys: aws.Int32(1)}
+	in := &awss3.ListObjectsV2Input{
+		Bucket:  aws.String(s.bucket),
+		MaxKeys: aws.Int32(1),
+		// The key is not read, but it must parse: see list.
+		EncodingType: types.EncodingTypeUrl,
+	}
 	if prefix != "" {
 		in.Prefix = aws.String(prefix)
 	}

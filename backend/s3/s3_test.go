@@ -74,9 +74,12 @@ func TestNewErrors(t *testing.T) {
 	})
 	t.Run("Unreachable", func(t *testing.T) {
 		start := time.Now()
-		_, err := New(ctx, Config{Bucket: bucket, Endpoint: "http://127.0.0.1:1", AccessKey: "a", SecretKey: "b"})
+		st, err := New(ctx, Config{Bucket: bucket, Endpoint: "http://127.0.0.1:1", AccessKey: "a", SecretKey: "b"})
 		if !errors.Is(err, backend.ErrOffline) {
 			t.Fatalf("New = %v; want ErrOffline", err)
+		}
+		if st == nil {
+			t.Fatalf("New returned no store with ErrOffline: a mount could not start offline")
 		}
 		if d := time.Since(start); d > 3*time.Second {
 			t.Fatalf("New took %v to fail; want under 3s", d)
@@ -102,6 +105,19 @@ func TestNewErrors(t *testing.T) {
 // TestStandardCredentialChain opens the store with credentials from the
 // environment, as the nimbus binary does, and with AWS_CA_BUNDLE set (the
 // loader must accept our HTTP client and plain http must still work).
+// TestOpenBucketWithOddFirstKey opens a bucket whose first key holds a
+// character XML 1.0 cannot carry: the probe listing must still parse.
+func TestOpenBucketWithOddFirstKey(t *testing.T) {
+	srv := minio.Start(t)
+	s, bucket := open(t, srv)
+	if _, err := s.Put(t.Context(), "\x01first", strings.NewReader("x"), 1, nil, backend.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(t.Context(), Config{Bucket: bucket, Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey}); err != nil {
+		t.Fatalf("New on a bucket whose first key is \\x01first: %v", err)
+	}
+}
+
 func TestStandardCredentialChain(t *testing.T) {
 	srv := minio.Start(t)
 	bucket := minio.BucketName(t)

@@ -1,0 +1,293 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nimbus-fs/nimbus/backend"
+)
+
+// A blockRun is a range of consecutive missing blocks of one content, fetched
+// by one ranged GET. Each block has its own flight, so that readers wait
+// per block and a block already in flight is never fetched twice.
+type blockRun struct {
+	c       *content
+	f       *os.File // c's file, kept open by the run's reference on c
+	first   int64    // index of the first block
+	flights []*flight
+	ahead   bool // started by read-ahead
+}
+
+// startRunLocked registers flights for blocks [first, first+n) of c, all
+// missing, and starts the GET in the background. Read-ahead blocks count
+// towards the read-ahead budget until they are read or dropped.
+func (s *BlockStore) startRunLocked(c *content, first, n int64, ahead bool) (*blockRun, error) {
+	if s.closed {
+		return nil, ErrBlockStoreClosed
+	}
+	f, err := s.fileLocked(c)
+	if err != nil {
+		return nil, err
+	}
+	r := &blockRun{c: c, f: f, first: first, flights: make([]*flight, n), ahead: ahead}
+	for j := range n {
+		fl := &flight{done: make(chan struct{}), ahead: ahead}
+		r.flights[j] = fl
+		s.flights[blockKey{c, uint32(first + j)}] = fl
+		if ahead {
+			s.ahead += s.blockLen(c, first+j)
+		}
+	}
+	c.refs++
+	s.wg.Add(1)
+	go s.fetchRun(r)
+	return r, nil
+}
+
+// fetchRun fetches r and publishes its blocks. It runs with the store's
+// background context, not a reader's: a reader that gives up only stops
+// waiting, and the block still lands in the cache for the next one.
+func (s *BlockStore) fetchRun(r *blockRun) {
+	defer s.wg.Done()
+	off := r.first * s.bs
+	var n int64
+	for j := range int64(len(r.flights)) {
+		n += s.blockLen(r.c, r.first+j)
+	}
+
+	reserved := false
+	err := s.acquireSlot(r.ahead)
+	if err == nil {
+		if err = s.reserve(r, n); err == nil {
+			reserved = true
+			start := time.Now()
+			err = s.fetchInto(r, off, n)
+			s.log.Debug("block fetch", "key", r.c.key, "off", off, "len", n,
+				"blocks", len(r.flights), "ahead", r.ahead, "dur", time.Since(start), "err", err)
+		}
+		s.releaseSlot(r.ahead)
+	}
+	if err != nil && !errors.Is(err, errNoRoom) {
+		s.log.Log(context.Background(), fetchErrorLevel(err), "block fetch failed",
+			"key", r.c.key, "off", off, "len", n, "err", err)
+	}
+	s.finishRun(r, n, reserved, err)
+}
+
+// fetchErrorLevel keeps the expected failures (offline, cancelled, object
+// replaced) out of the warnings; the caller sees them anyway.
+func fetchErrorLevel(err error) slog.Level {
+	switch {
+	case errors.Is(err, backend.ErrOffline), errors.Is(err, backend.ErrPrecondition),
+		errors.Is(err, ErrBlockStoreClosed), errors.Is(err, context.Canceled):
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}
+
+// acquireSlot waits for a GET slot. Read-ahead first takes one of the
+// fewer read-ahead slots, so that a reader's own fetch soon finds a slot
+// even under heavy read-ahead.
+func (s *BlockStore) acquireSlot(ahead bool) error {
+	if ahead {
+		select {
+		case s.aheadSlots <- struct{}{}:
+		case <-s.ctx.Done():
+			return ErrBlockStoreClosed
+		}
+	}
+	select {
+	case s.fetchSlots <- struct{}{}:
+		return nil
+	case <-s.ctx.Done():
+		if ahead {
+			<-s.aheadSlots
+		}
+		return ErrBlockStoreClosed
+	}
+}
+
+func (s *BlockStore) releaseSlot(ahead bool) {
+	<-s.fetchSlots
+	if ahead {
+		<-s.aheadSlots
+	}
+}
+
+// reserve makes room for the n bytes of r by evicting, and counts them as
+// reserved until finishRun, so that concurrent fetches cannot overshoot the
+// budget together. A fetch somebody waits for goes ahead even when nothing
+// more can be evicted (every cached block is being read): the budget is
+// exceeded by the blocks in use, and recovers when they are released.
+// Read-ahead nobody waits for is dropped instead; the check and the failure
+// happen under one lock, so no reader can join a run that fails this way.
+func (s *BlockStore) reserve(r *blockRun, n int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.c.gone() {
+		return r.c.goneErr
+	}
+	if !s.evictLocked(n) && r.ahead && !r.hasWaitersLocked() {
+		return errNoRoom
+	}
+	s.reserved += n
+	return nil
+}
+
+func (r *blockRun) hasWaitersLocked() bool {
+	for _, fl := range r.flights {
+		if fl.waiters > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchInto GETs [off, off+n) of r's content, pinned to its ETag, and
+// writes it at the same offset of its file. The body must hold exactly n
+// bytes. On failure the range is punched again: its flights are still
+// ours, so nobody else reads or writes it, and nothing half-written stays
+// on disk unaccounted.
+func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
+	c := r.c
+	s.mu.Lock()
+	s.stats.Fetches++
+	s.mu.Unlock()
+
+	body, err := s.fetcher.Get(s.ctx, c.key, off, n, c.etag)
+	if err != nil {
+		if s.ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", ErrBlockStoreClosed, err)
+		}
+		return err
+	}
+	defer func() {
+		if cerr := body.Close(); cerr != nil {
+			// The bytes were counted and checked before; a failing close
+			// cannot change them.
+			s.log.Debug("close body", "key", c.key, "err", cerr)
+		}
+	}()
+	defer func() {
+		if err == nil {
+			return
+		}
+		if perr := punchHole(r.f, off, n); perr != nil {
+			s.log.Debug("punch failed fetch", "key", c.key, "off", off, "err", perr)
+		}
+	}()
+
+	bufp := s.bufPool.Get().(*[]byte)
+	defer s.bufPool.Put(bufp)
+	got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, off), io.LimitReader(body, n), *bufp)
+	if err != nil {
+		return fmt.Errorf("copy body: %w", err)
+	}
+	if got < n {
+		return fmt.Errorf("short body: %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
+	}
+	// A longer body means the store ignored the range, and the bytes kept
+	// would come from the wrong offset.
+	var extra [1]byte
+	switch m, rerr := io.ReadFull(body, extra[:]); {
+	case m > 0:
+		return fmt.Errorf("body longer than the %d bytes requested", n)
+	case !errors.Is(rerr, io.EOF):
+		return fmt.Errorf("read end of body: %w", rerr)
+	}
+	return nil
+}
+
+// finishRun publishes r's blocks (err == nil) or fails its flights, and
+// wakes their readers. A content retired meanwhile publishes nothing.
+func (s *BlockStore) finishRun(r *blockRun, n int64, reserved bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := r.c
+	if reserved {
+		s.reserved -= n
+	}
+	if err == nil && c.gone() {
+		err = c.goneErr
+	}
+	switch {
+	case err == nil:
+		s.stats.FetchedBytes += n
+		s.unsynced[c] = struct{}{}
+		c.stale = false
+	case errors.Is(err, backend.ErrPrecondition):
+		c.stale = true
+	}
+	for j, fl := range r.flights {
+		i := r.first + int64(j)
+		k := blockKey{c, uint32(i)}
+		bl := s.blockLen(c, i)
+		delete(s.flights, k)
+		switch {
+		case err != nil:
+			fl.err = fmt.Errorf("fetch %q block %d: %w", c.key, i, err)
+			if fl.ahead {
+				s.ahead -= bl
+			}
+		case fl.waiters > 0:
+			// One hold per waiting reader: the block cannot be evicted
+			// before they have read it.
+			s.cacheBlockLocked(k, bl)
+			s.held[k] = blockHold{refs: fl.waiters, seq: s.nextSeqLocked()}
+			if fl.ahead {
+				s.ahead -= bl
+			}
+		default:
+			s.cacheBlockLocked(k, bl)
+			s.lru.Add(k, lruEntry{seq: s.nextSeqLocked(), ahead: fl.ahead})
+		}
+		close(fl.done)
+	}
+	s.unrefLocked(c)
+}
+
+// cacheBlockLocked counts a newly cached block; the caller files it in the
+// LRU or the held map.
+func (s *BlockStore) cacheBlockLocked(k blockKey, n int64) {
+	s.used += n
+	k.c.blocks++
+	k.c.bytes += n
+	s.pending[k] = struct{}{}
+}
+
+// prefetch starts read-ahead of the missing blocks in [from, to) of c, in
+// GETs of at most runLen blocks each. It stops at the store-wide read-ahead
+// budget, so that many sequential readers together cannot fill the cache
+// with blocks nobody has read yet and evict each other's.
+func (s *BlockStore) prefetch(c *content, from, to, runLen int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || c.gone() || c.stale {
+		return
+	}
+	for i := from; i < to; {
+		if !s.missingLocked(blockKey{c, uint32(i)}) {
+			i++
+			continue
+		}
+		j, n := i, s.blockLen(c, i)
+		for j+1 < to && j+1-i < runLen && s.missingLocked(blockKey{c, uint32(j + 1)}) {
+			j++
+			n += s.blockLen(c, j)
+		}
+		if s.ahead+n > s.aheadLimit {
+			s.log.Debug("read-ahead budget full", "key", c.key, "block", i, "ahead", s.ahead)
+			return
+		}
+		if _, err := s.startRunLocked(c, i, j-i+1, true); err != nil {
+			s.log.Debug("read-ahead not started", "key", c.key, "block", i, "err", err)
+			return
+		}
+		i = j + 1
+	}
+}

@@ -1,0 +1,534 @@
+package cache
+
+import (
+	"cmp"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// Database layout. All buckets are the block store's own.
+//
+//	blocks.meta      "blocksize" → uint64 BE; "clean" → present after a clean Close
+//	blocks.contents  content id (16 bytes) → JSON contentRecord
+//	blocks.index     content id (16 bytes) + block index (uint32 BE) → access seq (uint64 BE)
+var (
+	bucketBlocksMeta     = []byte("blocks.meta")
+	bucketBlocksContents = []byte("blocks.contents")
+	bucketBlocksIndex    = []byte("blocks.index")
+
+	metaBlockSize = []byte("blocksize")
+	metaClean     = []byte("clean")
+)
+
+// contentRecord is the persisted identity of a content.
+type contentRecord struct {
+	Key  string `json:"key"`
+	ETag string `json:"etag"`
+	Size int64  `json:"size"`
+}
+
+func blockRecordKey(id contentID, i uint32) []byte {
+	k := make([]byte, 20)
+	copy(k, id[:])
+	binary.BigEndian.PutUint32(k[16:], i)
+	return k
+}
+
+func uint64Bytes(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// blockRecord is the persisted state of one cached block.
+type blockRecord struct {
+	k   blockKey
+	seq uint64
+}
+
+// load restores the index from the database. It runs inside
+// OpenBlockStore before any other goroutine can see the store, so the
+// *Locked helpers it calls need no lock yet.
+//
+// After a clean Close every record is durable and matches the disk. After
+// a crash, a record may be older than an eviction that punched its block
+// (records are committed in batches, evictions punch at once), so each
+// record is checked against its file: a block whose range holds a hole is
+// dropped, and data that no record accounts for is punched. The "clean"
+// marker is deleted in the same transaction, before anything else
+// changes, so a crash during this run is seen as one by the next.
+func (s *BlockStore) load() error {
+	loaded := make(map[contentID]*content)
+	var blocks []blockRecord
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketBlocksMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(metaBlockSize); v != nil && (len(v) != 8 || int64(binary.BigEndian.Uint64(v)) != s.bs) {
+			s.log.Info("block size changed: dropping the cached blocks", "block_size", s.bs)
+			for _, name := range [][]byte{bucketBlocksContents, bucketBlocksIndex} {
+				if tx.Bucket(name) != nil {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if err := meta.Put(metaBlockSize, uint64Bytes(uint64(s.bs))); err != nil {
+			return err
+		}
+		clean := meta.Get(metaClean) != nil
+		if err := meta.Delete(metaClean); err != nil {
+			return err
+		}
+		cb, err := tx.CreateBucketIfNotExists(bucketBlocksContents)
+		if err != nil {
+			return err
+		}
+		ib, err := tx.CreateBucketIfNotExists(bucketBlocksIndex)
+		if err != nil {
+			return err
+		}
+		if err := s.loadContents(cb, loaded); err != nil {
+			return err
+		}
+		byContent, err := s.loadBlocks(ib, loaded)
+		if err != nil {
+			return err
+		}
+		var drop [][]byte
+		for id, c := range loaded {
+			recs := byContent[c]
+			if !clean {
+				// One file at a time: there may be more contents than
+				// file descriptors.
+				recs, drop = s.checkContent(c, recs, drop)
+			}
+			if len(recs) == 0 {
+				// A content without blocks has no business in the cache;
+				// the sweep removes its file.
+				if err := cb.Delete(id[:]); err != nil {
+					return err
+				}
+				delete(loaded, id)
+				continue
+			}
+			for _, b := range recs {
+				c.blocks++
+				c.bytes += s.blockLen(c, int64(b.k.i))
+			}
+			blocks = append(blocks, recs...)
+		}
+		if len(drop) > 0 {
+			s.log.Info("dropping block records without data", "records", len(drop))
+		}
+		for _, k := range drop {
+			if err := ib.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	slices.SortFunc(blocks, func(a, b blockRecord) int { return cmp.Compare(a.seq, b.seq) })
+	for _, b := range blocks {
+		s.lru.Add(b.k, lruEntry{seq: b.seq})
+		s.used += s.blockLen(b.k.c, int64(b.k.i))
+		s.seq = max(s.seq, b.seq)
+	}
+	for _, c := range loaded {
+		s.addContentLocked(c)
+	}
+	s.sweepLocked()
+	return nil
+}
+
+// loadContents reads the content records whose file exists.
+func (s *BlockStore) loadContents(cb *bbolt.Bucket, loaded map[contentID]*content) error {
+	var drop [][]byte
+	err := cb.ForEach(func(k, v []byte) error {
+		var rec contentRecord
+		if len(k) != len(contentID{}) || json.Unmarshal(v, &rec) != nil || rec.Size < 0 ||
+			contentID(k) != contentIDOf(rec.Key, rec.ETag) {
+			drop = append(drop, slices.Clone(k))
+			return nil
+		}
+		c := s.newContent(contentID(k), rec.Key, rec.ETag, rec.Size)
+		if _, err := os.Stat(c.path); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				s.log.Warn("stat content file", "path", c.path, "err", err)
+			}
+			drop = append(drop, slices.Clone(k))
+			return nil
+		}
+		c.recorded = true
+		loaded[c.id] = c
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range drop {
+		if err := cb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadBlocks reads the block records, grouped by content. Records of no
+// loaded content, or beyond its end, are deleted.
+func (s *BlockStore) loadBlocks(ib *bbolt.Bucket, loaded map[contentID]*content) (map[*content][]blockRecord, error) {
+	byContent := make(map[*content][]blockRecord)
+	var drop [][]byte
+	err := ib.ForEach(func(k, v []byte) error {
+		var c *content
+		var i uint32
+		if len(k) == 20 && len(v) == 8 {
+			c = loaded[contentID(k[:16])]
+			i = binary.BigEndian.Uint32(k[16:])
+		}
+		if c == nil || int64(i) >= c.nblocks {
+			drop = append(drop, slices.Clone(k))
+			return nil
+		}
+		byContent[c] = append(byContent[c], blockRecord{blockKey{c, i}, binary.BigEndian.Uint64(v)})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range drop {
+		if err := ib.Delete(k); err != nil {
+			return nil, err
+		}
+	}
+	return byContent, nil
+}
+
+// checkContent checks c's block records against its file after an
+// unclean shutdown. It returns the records whose whole range holds data,
+// adds the keys of the others to drop, and punches the data that no
+// surviving record accounts for (blocks written but never committed, or
+// half-written), which would otherwise use disk space outside the budget.
+func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte) ([]blockRecord, [][]byte) {
+	f, err := os.OpenFile(c.path, os.O_RDWR, 0)
+	if err != nil {
+		s.log.Warn("open content file", "path", c.path, "err", err)
+		for _, b := range recs {
+			drop = append(drop, blockRecordKey(c.id, b.k.i))
+		}
+		return nil, drop
+	}
+	defer func() {
+		if err := f.Close(); err != nil {
+			s.log.Warn("close content file", "path", c.path, "err", err)
+		}
+	}()
+	valid := recs[:0]
+	recorded := make(map[uint32]bool, len(recs))
+	for _, b := range recs {
+		if hasData(f, int64(b.k.i)*s.bs, s.blockLen(c, int64(b.k.i))) {
+			valid = append(valid, b)
+			recorded[b.k.i] = true
+		} else {
+			drop = append(drop, blockRecordKey(c.id, b.k.i))
+		}
+	}
+	for pos := int64(0); pos < c.size; {
+		start, end, ok := nextData(f, pos)
+		if !ok {
+			break
+		}
+		for i := start / s.bs; i*s.bs < min(end, c.size); i++ {
+			if recorded[uint32(i)] {
+				continue
+			}
+			if err := punchHole(f, i*s.bs, s.bs); err != nil {
+				s.log.Warn("punch unrecorded block", "path", c.path, "block", i, "err", err)
+				return valid, drop
+			}
+		}
+		pos = end
+	}
+	return valid, drop
+}
+
+// sweepLocked removes the files in the store's directory that belong to
+// no known content: written before a crash and never recorded, or left
+// by a content whose records were dropped. Only names the store could
+// have made are touched.
+func (s *BlockStore) sweepLocked() {
+	dirs, err := os.ReadDir(s.dir)
+	if err != nil {
+		s.log.Warn("sweep block store", "dir", s.dir, "err", err)
+		return
+	}
+	for _, d := range dirs {
+		if !d.IsDir() || len(d.Name()) != 2 {
+			continue
+		}
+		sub := filepath.Join(s.dir, d.Name())
+		files, err := os.ReadDir(sub)
+		if err != nil {
+			s.log.Warn("sweep block store", "dir", sub, "err", err)
+			continue
+		}
+		for _, f := range files {
+			var id contentID
+			if b, err := hex.DecodeString(f.Name()); err != nil || len(b) != len(id) || f.Name()[:2] != d.Name() {
+				continue
+			} else {
+				copy(id[:], b)
+			}
+			if s.contents[id] != nil {
+				continue
+			}
+			if err := os.Remove(filepath.Join(sub, f.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				s.log.Warn("remove stray content file", "path", filepath.Join(sub, f.Name()), "err", err)
+			}
+		}
+	}
+}
+
+// flusher persists the index every flushInterval until Close.
+func (s *BlockStore) flusher() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			if err := s.flush(false); err != nil {
+				s.log.Warn("persist block index", "err", err)
+			}
+		}
+	}
+}
+
+// flushBatch is one flush's share of the pending changes.
+type flushBatch struct {
+	syncs       []*content // contents written since the last flush; a ref is held on each
+	files       []*os.File // their files, as of the snapshot
+	puts        []blockRecord
+	dels        []blockKey
+	contentPuts []*content
+	contentDels []contentID
+}
+
+func (b *flushBatch) empty() bool {
+	return len(b.syncs)+len(b.puts)+len(b.dels)+len(b.contentPuts)+len(b.contentDels) == 0
+}
+
+// flush persists the pending index changes: first fdatasync of the files
+// written since the last flush, then one bbolt transaction, so that no
+// committed record claims data that is not durable. clean marks a clean
+// shutdown, which lets the next open skip checking the records.
+func (s *BlockStore) flush(clean bool) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+
+	s.mu.Lock()
+	b := s.snapshotLocked()
+	s.mu.Unlock()
+	if b.empty() && !clean {
+		return nil
+	}
+
+	var errs []error
+	failed := make(map[*content]bool)
+	for j, c := range b.syncs {
+		if err := fdatasync(b.files[j]); err != nil {
+			errs = append(errs, fmt.Errorf("sync %s: %w", c.path, err))
+			failed[c] = true
+		}
+	}
+	s.mu.Lock()
+	for _, c := range b.syncs {
+		if failed[c] {
+			// After a failed fdatasync the page cache cannot be trusted
+			// to reach the disk (or even to stay readable): drop the
+			// content; its blocks are fetched again.
+			s.log.Warn("content file sync failed: dropping its blocks", "key", c.key, "path", c.path)
+			s.retireLocked(c, fmt.Errorf("cache file of %q failed to sync", c.key))
+		}
+		s.unrefLocked(c)
+	}
+	s.mu.Unlock()
+	if len(failed) > 0 {
+		b.puts = slices.DeleteFunc(b.puts, func(p blockRecord) bool { return failed[p.k.c] })
+		b.contentPuts = slices.DeleteFunc(b.contentPuts, func(c *content) bool { return failed[c] })
+	}
+
+	err := s.commit(b, clean && len(errs) == 0)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		// Try again next time; meanwhile nothing claims more than is on disk.
+		for _, p := range b.puts {
+			s.pending[p.k] = struct{}{}
+		}
+		for _, k := range b.dels {
+			s.pending[k] = struct{}{}
+		}
+		s.gone = append(s.gone, b.contentDels...)
+		return errors.Join(append(errs, fmt.Errorf("commit block index: %w", err))...)
+	}
+	for _, c := range b.contentPuts {
+		c.recorded = true
+		if c.gone() {
+			// Retired while its record was being written.
+			s.gone = append(s.gone, c.id)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// snapshotLocked takes the pending changes for a flush.
+func (s *BlockStore) snapshotLocked() *flushBatch {
+	b := &flushBatch{contentDels: s.gone}
+	s.gone = nil
+	newContents := make(map[*content]bool)
+	for k := range s.pending {
+		var seq uint64
+		cached := false
+		if h, ok := s.held[k]; ok {
+			seq, cached = h.seq, true
+		} else if e, ok := s.lru.Peek(k); ok {
+			seq, cached = e.seq, true
+		}
+		if !cached || k.c.gone() {
+			b.dels = append(b.dels, k)
+			continue
+		}
+		b.puts = append(b.puts, blockRecord{k, seq})
+		if !k.c.recorded && !newContents[k.c] {
+			newContents[k.c] = true
+			b.contentPuts = append(b.contentPuts, k.c)
+		}
+	}
+	clear(s.pending)
+	for c := range s.unsynced {
+		if c.f == nil {
+			continue // cannot happen: an unsynced file stays open
+		}
+		c.refs++
+		b.syncs = append(b.syncs, c)
+		b.files = append(b.files, c.f)
+	}
+	clear(s.unsynced)
+	return b
+}
+
+// commit writes a batch in one transaction: deletions first, so that a
+// content retired and cached again under the same id in the same batch
+// keeps its new records.
+func (s *BlockStore) commit(b *flushBatch, clean bool) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		meta, cb, ib := tx.Bucket(bucketBlocksMeta), tx.Bucket(bucketBlocksContents), tx.Bucket(bucketBlocksIndex)
+		if meta == nil || cb == nil || ib == nil {
+			return errors.New("block store buckets missing")
+		}
+		for _, id := range b.contentDels {
+			if err := cb.Delete(id[:]); err != nil {
+				return err
+			}
+		}
+		for _, k := range b.dels {
+			if err := ib.Delete(blockRecordKey(k.c.id, k.i)); err != nil {
+				return err
+			}
+		}
+		for _, c := range b.contentPuts {
+			rec, err := json.Marshal(contentRecord{Key: c.key, ETag: c.etag, Size: c.size})
+			if err != nil {
+				return err
+			}
+			if err := cb.Put(c.id[:], rec); err != nil {
+				return err
+			}
+		}
+		for _, p := range b.puts {
+			if err := ib.Put(blockRecordKey(p.k.c.id, p.k.i), uint64Bytes(p.seq)); err != nil {
+				return err
+			}
+		}
+		if clean {
+			return meta.Put(metaClean, []byte{1})
+		}
+		return nil
+	})
+}
+
+// punchHole deallocates [off, off+n) of f, keeping its size.
+func punchHole(f *os.File, off, n int64) error {
+	return fileControl(f, func(fd int) error {
+		return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	})
+}
+
+func fdatasync(f *os.File) error {
+	return fileControl(f, unix.Fdatasync)
+}
+
+// hasData reports whether [off, off+n) of f is all data, with no hole: a
+// block that a crash left unwritten, or punched, fails the check. On a
+// file system without SEEK_HOLE the whole file counts as data.
+func hasData(f *os.File, off, n int64) bool {
+	var hole int64
+	err := fileControl(f, func(fd int) error {
+		var err error
+		hole, err = unix.Seek(fd, off, unix.SEEK_HOLE)
+		return err
+	})
+	return err == nil && hole >= off+n
+}
+
+// nextData returns the first data extent [start, end) of f at or after
+// pos; ok is false if there is none.
+func nextData(f *os.File, pos int64) (start, end int64, ok bool) {
+	err := fileControl(f, func(fd int) error {
+		var err error
+		if start, err = unix.Seek(fd, pos, unix.SEEK_DATA); err != nil {
+			return err
+		}
+		end, err = unix.Seek(fd, start, unix.SEEK_HOLE)
+		return err
+	})
+	return start, end, err == nil
+}
+
+// fileControl runs fn on f's descriptor, retrying on EINTR. Going through
+// SyscallConn keeps f from being closed under fn.
+func fileControl(f *os.File, fn func(fd int) error) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var opErr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			if opErr = fn(int(fd)); !errors.Is(opErr, unix.EINTR) {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return opErr
+}

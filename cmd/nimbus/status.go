@@ -1,0 +1,234 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nimbus-fs/nimbus/cache"
+)
+
+// statusReport is what nimbus status --json prints.
+type statusReport struct {
+	Remote     string           `json:"remote"`
+	Store      string           `json:"store"`
+	Mountpoint string           `json:"mountpoint"`
+	CacheDir   string           `json:"cache_dir"`
+	PID        int              `json:"pid"`
+	Started    time.Time        `json:"started"`
+	Online     bool             `json:"online"`
+	Since      time.Time        `json:"online_since"`
+	Error      string           `json:"offline_error,omitempty"`
+	Cache      cacheReport      `json:"cache"`
+	Requests   map[string]int64 `json:"requests"`
+	Skipped    []cache.Skipped  `json:"skipped"`
+}
+
+type cacheReport struct {
+	Used      int64 `json:"used"`
+	Capacity  int64 `json:"capacity"`
+	Blocks    int64 `json:"blocks"`
+	Hits      int64 `json:"hits"`
+	Misses    int64 `json:"misses"`
+	Evictions int64 `json:"evictions"`
+}
+
+func (m *mountState) status() (*statusReport, error) {
+	hs := m.health.State()
+	bs := m.blocks.Stats()
+	skipped, err := m.tree.Skipped()
+	if err != nil {
+		return nil, err
+	}
+	if skipped == nil {
+		skipped = []cache.Skipped{}
+	}
+	return &statusReport{
+		Remote:     m.opts.remote.String(),
+		Store:      m.health.String(),
+		Mountpoint: m.opts.mountpoint,
+		CacheDir:   m.opts.cacheDir,
+		PID:        os.Getpid(),
+		Started:    m.started,
+		Online:     hs.Online,
+		Since:      hs.Since,
+		Error:      hs.Error,
+		Cache: cacheReport{
+			Used: bs.Used, Capacity: bs.Capacity, Blocks: bs.Blocks,
+			Hits: bs.Hits, Misses: bs.Misses, Evictions: bs.Evictions,
+		},
+		Requests: m.counts.Snapshot(),
+		Skipped:  skipped,
+	}, nil
+}
+
+func cmdStatus(args []string, stdout io.Writer) error {
+	fset := flag.NewFlagSet("status", flag.ContinueOnError)
+	fset.SetOutput(io.Discard)
+	asJSON := fset.Bool("json", false, "print JSON")
+	pos, err := parseInterleaved(fset, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: nimbus status [PATH] [--json]")
+		fset.SetOutput(stdout)
+		fset.PrintDefaults()
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageError{"give at most one PATH"}
+	}
+	path := "."
+	if len(pos) == 1 {
+		path = pos[0]
+	}
+	var rep statusReport
+	if err := callControl(path, "status", &rep); err != nil {
+		return err
+	}
+	if len(pos) == 1 && filepath.Clean(mustAbs(path)) != rep.Mountpoint {
+		return printEntryStates(stdout, path, *asJSON)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printStatus(stdout, &rep)
+	return nil
+}
+
+func mustAbs(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return abs
+}
+
+func printStatus(w io.Writer, r *statusReport) {
+	state := "online"
+	if !r.Online {
+		state = fmt.Sprintf("OFFLINE since %s (%s)", r.Since.Format(time.TimeOnly), r.Error)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "remote:\t%s (%s)\n", r.Remote, r.Store)
+	fmt.Fprintf(tw, "mountpoint:\t%s (pid %d, up %s)\n", r.Mountpoint, r.PID, time.Since(r.Started).Round(time.Second))
+	fmt.Fprintf(tw, "state:\t%s\n", state)
+	fmt.Fprintf(tw, "cache:\t%s used of %s (%d blocks, %d hits, %d misses, %d evictions) in %s\n",
+		formatSize(r.Cache.Used), formatSize(r.Cache.Capacity), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
+	ops := make([]string, 0, len(r.Requests))
+	for op, n := range r.Requests {
+		if strings.HasPrefix(op, "bytes_") {
+			continue
+		}
+		ops = append(ops, fmt.Sprintf("%s %d", op, n))
+	}
+	sort.Strings(ops)
+	fmt.Fprintf(tw, "requests:\t%s; %s in, %s out\n", strings.Join(ops, ", "),
+		formatSize(r.Requests["bytes_in"]), formatSize(r.Requests["bytes_out"]))
+	if len(r.Skipped) > 0 {
+		fmt.Fprintf(tw, "skipped:\t%d keys that cannot be shown as files:\n", len(r.Skipped))
+		for _, s := range r.Skipped {
+			fmt.Fprintf(tw, "\t  %q: %s\n", s.Key, s.Reason)
+		}
+	}
+	tw.Flush()
+}
+
+// entryState is one line of nimbus status PATH.
+type entryState struct {
+	Path  string `json:"path"`
+	State string `json:"state"`
+}
+
+// printEntryStates prints the state of PATH, and of each entry if it is a
+// folder, from the user.nimbus.state xattr.
+func printEntryStates(w io.Writer, path string, asJSON bool) error {
+	paths := []string{path}
+	if st, err := os.Stat(path); err != nil {
+		return err
+	} else if st.IsDir() {
+		names, err := readDirNames(path)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			paths = append(paths, filepath.Join(path, n))
+		}
+	}
+	var states []entryState
+	for _, p := range paths {
+		buf := make([]byte, 64)
+		n, err := unix.Getxattr(p, "user.nimbus.state", buf)
+		if err != nil {
+			return fmt.Errorf("state of %s: %w", p, err)
+		}
+		states = append(states, entryState{Path: p, State: string(buf[:n])})
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(states)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range states {
+		fmt.Fprintf(tw, "%s\t%s\n", s.State, s.Path)
+	}
+	return tw.Flush()
+}
+
+func readDirNames(path string) ([]string, error) {
+	d, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	sort.Strings(names)
+	return names, err
+}
+
+func cmdUnmount(args []string, stdout io.Writer) error {
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		return usageError{"expected exactly one MOUNTPOINT"}
+	}
+	mp := mustAbs(args[0])
+	if err := callControl(mp, "unmount", nil); err == nil {
+		return waitUnmounted(mp, 30*time.Second)
+	} else if mounted, _ := isMountpoint(mp); !mounted {
+		return fmt.Errorf("%s is not mounted", mp)
+	}
+	// The daemon is gone or stuck: detach the mount so that the folder is
+	// usable again. Nothing is lost: the journal is on disk.
+	if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+		if err := runFusermount(mp); err != nil {
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
+	}
+	fmt.Fprintf(stdout, "detached %s (its daemon did not answer)\n", mp)
+	return nil
+}
+
+func waitUnmounted(mp string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if mounted, err := isMountpoint(mp); err == nil && !mounted {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s is still mounted after %s: a program may hold files open (see lsof %s)", mp, timeout, mp)
+}

@@ -1,0 +1,130 @@
+package vfs
+
+import (
+	"context"
+	"hash/fnv"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nimbus-fs/nimbus/cache"
+)
+
+// dirNode is a directory of the mount.
+type dirNode struct {
+	fs.Inode
+	fsys *FS
+}
+
+// path is the node's slash-separated path below the mount root ("" = root).
+func (n *dirNode) path() string { return n.Path(nil) }
+
+var _ = (fs.NodeLookuper)((*dirNode)(nil))
+
+func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir := n.path()
+	// A name the store cannot hold gets the errno that says why.
+	if err := checkKey(n.fsys.fileKey(cache.JoinPath(dir, name))); err != nil {
+		return nil, toErrno(n.fsys.log, "lookup", err)
+	}
+	if err := n.fsys.ensureListed(ctx, dir); err != nil {
+		return nil, toErrno(n.fsys.log, "lookup", err)
+	}
+	e, ok, err := n.fsys.cfg.Tree.Lookup(dir, name)
+	if err != nil {
+		return nil, toErrno(n.fsys.log, "lookup", err)
+	}
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	return n.childInode(ctx, e, &out.Attr), 0
+}
+
+// childInode returns the inode for a known child, reusing the live one when
+// the kernel still holds it, and fills its attributes.
+func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr) *fs.Inode {
+	if e.Dir {
+		n.fsys.fillDirAttr(out)
+		if ch := n.GetChild(e.Name); ch != nil && ch.IsDir() {
+			return ch
+		}
+		return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR})
+	}
+	n.fsys.fillFileAttr(e, out)
+	if ch := n.GetChild(e.Name); ch != nil && !ch.IsDir() {
+		if fn, ok := ch.Operations().(*fileNode); ok {
+			fn.setEntry(e)
+			return ch
+		}
+	}
+	return n.NewInode(ctx, newFileNode(n.fsys, e), fs.StableAttr{Mode: syscall.S_IFREG})
+}
+
+var _ = (fs.NodeReaddirer)((*dirNode)(nil))
+
+func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	dir := n.path()
+	if err := n.fsys.ensureListed(ctx, dir); err != nil {
+		return nil, toErrno(n.fsys.log, "readdir", err)
+	}
+	var list []fuse.DirEntry
+	err := n.fsys.cfg.Tree.Children(dir, func(e cache.Entry) bool {
+		mode := uint32(syscall.S_IFREG)
+		if e.Dir {
+			mode = syscall.S_IFDIR
+		}
+		list = append(list, fuse.DirEntry{Name: e.Name, Mode: mode, Ino: nameIno(dir, e.Name)})
+		return true
+	})
+	if err != nil {
+		return nil, toErrno(n.fsys.log, "readdir", err)
+	}
+	return fs.NewListDirStream(list), 0
+}
+
+// nameIno gives readdir a stable, non-zero inode number; the kernel uses
+// the one Lookup returns for anything that matters.
+func nameIno(dir, name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(dir))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	return h.Sum64() | 1
+}
+
+var _ = (fs.NodeGetattrer)((*dirNode)(nil))
+
+func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fsys.fillDirAttr(&out.Attr)
+	return 0
+}
+
+var _ = (fs.NodeStatfser)((*dirNode)(nil))
+
+// Statfs reports a large, mostly free file system: the bucket has no size.
+func (n *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	const bsize = 4096
+	const total = 1 << 50 / bsize // 1 PiB
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = total
+	out.Bfree = total
+	out.Bavail = total
+	out.Files = 1 << 40
+	out.Ffree = 1 << 40
+	out.NameLen = maxNameLen
+	return 0
+}
+
+var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
+
+func (n *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.fsys.getxattr(attr, dest, func() string { return stateOnline })
+}
+
+var _ = (fs.NodeListxattrer)((*dirNode)(nil))
+
+func (n *dirNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return listxattr(dest)
+}

@@ -1,0 +1,263 @@
+// Package vfs is the FUSE node tree of a Nimbus mount, built on go-fuse's fs
+// API.
+//
+// # Metadata
+//
+// Directories are listed lazily, one at a time, with delimited listings, and
+// the result is persisted in the cache's Tree (bbolt). Lookup, Getattr and
+// Readdir are answered from the Tree; a directory is re-listed only when its
+// listing is older than DirTTL. No HEAD is made per entry: listings carry
+// size, ETag and mtime. When the store cannot be reached, the stale listing
+// is served, so a mount keeps browsing offline.
+//
+// # Contents
+//
+// Open revalidates the file with one HEAD (close-to-open consistency) unless
+// the store is known to be offline, then reads go through the block cache,
+// pinned to the ETag seen at open: a reader never sees a mix of two
+// versions. When the ETag changed, the kernel's page cache for the file is
+// not kept (no FOPEN_KEEP_CACHE) and the old blocks are dropped.
+//
+// # Errors
+//
+// Errors travel wrapped (fmt.Errorf with %w) and become an errno in exactly
+// one place, toErrno, which also logs them.
+//
+// # Locking
+//
+// fileNode.mu guards the node's last known Entry. No lock is held across a
+// call to the store. The listing singleflight (FS.listMu) is taken only to
+// find or register a flight, never while listing.
+package vfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/cache"
+)
+
+// lister is what the vfs needs from the object store.
+type lister interface {
+	List(ctx context.Context, prefix string, fn func(backend.Page) error) error
+	Stat(ctx context.Context, key string) (backend.ObjectInfo, error)
+}
+
+// onlineReporter says whether the store is believed reachable, so that the
+// vfs can skip revalidation that would only fail.
+type onlineReporter interface {
+	Online() bool
+}
+
+// treeStore is what the vfs needs from the persisted tree.
+type treeStore interface {
+	Lookup(dir, name string) (cache.Entry, bool, error)
+	Children(dir string, fn func(cache.Entry) bool) error
+	Dir(dir string) (cache.DirState, bool, error)
+	ReplaceDir(dir string, entries []cache.Entry, skippedPrefix string, skipped []cache.Skipped, listedAt time.Time) error
+	PutEntry(dir string, e cache.Entry) error
+	RemoveEntry(dir, name string) error
+}
+
+// contentCache is what the vfs needs from the block cache.
+type contentCache interface {
+	Open(c cache.Content) *cache.Handle
+	CachedBytes(c cache.Content) int64
+	Forget(key, keepETag string)
+}
+
+// Config assembles a file system.
+type Config struct {
+	Store  lister
+	Health onlineReporter // optional; nil means always online
+	Tree   treeStore
+	Blocks contentCache
+	// Prefix is the key prefix of the mount's root: "" or ending in "/".
+	Prefix string
+	// DirTTL is how long a listing is trusted before it is re-listed.
+	DirTTL time.Duration
+	// ControlSocket is reported by the user.nimbus.control xattr so that the
+	// CLI finds the mount's daemon from any path inside it.
+	ControlSocket string
+	Logger        *slog.Logger
+}
+
+// FS is a mounted Nimbus tree.
+type FS struct {
+	cfg   Config
+	log   *slog.Logger
+	uid   uint32
+	gid   uint32
+	start time.Time
+
+	listMu  sync.Mutex
+	listing map[string]*listFlight // GUARDED_BY(listMu): listings in progress, by dir
+}
+
+type listFlight struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// New returns the file system; Root gives the node to mount.
+func New(cfg Config) *FS {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &FS{
+		cfg:     cfg,
+		log:     log,
+		uid:     uint32(os.Getuid()),
+		gid:     uint32(os.Getgid()),
+		start:   time.Now(),
+		listing: make(map[string]*listFlight),
+	}
+}
+
+// Root returns the root directory node.
+func (f *FS) Root() fs.InodeEmbedder { return &dirNode{fsys: f} }
+
+// Options returns the go-fuse options the file system is designed for.
+func (f *FS) Options(name string, allowOther bool) *fs.Options {
+	attr := time.Second
+	return &fs.Options{
+		EntryTimeout: &attr,
+		AttrTimeout:  &attr,
+		UID:          f.uid,
+		GID:          f.gid,
+		MountOptions: fuse.MountOptions{
+			FsName:       name,
+			Name:         "nimbus",
+			DirectMount:  true,
+			AllowOther:   allowOther,
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			// Parallel lookups and reads: the store is remote.
+			MaxBackground: 64,
+		},
+	}
+}
+
+func (f *FS) online() bool { return f.cfg.Health == nil || f.cfg.Health.Online() }
+
+// dirKeyPrefix is the key prefix of the objects directly under dir.
+func (f *FS) dirKeyPrefix(dir string) string {
+	if dir == "" {
+		return f.cfg.Prefix
+	}
+	return f.cfg.Prefix + dir + "/"
+}
+
+// fileKey is the object key of the file at path.
+func (f *FS) fileKey(path string) string { return f.cfg.Prefix + path }
+
+// ensureListed makes sure dir's children in the tree are no older than
+// DirTTL, listing it if needed. Concurrent callers share one listing. When
+// the listing fails but an older one exists, the older one is served (the
+// store may be offline) and only the log says so.
+func (f *FS) ensureListed(ctx context.Context, dir string) error {
+	st, known, err := f.cfg.Tree.Dir(dir)
+	if err != nil {
+		return err
+	}
+	if known && time.Since(st.ListedAt) < f.cfg.DirTTL {
+		return nil
+	}
+	if known && !f.online() {
+		return nil
+	}
+	err = f.listShared(ctx, dir)
+	if err != nil && known && !errors.Is(err, context.Canceled) {
+		f.log.Info("serving stale listing", "dir", dir, "listed_at", st.ListedAt, "err", err)
+		return nil
+	}
+	return err
+}
+
+// listShared lists dir once for all concurrent callers. The listing itself
+// runs on a background context so that one caller's interrupt does not fail
+// the others; each caller stops waiting when its own ctx ends.
+func (f *FS) listShared(ctx context.Context, dir string) error {
+	f.listMu.Lock()
+	fl, ok := f.listing[dir]
+	if !ok {
+		fl = &listFlight{done: make(chan struct{})}
+		f.listing[dir] = fl
+		go func() {
+			fl.err = f.listDir(context.Background(), dir)
+			f.listMu.Lock()
+			delete(f.listing, dir)
+			f.listMu.Unlock()
+			close(fl.done)
+		}()
+	}
+	f.listMu.Unlock()
+	select {
+	case <-fl.done:
+		return fl.err
+	case <-ctx.Done():
+		return fmt.Errorf("list %q: %w", dir, ctx.Err())
+	}
+}
+
+// listDir lists dir from the store and records the result.
+func (f *FS) listDir(ctx context.Context, dir string) error {
+	prefix := f.dirKeyPrefix(dir)
+	started := time.Now()
+	var pages []backend.Page
+	err := f.cfg.Store.List(ctx, prefix, func(p backend.Page) error {
+		pages = append(pages, p)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list %q: %w", prefix, err)
+	}
+	entries, skipped := listingToEntries(prefix, pages)
+	for _, s := range skipped {
+		f.log.Warn("key cannot be shown, skipped", "key", s.Key, "reason", s.Reason)
+	}
+	// The listing time is when it started: changes made during it may be
+	// missing, so its freshness must not be overstated.
+	if err := f.cfg.Tree.ReplaceDir(dir, entries, prefix, skipped, started); err != nil {
+		return err
+	}
+	f.log.Debug("listed", "dir", dir, "entries", len(entries), "pages", len(pages), "took", time.Since(started))
+	return nil
+}
+
+// fillDirAttr describes a directory.
+func (f *FS) fillDirAttr(out *fuse.Attr) {
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	f.fillCommon(out, f.start)
+}
+
+// fillFileAttr describes a file from its entry.
+func (f *FS) fillFileAttr(e cache.Entry, out *fuse.Attr) {
+	out.Mode = syscall.S_IFREG | 0o644
+	out.Nlink = 1
+	out.Size = uint64(e.Size)
+	out.Blocks = (uint64(e.Size) + 511) / 512
+	mtime := e.MTime
+	if mtime.IsZero() {
+		mtime = f.start
+	}
+	f.fillCommon(out, mtime)
+}
+
+func (f *FS) fillCommon(out *fuse.Attr, mtime time.Time) {
+	out.Uid, out.Gid = f.uid, f.gid
+	out.Blksize = 1 << 20
+	out.SetTimes(&mtime, &mtime, &mtime)
+}

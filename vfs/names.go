@@ -1,0 +1,82 @@
+package vfs
+
+import (
+	"strings"
+	"unicode/utf8"
+
+	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/cache"
+)
+
+const (
+	maxNameLen = 255  // POSIX NAME_MAX
+	maxKeyLen  = 1024 // S3's key limit, in bytes
+)
+
+// whyUnshowable says why a name from the store cannot be a POSIX name, or "".
+func whyUnshowable(name string) string {
+	switch {
+	case name == "":
+		return "empty path segment"
+	case name == "." || name == "..":
+		return "dot path segment"
+	case len(name) > maxNameLen:
+		return "name longer than 255 bytes"
+	case !utf8.ValidString(name):
+		return "name is not valid UTF-8"
+	case strings.ContainsRune(name, 0):
+		return "name contains NUL"
+	}
+	return ""
+}
+
+// checkKey validates a key made from a local name before it is sent.
+func checkKey(key string) error {
+	if !utf8.ValidString(key) {
+		return errNameInvalid
+	}
+	if len(key) > maxKeyLen {
+		return errNameTooLong
+	}
+	return nil
+}
+
+// listingToEntries turns the pages of a delimited listing under keyPrefix
+// into directory entries, and reports the keys that cannot be shown. When a
+// key is both an object and a prefix, the directory wins.
+func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []cache.Skipped) {
+	var entries []cache.Entry
+	var skipped []cache.Skipped
+	dirs := make(map[string]bool)
+	for _, p := range pages {
+		for _, pfx := range p.Prefixes {
+			name := strings.TrimSuffix(strings.TrimPrefix(pfx, keyPrefix), "/")
+			if why := whyUnshowable(name); why != "" {
+				skipped = append(skipped, cache.Skipped{Key: pfx, Reason: why})
+				continue
+			}
+			if !dirs[name] {
+				dirs[name] = true
+				entries = append(entries, cache.Entry{Name: name, Dir: true})
+			}
+		}
+	}
+	for _, p := range pages {
+		for _, o := range p.Objects {
+			if o.Key == keyPrefix {
+				continue // the directory's own marker
+			}
+			name := strings.TrimPrefix(o.Key, keyPrefix)
+			if why := whyUnshowable(name); why != "" {
+				skipped = append(skipped, cache.Skipped{Key: o.Key, Reason: why})
+				continue
+			}
+			if dirs[name] {
+				skipped = append(skipped, cache.Skipped{Key: o.Key, Reason: "shadowed by the directory " + o.Key + "/"})
+				continue
+			}
+			entries = append(entries, cache.Entry{Name: name, Size: o.Size, ETag: o.ETag, MTime: o.ModTime})
+		}
+	}
+	return entries, skipped
+}
