@@ -388,3 +388,70 @@ func decodeEntry(name string, v []byte) (Entry, error) {
 	e.ETag = string(v[n : n+int(l)])
 	return e, nil
 }
+
+// MarkStale makes the next access to dir list it again.
+func (t *Tree) MarkStale(dir string) error {
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(treeDirs)
+		if b.Get(dirKey(dir)) == nil {
+			return nil
+		}
+		var zero [8]byte
+		return b.Put(dirKey(dir), zero[:])
+	})
+	if err != nil {
+		return fmt.Errorf("mark %q stale: %w", dir, err)
+	}
+	return nil
+}
+
+// MoveDir moves the known subtree of the directory src to dst (a rename
+// done locally): every entry below it becomes Local under dst, and src
+// becomes a tombstone. What was never listed under src is not known here;
+// it appears under dst when dst is listed after the store has it.
+func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
+	src, dst := JoinPath(srcDir, srcName), JoinPath(dstDir, dstName)
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(treeEntries)
+		type kv struct{ k, v []byte }
+		var moved []kv
+		for _, p := range [][]byte{childPrefix(src), []byte(src + "/")} {
+			c := b.Cursor()
+			for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+				name := k[bytes.IndexByte(k, 0)+1:]
+				e, err := decodeEntry(string(name), v)
+				if err != nil {
+					return err
+				}
+				e.Local = true
+				rest := k[len(src):] // "\x00name" or "/sub\x00name"
+				moved = append(moved, kv{append([]byte(dst), rest...), encodeEntry(e)})
+			}
+		}
+		if err := deleteSubtree(tx, src); err != nil {
+			return err
+		}
+		if err := deleteSubtree(tx, dst); err != nil {
+			return err
+		}
+		for _, m := range moved {
+			if err := b.Put(m.k, m.v); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(entryKey(srcDir, srcName), encodeEntry(Entry{Name: srcName, Dir: true, Local: true, Gone: true})); err != nil {
+			return err
+		}
+		if err := b.Put(entryKey(dstDir, dstName), encodeEntry(Entry{Name: dstName, Dir: true, Local: true})); err != nil {
+			return err
+		}
+		// dst's listing is whatever moved: complete as far as src was.
+		var ts [8]byte
+		binary.BigEndian.PutUint64(ts[:], uint64(time.Now().UnixNano()))
+		return tx.Bucket(treeDirs).Put(dirKey(dst), ts[:])
+	})
+	if err != nil {
+		return fmt.Errorf("move %q to %q: %w", src, dst, err)
+	}
+	return nil
+}

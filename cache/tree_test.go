@@ -218,3 +218,45 @@ func TestTreeLocalEntriesWinOverListings(t *testing.T) {
 		t.Fatalf("confirmed entry not updated by the listing: %+v", e)
 	}
 }
+
+func TestTreeMoveDir(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	now := time.Now()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(tree.ReplaceDir("", []Entry{{Name: "src", Dir: true}, {Name: "srcx", Dir: true}}, "", nil, now))
+	must(tree.ReplaceDir("src", []Entry{{Name: "f", Size: 3, ETag: "e"}, {Name: "sub", Dir: true}}, "src/", nil, now))
+	must(tree.ReplaceDir("src/sub", []Entry{{Name: "g", Size: 4, ETag: "e2"}}, "src/sub/", nil, now))
+	must(tree.ReplaceDir("srcx", []Entry{{Name: "keep"}}, "srcx/", nil, now))
+	must(tree.MoveDir("", "src", "", "dst"))
+
+	if got := childNames(t, tree, ""); !reflect.DeepEqual(got, []string{"dst", "srcx"}) {
+		t.Fatalf("root = %v, want [dst srcx]", got)
+	}
+	if got := childNames(t, tree, "dst"); !reflect.DeepEqual(got, []string{"f", "sub"}) {
+		t.Fatalf("dst = %v", got)
+	}
+	if e, ok, _ := tree.Lookup("dst/sub", "g"); !ok || e.Size != 4 || !e.Local {
+		t.Fatalf("dst/sub/g = %+v %v: moved entries must be Local", e, ok)
+	}
+	if names := childNames(t, tree, "src"); len(names) != 0 {
+		t.Fatalf("src still has children %v", names)
+	}
+	if got := childNames(t, tree, "srcx"); !reflect.DeepEqual(got, []string{"keep"}) {
+		t.Fatalf("sibling srcx touched: %v", got)
+	}
+	// A listing of the root that still has src does not bring it back.
+	must(tree.ReplaceDir("", []Entry{{Name: "src", Dir: true}, {Name: "srcx", Dir: true}}, "", nil, now))
+	if _, ok, _ := tree.Lookup("", "src"); ok {
+		t.Fatal("renamed-away dir resurrected by a listing")
+	}
+	must(tree.MarkStale("dst"))
+	if st, _, _ := tree.Dir("dst"); !st.ListedAt.Before(time.Unix(1, 0)) {
+		t.Fatalf("MarkStale left ListedAt %v", st.ListedAt)
+	}
+}

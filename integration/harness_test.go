@@ -241,6 +241,11 @@ type statusReport struct {
 		Blocks   int64 `json:"blocks"`
 		Hits     int64 `json:"hits"`
 	} `json:"cache"`
+	Conflicts []struct {
+		Key         string `json:"key"`
+		ConflictKey string `json:"conflict_key"`
+		Reason      string `json:"reason"`
+	} `json:"conflicts"`
 	Skipped []struct {
 		Key    string `json:"key"`
 		Reason string `json:"reason"`

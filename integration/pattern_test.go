@@ -65,3 +65,6 @@ func (p pattern) sha256() [32]byte {
 }
 
 func (p pattern) reader() io.ReadSeeker { return io.NewSectionReader(p, 0, p.size) }
+
+// shaOf is the sha256 of b, in the form pattern.sha256 returns.
+func (pattern) shaOf(b []byte) [32]byte { return sha256.Sum256(b) }

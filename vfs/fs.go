@@ -50,6 +50,7 @@ import (
 // lister is what the vfs needs from the object store.
 type lister interface {
 	List(ctx context.Context, prefix string, fn func(backend.Page) error) error
+	ListFlat(ctx context.Context, prefix string, fn func(backend.Page) error) error
 	Stat(ctx context.Context, key string) (backend.ObjectInfo, error)
 }
 
@@ -67,6 +68,8 @@ type treeStore interface {
 	ReplaceDir(dir string, entries []cache.Entry, skippedPrefix string, skipped []cache.Skipped, listedAt time.Time) error
 	PutEntry(dir string, e cache.Entry) error
 	RemoveEntry(dir, name string) error
+	MarkStale(dir string) error
+	MoveDir(srcDir, srcName, dstDir, dstName string) error
 }
 
 // contentCache is what the vfs needs from the block cache.
@@ -86,6 +89,10 @@ type Config struct {
 	Prefix string
 	// DirTTL is how long a listing is trusted before it is re-listed.
 	DirTTL time.Duration
+	// Journal records local changes; nil (or ReadOnly) makes the mount
+	// read-only.
+	Journal  journalLog
+	ReadOnly bool
 	// ControlSocket is reported by the user.nimbus.control xattr so that the
 	// CLI finds the mount's daemon from any path inside it.
 	ControlSocket string
@@ -102,6 +109,14 @@ type FS struct {
 
 	listMu  sync.Mutex
 	listing map[string]*listFlight // GUARDED_BY(listMu): listings in progress, by dir
+
+	// localMu orders local changes (a journal Commit and the tree update
+	// that shows it) against the journal's completion reports (applied),
+	// so that a report never lands between the two. It is held for local
+	// disk work only. LOCK ORDER: fileNode.mu before localMu.
+	localMu sync.Mutex
+
+	root *dirNode // set by Root
 }
 
 type listFlight struct {
@@ -126,7 +141,10 @@ func New(cfg Config) *FS {
 }
 
 // Root returns the root directory node.
-func (f *FS) Root() fs.InodeEmbedder { return &dirNode{fsys: f} }
+func (f *FS) Root() fs.InodeEmbedder {
+	f.root = &dirNode{fsys: f}
+	return f.root
+}
 
 // Options returns the go-fuse options the file system is designed for.
 func (f *FS) Options(name string, allowOther bool) *fs.Options {

@@ -227,8 +227,8 @@ func closeQuietly(c io.Closer) {
 // If-Match put (the object is absent) is ErrPrecondition. Put reads exactly
 // size bytes from body; a shorter body is an error (not ErrOffline).
 // The returned info has Key, Size and ETag; ModTime is left zero (S3 does
-// not return it). Objects over 5 GiB need multipart upload, which comes
-// with the write path.
+// not return it). Objects larger than Config.MultipartThreshold go up as a
+// multipart upload instead, with the same semantics (see putMultipart).
 func (s *Store) Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string, cond backend.Cond) (backend.ObjectInfo, error) {
 	if err := checkKey("put", key); err != nil {
 		return backend.ObjectInfo{}, err
@@ -238,6 +238,9 @@ func (s *Store) Put(ctx context.Context, key string, body io.ReadSeeker, size in
 	}
 	if cond.IfMatch != "" && cond.IfNoneMatch {
 		return backend.ObjectInfo{}, fmt.Errorf("put %q in %s: both If-Match and If-None-Match: %w", key, s, backend.ErrPrecondition)
+	}
+	if size > s.multipartThreshold {
+		return s.putMultipart(ctx, key, body, size, meta, cond)
 	}
 	sized, err := newSizedBody(body, size)
 	if err != nil {
@@ -258,10 +261,7 @@ func (s *Store) Put(ctx context.Context, key string, body io.ReadSeeker, size in
 	}
 	out, err := s.client.PutObject(ctx, in)
 	if err != nil {
-		if cond.IfMatch != "" && errors.Is(classify(err), backend.ErrNotFound) {
-			return backend.ObjectInfo{}, s.opErrorAs(ctx, "put", key, backend.ErrPrecondition, err)
-		}
-		return backend.ObjectInfo{}, s.opError(ctx, "put", key, err)
+		return backend.ObjectInfo{}, s.putError(ctx, key, cond, err)
 	}
 	return backend.ObjectInfo{Key: key, Size: size, ETag: unquoteETag(out.ETag)}, nil
 }

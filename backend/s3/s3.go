@@ -13,7 +13,8 @@
 // # Conditional writes
 //
 // Put sends If-Match / If-None-Match and relies on the store to check them
-// atomically (AWS S3 and MinIO do). Some stores (MinIO included) ignore the
+// atomically (AWS S3 and MinIO do, on PutObject and on
+// CompleteMultipartUpload alike). Some stores (MinIO included) ignore the
 // conditions on CopyObject's destination and on DeleteObject, so Copy and
 // Delete check them with a HeadObject first and also send the headers, for
 // stores that honour them. Between that HEAD and the write there is a short
@@ -22,8 +23,11 @@
 //
 // # Large objects
 //
-// Put is a single PutObject (at most 5 GiB) and Copy a single CopyObject
-// (likewise). Multipart upload and copy come with the write path.
+// Put sends objects larger than Config.MultipartThreshold as a multipart
+// upload (multipart.go): parts are read from the body in parallel and the
+// write condition is checked when the upload is completed, so the object
+// still appears atomically and conditionally. Copy is a single CopyObject
+// (at most 5 GiB); multipart copy comes with the write path.
 package s3
 
 import (
@@ -44,6 +48,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -89,15 +94,32 @@ type Config struct {
 	// use when the credentials may list only under it. Keys given to
 	// Store methods are full keys either way; Store adds no prefix.
 	ProbePrefix string
+
+	// MultipartThreshold is the size above which Put sends an object as a
+	// multipart upload instead of one PutObject. 0 means 64 MiB; at most
+	// 5 GiB, PutObject's limit.
+	MultipartThreshold int64
+	// PartSize is the size of the parts of a multipart upload (the last
+	// one may be smaller). 0 means 16 MiB; S3 takes 5 MiB to 5 GiB. S3
+	// allows 10,000 parts, so objects over PartSize × 10,000 (156 GiB by
+	// default) are sent with larger parts.
+	PartSize int64
+	// UploadConcurrency is how many parts of one Put are in flight at
+	// once. 0 means 8. Parts are read from the body as they are sent,
+	// not buffered, so this costs connections rather than memory.
+	UploadConcurrency int
 }
 
 // Store is a Backend over one S3 bucket. It is safe for concurrent use.
 type Store struct {
 	client   *awss3.Client
 	presign  *awss3.PresignClient
+	uploader *manager.Uploader // multipart Puts; see multipart.go
 	bucket   string
 	endpoint string // "" for AWS S3
 	name     string // String(), computed once; never holds credentials
+	// multipartThreshold is Config.MultipartThreshold with its default.
+	multipartThreshold int64
 }
 
 var (
@@ -128,6 +150,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
 		return nil, errors.New("s3: static credentials need both an access key and a secret key")
+	}
+	cfg, err := withMultipartDefaults(cfg)
+	if err != nil {
+		return nil, err
 	}
 
 	opts := []func(*config.LoadOptions) error{
@@ -191,11 +217,13 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		name += " at " + cfg.Endpoint
 	}
 	return &Store{
-		client:   client,
-		presign:  awss3.NewPresignClient(client),
-		bucket:   cfg.Bucket,
-		endpoint: cfg.Endpoint,
-		name:     name,
+		client:             client,
+		presign:            awss3.NewPresignClient(client),
+		uploader:           newUploader(client, cfg),
+		bucket:             cfg.Bucket,
+		endpoint:           cfg.Endpoint,
+		name:               name,
+		multipartThreshold: cfg.MultipartThreshold,
 	}
 }
 

@@ -23,7 +23,8 @@ import (
 // mount holding any path through the user.nimbus.control xattr.
 
 type controlRequest struct {
-	Op string `json:"op"`
+	Op      string        `json:"op"`
+	Timeout time.Duration `json:"timeout,omitempty"` // sync
 }
 
 type controlResponse struct {
@@ -108,6 +109,11 @@ func (m *mountState) handleControl(conn net.Conn) {
 	if err := json.NewDecoder(conn).Decode(&req); err != nil {
 		resp.Error = "bad request: " + err.Error()
 	} else {
+		if req.Timeout > 0 {
+			if err := conn.SetDeadline(time.Now().Add(req.Timeout + time.Minute)); err != nil {
+				m.log.Debug("control deadline", "err", err)
+			}
+		}
 		result, err := m.dispatch(req)
 		if err != nil {
 			resp.Error = err.Error()
@@ -124,6 +130,10 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 	switch req.Op {
 	case "status":
 		return m.status()
+	case "sync":
+		return m.sync(req.Timeout)
+	case "conflicts":
+		return m.journal.Conflicts(), nil
 	case "unmount":
 		select {
 		case m.unmountC <- struct{}{}:
@@ -136,6 +146,11 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 
 // callControl sends one request to the mount holding path.
 func callControl(path, op string, result any) error {
+	return callControlReq(path, controlRequest{Op: op}, result)
+}
+
+func callControlReq(path string, req controlRequest, result any) error {
+	op := req.Op
 	sock, err := findControlSocket(path)
 	if err != nil {
 		return err
@@ -145,10 +160,10 @@ func callControl(path, op string, result any) error {
 		return fmt.Errorf("the nimbus daemon of %s does not answer (%v): is it still running?", path, err)
 	}
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+	if err := conn.SetDeadline(time.Now().Add(2*time.Minute + req.Timeout)); err != nil {
 		return err
 	}
-	if err := json.NewEncoder(conn).Encode(controlRequest{Op: op}); err != nil {
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return fmt.Errorf("send %s request: %w", op, err)
 	}
 	var resp controlResponse

@@ -17,6 +17,8 @@ const usage = `usage:
   nimbus mount [flags] REMOTE MOUNTPOINT   mount s3://BUCKET[/PREFIX] or dir:/PATH
   nimbus unmount MOUNTPOINT                unmount cleanly
   nimbus status [PATH] [--json]            state of the mount, or of each entry of PATH
+  nimbus sync [MOUNTPOINT] [--timeout DUR] wait until every change is uploaded
+  nimbus conflicts [MOUNTPOINT]            conflicts found while uploading
   nimbus help [COMMAND]                    flags of a command
 
 Run "nimbus mount -h" for the mount flags.
@@ -47,6 +49,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdUnmount(rest, stdout)
 	case "status":
 		err = cmdStatus(rest, stdout)
+	case "sync":
+		err = cmdSync(rest, stdout)
+	case "conflicts":
+		err = cmdConflicts(rest, stdout)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return run([]string{rest[0], "-h"}, stdout, stderr)

@@ -28,6 +28,7 @@ import (
 	"github.com/nimbus-fs/nimbus/backend/health"
 	"github.com/nimbus-fs/nimbus/backend/s3"
 	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
 	"github.com/nimbus-fs/nimbus/vfs"
 )
 
@@ -252,6 +253,7 @@ type mountState struct {
 	health   *health.Checker
 	tree     *cache.Tree
 	blocks   *cache.BlockStore
+	journal  *journal.Journal
 	server   *fuse.Server
 	started  time.Time
 	socket   string
@@ -319,6 +321,23 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		}
 	}()
 
+	var fsys *vfs.FS // set below; the journal reports to it once running
+	m.journal, err = journal.Open(journal.Config{
+		DB:      m.db,
+		Dir:     filepath.Join(o.cacheDir, "staging"),
+		Store:   m.health,
+		Logger:  log,
+		Applied: func(r journal.Result) { fsys.Applied(r) },
+	})
+	if err != nil {
+		return fmt.Errorf("open journal in %s: %w", o.cacheDir, err)
+	}
+	defer func() {
+		if cerr := m.journal.Close(); cerr != nil {
+			log.Error("close journal", "err", cerr)
+		}
+	}()
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go m.health.Prober(ctx)
@@ -327,16 +346,29 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	fsys := vfs.New(vfs.Config{
+	fsys = vfs.New(vfs.Config{
 		Store:         m.health,
 		Health:        m.health,
 		Tree:          m.tree,
 		Blocks:        m.blocks,
+		Journal:       m.journal,
+		ReadOnly:      o.readOnly,
 		Prefix:        o.remote.prefix,
 		DirTTL:        o.dirTTL,
 		ControlSocket: m.socket,
 		Logger:        log,
 	})
+	if err := fsys.Reconcile(); err != nil {
+		return fmt.Errorf("show pending changes: %w", err)
+	}
+	uploads := make(chan struct{})
+	go func() {
+		defer close(uploads)
+		m.journal.Run(ctx)
+	}()
+	// Stop the uploader before the journal closes (deferred above, so run
+	// after this): in-flight uploads resume at the next mount.
+	defer func() { cancel(); <-uploads }()
 	opts := fsys.Options(o.remote.String(), o.allowOther)
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")

@@ -17,22 +17,34 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
 )
 
 // statusReport is what nimbus status --json prints.
 type statusReport struct {
-	Remote     string           `json:"remote"`
-	Store      string           `json:"store"`
-	Mountpoint string           `json:"mountpoint"`
-	CacheDir   string           `json:"cache_dir"`
-	PID        int              `json:"pid"`
-	Started    time.Time        `json:"started"`
-	Online     bool             `json:"online"`
-	Since      time.Time        `json:"online_since"`
-	Error      string           `json:"offline_error,omitempty"`
-	Cache      cacheReport      `json:"cache"`
-	Requests   map[string]int64 `json:"requests"`
-	Skipped    []cache.Skipped  `json:"skipped"`
+	Remote     string             `json:"remote"`
+	Store      string             `json:"store"`
+	Mountpoint string             `json:"mountpoint"`
+	CacheDir   string             `json:"cache_dir"`
+	PID        int                `json:"pid"`
+	Started    time.Time          `json:"started"`
+	Online     bool               `json:"online"`
+	Since      time.Time          `json:"online_since"`
+	Error      string             `json:"offline_error,omitempty"`
+	Cache      cacheReport        `json:"cache"`
+	Uploads    uploadReport       `json:"uploads"`
+	Conflicts  []journal.Conflict `json:"conflicts"`
+	Requests   map[string]int64   `json:"requests"`
+	Skipped    []cache.Skipped    `json:"skipped"`
+}
+
+type uploadReport struct {
+	Pending      int                `json:"pending"`
+	PendingBytes int64              `json:"pending_bytes"`
+	Oldest       time.Time          `json:"oldest,omitzero"`
+	Uploading    int                `json:"uploading"`
+	Parked       []journal.Parked   `json:"parked"`
+	Retrying     []journal.Retrying `json:"retrying"`
 }
 
 type cacheReport struct {
@@ -47,6 +59,11 @@ type cacheReport struct {
 func (m *mountState) status() (*statusReport, error) {
 	hs := m.health.State()
 	bs := m.blocks.Stats()
+	js := m.journal.Stats()
+	conflicts := m.journal.Conflicts()
+	if conflicts == nil {
+		conflicts = []journal.Conflict{}
+	}
 	skipped, err := m.tree.Skipped()
 	if err != nil {
 		return nil, err
@@ -68,8 +85,13 @@ func (m *mountState) status() (*statusReport, error) {
 			Used: bs.Used, Capacity: bs.Capacity, Blocks: bs.Blocks,
 			Hits: bs.Hits, Misses: bs.Misses, Evictions: bs.Evictions,
 		},
-		Requests: m.counts.Snapshot(),
-		Skipped:  skipped,
+		Uploads: uploadReport{
+			Pending: js.Pending, PendingBytes: js.PendingBytes, Oldest: js.Oldest,
+			Uploading: js.Uploading, Parked: js.Parked, Retrying: js.Retrying,
+		},
+		Conflicts: conflicts,
+		Requests:  m.counts.Snapshot(),
+		Skipped:   skipped,
 	}, nil
 }
 
@@ -129,6 +151,23 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(tw, "state:\t%s\n", state)
 	fmt.Fprintf(tw, "cache:\t%s used of %s (%d blocks, %d hits, %d misses, %d evictions) in %s\n",
 		formatSize(r.Cache.Used), formatSize(r.Cache.Capacity), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
+	up := fmt.Sprintf("%d pending (%s)", r.Uploads.Pending, formatSize(r.Uploads.PendingBytes))
+	if !r.Uploads.Oldest.IsZero() {
+		up += fmt.Sprintf(", oldest from %s", r.Uploads.Oldest.Local().Format(time.DateTime))
+	}
+	if r.Uploads.Uploading > 0 {
+		up += fmt.Sprintf(", %d uploading", r.Uploads.Uploading)
+	}
+	fmt.Fprintf(tw, "uploads:\t%s\n", up)
+	for _, p := range r.Uploads.Parked {
+		fmt.Fprintf(tw, "\t  STUCK %s: %s (since %s; kept, retried at next mount)\n", p.Key, p.Err, p.Since.Local().Format(time.DateTime))
+	}
+	for _, p := range r.Uploads.Retrying {
+		fmt.Fprintf(tw, "\t  retrying %s (%d attempts): %s\n", p.Key, p.Attempts, p.Err)
+	}
+	if len(r.Conflicts) > 0 {
+		fmt.Fprintf(tw, "conflicts:\t%d (see nimbus conflicts)\n", len(r.Conflicts))
+	}
 	ops := make([]string, 0, len(r.Requests))
 	for op, n := range r.Requests {
 		if strings.HasPrefix(op, "bytes_") {

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nimbus-fs/nimbus/journal"
+)
+
+// sync waits for the journal to drain, at most timeout (0: until done).
+func (m *mountState) sync(timeout time.Duration) (string, error) {
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	if err := m.journal.WaitIdle(ctx); err != nil {
+		return "", err
+	}
+	return "everything is uploaded", nil
+}
+
+func cmdSync(args []string, stdout io.Writer) error {
+	fset := flag.NewFlagSet("sync", flag.ContinueOnError)
+	fset.SetOutput(io.Discard)
+	timeout := fset.Duration("timeout", 0, "give up after this long (0 = wait until done)")
+	pos, err := parseInterleaved(fset, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: nimbus sync [MOUNTPOINT] [--timeout DUR]")
+		fset.SetOutput(stdout)
+		fset.PrintDefaults()
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageError{"give at most one MOUNTPOINT"}
+	}
+	path := "."
+	if len(pos) == 1 {
+		path = pos[0]
+	}
+	var msg string
+	if err := callControlReq(path, controlRequest{Op: "sync", Timeout: *timeout}, &msg); err != nil {
+		return fmt.Errorf("not everything is uploaded: %w", err)
+	}
+	fmt.Fprintln(stdout, msg)
+	return nil
+}
+
+func cmdConflicts(args []string, stdout io.Writer) error {
+	if len(args) > 1 {
+		return usageError{"give at most one MOUNTPOINT"}
+	}
+	path := "."
+	if len(args) == 1 {
+		path = args[0]
+	}
+	var conflicts []journal.Conflict
+	if err := callControl(path, "conflicts", &conflicts); err != nil {
+		return err
+	}
+	if len(conflicts) == 0 {
+		fmt.Fprintln(stdout, "no conflicts")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tFILE\tYOUR VERSION\tWHY")
+	for _, c := range conflicts {
+		copyKey := c.ConflictKey
+		if copyKey == "" {
+			copyKey = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05"), c.Key, copyKey, c.Reason)
+	}
+	return tw.Flush()
+}

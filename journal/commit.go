@@ -1,0 +1,513 @@
+package journal
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"go.etcd.io/bbolt"
+)
+
+// stagedPattern names staged files in Config.Dir.
+const stagedPattern = "staged-*"
+
+// maxPrior bounds the superseded hashes an op remembers. Beyond it, a
+// superseded version that did reach the store would show as a conflict: a
+// spurious conflicted copy, never a loss.
+const maxPrior = 16
+
+// StagingFile creates a new empty file in Config.Dir for the caller to
+// write content into and hand to Commit as Op.Staged. Until it is
+// committed, the caller owns it; a crash before the Commit leaves garbage
+// that the next Open removes.
+func (j *Journal) StagingFile() (*os.File, error) {
+	f, err := os.CreateTemp(j.dir, stagedPattern)
+	if err != nil {
+		return nil, fmt.Errorf("journal: create staging file: %w", err)
+	}
+	return f, nil
+}
+
+func (j *Journal) stagedPath(name string) string { return filepath.Join(j.dir, name) }
+
+// preparedOp is an op whose content is durable in Config.Dir.
+type preparedOp struct {
+	Op
+	staged string // base name in Config.Dir
+	size   int64
+	sha256 string
+}
+
+// Commit durably records ops, to be applied in order, and returns once they
+// survive a crash: every staged file is fsynced, then Config.Dir, then all
+// records are written in one bbolt transaction. Staged files outside
+// Config.Dir are moved in first. Commit takes ownership of the staged files
+// even when it fails (then nothing is recorded and the files are removed at
+// the next Open).
+//
+// While an earlier op on the same key is pending, a new op is chained to it
+// (see the package doc), and may supersede it: a PutFile replaces a waiting
+// PutFile and keeps its base; a Delete replaces a waiting PutFile, or
+// cancels it when the key never existed remotely (then neither is
+// recorded). Ops of one call run one after the other, in order.
+func (j *Journal) Commit(ops ...Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	prepared, err := j.prepare(ops)
+	if err != nil {
+		return err
+	}
+
+	j.writeMu.Lock()
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		j.writeMu.Unlock()
+		return ErrClosed
+	}
+	p, err := j.planLocked(prepared)
+	j.mu.Unlock()
+	if err != nil {
+		j.writeMu.Unlock()
+		return err
+	}
+	err = j.db.Update(func(tx *bbolt.Tx) error {
+		for _, e := range p.removed {
+			if err := deleteRecord(tx, e.rec.Seq); err != nil {
+				return err
+			}
+		}
+		for _, e := range p.added {
+			if err := putRecord(tx, &e.rec); err != nil {
+				return err
+			}
+		}
+		return setLastSeq(tx, p.lastSeq)
+	})
+	j.mu.Lock()
+	if err != nil {
+		for i, e := range p.removed {
+			e.state = p.wasState[i]
+			j.refreshLocked(e)
+		}
+		j.mu.Unlock()
+		j.writeMu.Unlock()
+		return fmt.Errorf("journal: record %d op(s): %w", len(ops), err)
+	}
+	j.lastSeq = p.lastSeq
+	for _, e := range p.removed {
+		j.removeLocked(e)
+	}
+	for _, e := range p.added {
+		j.insertLocked(e)
+	}
+	j.mu.Unlock()
+	for _, name := range p.dropFiles {
+		// The records no longer reference them; if this fails, Open
+		// removes them.
+		if err := os.Remove(j.stagedPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			j.log.Warn("remove superseded staged file", "file", name, "err", err)
+		}
+	}
+	j.mu.Lock()
+	j.notifyLocked()
+	j.mu.Unlock()
+	j.writeMu.Unlock()
+
+	for _, e := range p.added {
+		j.log.Debug("op committed", "op", e.rec.Kind, "key", e.rec.Key, "seq", e.rec.Seq, "chained_to", e.rec.Base.After)
+	}
+	for _, c := range p.coalesced {
+		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+	}
+	return nil
+}
+
+// prepare validates ops, makes every staged file durable in Config.Dir, and
+// hashes it. No lock is held: this reads and fsyncs whole files.
+func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
+	out := make([]preparedOp, len(ops))
+	seen := map[string]bool{}
+	var movedFrom []string
+	for i, op := range ops {
+		if err := validate(op); err != nil {
+			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+		out[i].Op = op
+		if op.Kind != PutFile {
+			continue
+		}
+		name, from, err := j.adopt(op.Staged)
+		if err != nil {
+			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("journal: op %d (%s %q): staged file %s given twice", i, op.Kind, op.Key, op.Staged)
+		}
+		seen[name] = true
+		if from != "" {
+			movedFrom = append(movedFrom, from)
+		}
+		out[i].staged = name
+		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name))
+		if err != nil {
+			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+	}
+	if len(seen) == 0 {
+		return out, nil
+	}
+	if err := j.syncDir(j.dir); err != nil {
+		return nil, fmt.Errorf("journal: sync staging folder: %w", err)
+	}
+	for _, dir := range movedFrom {
+		// The content is durable under its new name already; this only
+		// keeps a crash from resurrecting the old name as garbage.
+		if err := j.syncDir(dir); err != nil {
+			j.log.Warn("sync folder of a moved staged file", "dir", dir, "err", err)
+		}
+	}
+	return out, nil
+}
+
+func validate(op Op) error {
+	switch {
+	case op.Key == "":
+		return errors.New("empty key")
+	case op.Base.Exists && op.Base.ETag == "" && !(op.Kind == Delete && strings.HasSuffix(op.Key, "/")):
+		// Only a directory marker may be deleted whatever its ETag: an
+		// empty marker holds nothing to lose.
+		return errors.New("base exists but has no ETag")
+	}
+	switch op.Kind {
+	case PutFile:
+		if op.Staged == "" {
+			return errors.New("no staged file")
+		}
+		if strings.HasSuffix(op.Key, "/") {
+			return errors.New("a file key cannot end in \"/\"")
+		}
+	case PutMarker:
+		if !strings.HasSuffix(op.Key, "/") {
+			return errors.New("a directory marker key must end in \"/\"")
+		}
+	case Copy:
+		if op.Src == "" || op.Src == op.Key {
+			return errors.New("copy needs a source other than its destination")
+		}
+	case Delete:
+	default:
+		return fmt.Errorf("unknown op kind %d", int(op.Kind))
+	}
+	if op.Kind != PutFile && op.Staged != "" {
+		return fmt.Errorf("%s takes no staged file", op.Kind)
+	}
+	return nil
+}
+
+// adopt returns the base name in Config.Dir of the staged file at path,
+// moving it there (by rename) when it is elsewhere; from is the folder it
+// was moved from, if it was.
+func (j *Journal) adopt(path string) (name, from string, err error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", "", fmt.Errorf("staged file %s: %w", path, err)
+	}
+	if filepath.Dir(abs) == j.dir {
+		return filepath.Base(abs), "", nil
+	}
+	// Reserve a unique name, then rename over it (atomic replace).
+	f, err := j.StagingFile()
+	if err != nil {
+		return "", "", err
+	}
+	dst := f.Name()
+	if err := f.Close(); err != nil {
+		return "", "", fmt.Errorf("staged file %s: %w", dst, err)
+	}
+	if err := os.Rename(abs, dst); err != nil {
+		if rerr := os.Remove(dst); rerr != nil {
+			j.log.Warn("remove reserved staging name", "file", dst, "err", rerr)
+		}
+		return "", "", fmt.Errorf("move staged file into %s (it must be on the same file system): %w", j.dir, err)
+	}
+	return filepath.Base(dst), filepath.Dir(abs), nil
+}
+
+// hashAndSync returns the size and hex SHA-256 of the file at path, and
+// fsyncs it.
+func (j *Journal) hashAndSync(path string) (int64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", fmt.Errorf("staged file: %w", err)
+	}
+	defer closeQuietly(f)
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, "", fmt.Errorf("staged file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, "", fmt.Errorf("staged file %s is not a regular file", path)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", fmt.Errorf("hash staged file: %w", err)
+	}
+	if err := j.syncFile(f); err != nil {
+		return 0, "", fmt.Errorf("sync staged file: %w", err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// plan is what a Commit will change.
+type plan struct {
+	added     []*entry     // new ops to record, in seq order
+	removed   []*entry     // pending ops superseded or cancelled (frozen until done)
+	wasState  []entryState // of removed, before they were frozen
+	dropFiles []string     // staged files to remove once the commit is durable
+	coalesced []coalesced
+	lastSeq   uint64
+}
+
+// coalesced describes a superseded op, for the log.
+type coalesced struct {
+	kind Kind
+	key  string
+	seq  uint64
+	by   uint64 // seq of the op that superseded it; 0: cancelled by a delete
+}
+
+// planView is a copy of the queues a Commit touches, on which the plan is
+// worked out before anything changes.
+type planView struct {
+	j      *Journal
+	keyQ   map[string][]*entry
+	groupQ map[uint64][]*entry
+}
+
+func (v *planView) key(k string) []*entry {
+	if q, ok := v.keyQ[k]; ok {
+		return q
+	}
+	q := slices.Clone(v.j.keyQ[k])
+	v.keyQ[k] = q
+	return q
+}
+
+func (v *planView) group(g uint64) []*entry {
+	if q, ok := v.groupQ[g]; ok {
+		return q
+	}
+	q := slices.Clone(v.j.groupQ[g])
+	v.groupQ[g] = q
+	return q
+}
+
+func (v *planView) add(e *entry) {
+	for _, k := range e.keys() {
+		v.keyQ[k] = append(v.key(k), e)
+	}
+	for _, g := range e.rec.Groups {
+		v.groupQ[g] = append(v.group(g), e)
+	}
+}
+
+func (v *planView) remove(e *entry) {
+	for _, k := range e.keys() {
+		v.keyQ[k] = slices.DeleteFunc(v.key(k), func(x *entry) bool { return x == e })
+	}
+	for _, g := range e.rec.Groups {
+		v.groupQ[g] = slices.DeleteFunc(v.group(g), func(x *entry) bool { return x == e })
+	}
+}
+
+// newestWriter returns the newest pending op whose Key is k (not a Copy
+// that only reads k), or nil.
+func (v *planView) newestWriter(k string) *entry {
+	q := v.key(k)
+	for i := len(q) - 1; i >= 0; i-- {
+		if q[i].rec.Key == k {
+			return q[i]
+		}
+	}
+	return nil
+}
+
+// isLast reports whether nothing was ordered after e: it is the last op of
+// its key and of each of its groups.
+func (v *planView) isLast(e *entry) bool {
+	for _, k := range e.keys() {
+		if q := v.key(k); len(q) == 0 || q[len(q)-1] != e {
+			return false
+		}
+	}
+	for _, g := range e.rec.Groups {
+		if q := v.group(g); len(q) == 0 || q[len(q)-1] != e {
+			return false
+		}
+	}
+	return true
+}
+
+// planLocked works out the records of a Commit: sequence numbers, chained
+// bases, and the ops superseded. It freezes the existing ops it supersedes,
+// so that they do not start before the Commit is durable. Callers hold
+// writeMu and mu.
+func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
+	for _, op := range ops {
+		if op.staged != "" && j.staged[op.staged] != nil {
+			return nil, fmt.Errorf("journal: staged file %s belongs to pending op %d", op.staged, j.staged[op.staged].rec.Seq)
+		}
+	}
+	p := &plan{lastSeq: j.lastSeq}
+	v := &planView{j: j, keyQ: map[string][]*entry{}, groupQ: map[uint64][]*entry{}}
+	group := j.lastSeq + 1
+	now := j.now()
+	isNew := map[*entry]bool{}
+
+	drop := func(old *entry, by uint64) {
+		v.remove(old)
+		if isNew[old] {
+			p.added = slices.DeleteFunc(p.added, func(x *entry) bool { return x == old })
+		} else {
+			p.removed = append(p.removed, old)
+			p.wasState = append(p.wasState, old.state)
+			old.state = stateFrozen
+			j.refreshLocked(old)
+		}
+		if old.rec.Staged != "" {
+			p.dropFiles = append(p.dropFiles, old.rec.Staged)
+		}
+		p.coalesced = append(p.coalesced, coalesced{kind: old.rec.Kind, key: old.rec.Key, seq: old.rec.Seq, by: by})
+	}
+
+	for _, op := range ops {
+		p.lastSeq++
+		e := newEntry(record{
+			Seq:       p.lastSeq,
+			Groups:    []uint64{group},
+			Kind:      op.Kind,
+			Key:       op.Key,
+			Staged:    op.staged,
+			Size:      op.size,
+			SHA256:    op.sha256,
+			Src:       op.Src,
+			SrcETag:   op.SrcETag,
+			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
+			Meta:      cloneMeta(op.Meta),
+			Committed: now,
+		})
+		if prev := v.newestWriter(op.Key); prev != nil {
+			canReplace := prev.state != stateUploading && v.isLast(prev)
+			switch {
+			case canReplace && op.Kind == PutFile && prev.rec.Kind == PutFile:
+				inherit(e, prev)
+				drop(prev, e.rec.Seq)
+			case canReplace && op.Kind == Delete && prev.rec.Kind == PutFile && cancellable(prev):
+				drop(prev, 0)
+				continue // the key stays as it is remotely: nothing to record
+			case canReplace && op.Kind == Delete && prev.rec.Kind == PutFile:
+				inherit(e, prev)
+				drop(prev, e.rec.Seq)
+			case canReplace && op.Kind == Delete && prev.rec.Kind == PutMarker && cancellable(prev):
+				drop(prev, 0)
+				continue
+			default:
+				e.rec.Base.After = prev.rec.Seq
+			}
+		}
+		if op.Kind == Copy {
+			if prev := v.newestWriter(op.Src); prev != nil {
+				e.rec.SrcAfter = prev.rec.Seq
+			}
+		}
+		isNew[e] = true
+		v.add(e)
+		p.added = append(p.added, e)
+	}
+	return p, nil
+}
+
+// cancellable reports whether a waiting op that creates a key can simply be
+// forgotten when the key is deleted locally: the key did not exist remotely
+// and nothing of this edit chain can have reached the store.
+func cancellable(prev *entry) bool {
+	b := prev.rec.Base
+	return b.After == 0 && !b.Exists && !prev.maybeSent && len(prev.rec.Prior) == 0
+}
+
+// inherit makes e continue the edit chain of prev, which it supersedes: the
+// same base (the remote state the chain started on), the same commit
+// groups (so e keeps prev's place in them), the hashes that may already be
+// on the store, and the time of the oldest change.
+func inherit(e, prev *entry) {
+	e.rec.Base = prev.rec.Base
+	for _, g := range prev.rec.Groups {
+		if !slices.Contains(e.rec.Groups, g) {
+			e.rec.Groups = append(e.rec.Groups, g)
+		}
+	}
+	slices.Sort(e.rec.Groups)
+	prior := slices.Clone(prev.rec.Prior)
+	if prev.maybeSent && prev.rec.SHA256 != "" && !slices.Contains(prior, prev.rec.SHA256) {
+		prior = append(prior, prev.rec.SHA256)
+	}
+	if len(prior) > maxPrior {
+		prior = prior[len(prior)-maxPrior:]
+	}
+	e.rec.Prior = prior
+	e.rec.Committed = prev.rec.Committed
+}
+
+// removeGarbage removes files in Config.Dir that no record references:
+// staged by a caller that crashed before its Commit, or left behind by a
+// crash after a record was removed. Called from Open.
+func (j *Journal) removeGarbage() error {
+	des, err := os.ReadDir(j.dir)
+	if err != nil {
+		return fmt.Errorf("read staging folder: %w", err)
+	}
+	j.mu.Lock()
+	var garbage []string
+	for _, de := range des {
+		if de.Type().IsRegular() && j.staged[de.Name()] == nil {
+			garbage = append(garbage, de.Name())
+		}
+	}
+	j.mu.Unlock()
+	for _, name := range garbage {
+		if err := os.Remove(j.stagedPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove unreferenced staged file: %w", err)
+		}
+	}
+	if len(garbage) > 0 {
+		j.log.Info("removed unreferenced staged files", "count", len(garbage))
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory so that renames and creations in it are
+// durable.
+func syncDir(path string) error {
+	d, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	serr := d.Sync()
+	cerr := d.Close()
+	return errors.Join(serr, cerr)
+}
+
+// closeQuietly closes a file opened for reading, where a close error
+// cannot lose data.
+func closeQuietly(f *os.File) {
+	_ = f.Close() // read-only: nothing to flush
+}

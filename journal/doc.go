@@ -1,0 +1,115 @@
+// Package journal is the durable log of local changes and the uploader that
+// applies them to the object store with conditional writes, so that a change
+// made meanwhile on another machine is detected and both versions are kept
+// (DESIGN promises 4, 5 and 6).
+//
+// # Durability
+//
+// Commit records a group of operations before the FUSE call that made them
+// returns. For every PutFile it hashes the staged file (SHA-256) and fsyncs
+// it, fsyncs the staging folder, then writes all records of the call in one
+// bbolt transaction, which bbolt fsyncs at commit. A crash before that
+// commit leaves staged files that no record references: Open removes them.
+// A crash after it loses nothing: Open loads the records and Run resumes.
+//
+// # On-disk format
+//
+// The journal owns these buckets of the shared bbolt DB (and no others):
+//
+//	journal.ops        8-byte big-endian sequence number → record (JSON, "v":1)
+//	journal.conflicts  8-byte big-endian sequence number → Conflict (JSON)
+//
+// The ops bucket's bbolt sequence holds the last sequence number handed out,
+// so numbers keep increasing even when the log has drained. A record holds
+// the op (kind as a name: "put", "marker", "copy", "delete"), the staged
+// file's base name in Config.Dir, its size and SHA-256, the base the write
+// is conditioned on, the commit groups it belongs to, the hashes of earlier
+// versions it superseded that may have reached the store, and, once decided,
+// the time and reason of a conflict (so that a replay after a crash reuses
+// the same conflict name). Staged files are named "staged-*" in Config.Dir;
+// the folder belongs to one journal.
+//
+// # Ordering
+//
+// Every op touches one or two keys (its Key, and for Copy its Src) and
+// belongs to one or more commit groups (the sequence number of the first op
+// of its Commit call, plus the groups of ops it superseded). An op may start
+// only when it is the oldest pending op of each of its keys and of each of
+// its groups. So ops on one key run strictly in sequence order, the ops of
+// one Commit run one after the other in the order given (a rename's Delete
+// of the old key waits for the Copy to the new one), and unrelated keys
+// upload in parallel, at most Config.Concurrency at a time. Because an op
+// only ever waits for ops with lower sequence numbers, there is no cycle and
+// no deadlock.
+//
+// # Chained bases
+//
+// A write is conditioned on the remote state the local edit started from
+// (its Base). When an op is committed while an earlier op on the same key is
+// still pending, the local state it was made on is that earlier op's result,
+// whatever the caller passed: the record then points at the earlier op
+// (base.after = its sequence number) instead of naming an ETag. When the
+// earlier op completes, the same bbolt transaction that removes its record
+// rewrites the follower's base to what it produced: the new ETag after a
+// write, "absent" after a delete. After a conflict (the earlier content went
+// to a conflicted copy and the remote version kept the name) the follower
+// inherits the earlier op's own base, so it conflicts too and is kept as a
+// second copy instead of overwriting the remote edit. A Copy whose Src has a
+// pending write is chained the same way (src_after). Resolution and removal
+// are one transaction, so a crash never leaves a follower pointing at a
+// record that is gone.
+//
+// The caller therefore never needs to compute a chained base: it may pass
+// Pending(key).Base or anything else while an op on the key is pending.
+// Otherwise Base is taken literally; a caller that reads it from metadata
+// updated by Config.Applied does not race, because Applied runs before the
+// completed op's record disappears.
+//
+// # Coalescing
+//
+// A PutFile committed while the newest pending op on its key is a PutFile
+// that is not uploading supersedes it: the earlier record is removed in the
+// same transaction (its staged file afterwards) and the new op keeps the
+// earlier base and commit groups, since the edit chain started there. A
+// Delete likewise replaces a waiting PutFile, or cancels it outright when the
+// key never existed remotely and the PutFile cannot have reached the store.
+// An op is superseded only while it is the last op of its key and of its
+// groups, so no other op was ordered after it. Because a superseded attempt
+// may have reached the store before failing (a lost response), the new op
+// keeps the hashes of such earlier versions: finding one of them remotely
+// means "our own earlier write", not a conflict.
+//
+// # Conflicts and idempotent replay
+//
+// Every upload is conditional (If-Match the base ETag, or If-None-Match).
+// On a failed precondition the uploader looks at the remote object: its
+// "nimbus-sha256" metadata equal to ours means the upload already happened
+// (a replay after a crash), an absent object is re-created, anything else
+// is a conflict: the remote keeps the name and our content goes to
+// conflictName(key, host, time). Deletes are conditional too, and a remote
+// edit always survives a local delete. See the Kind constants for each op's
+// rules.
+//
+// # Failures
+//
+// backend.ErrOffline (and ErrNoBucket, an unplugged remote disk) pauses all
+// uploads with exponential backoff; after the pause one op probes the store,
+// and the first answer resumes full concurrency. Any other error except
+// ErrAccess and ErrInvalidKey (409 conflicts, 5xx, unknown failures) retries
+// that op with its own exponential backoff, forever. ErrAccess and
+// ErrInvalidKey park the op: it keeps its data and its place, shows in
+// Stats().Parked, blocks later ops on its key and group, and is retried at
+// the next Open.
+//
+// # Locking
+//
+// LOCK ORDERING: Journal.writeMu, then Journal.mu.
+//
+// writeMu serialises every bbolt write of the journal together with the
+// structural change of the in-memory state that mirrors it (commits, and
+// completions of ops). mu guards the in-memory state; structural fields are
+// changed only while both are held, so a holder of writeMu may drop mu
+// across a bbolt transaction and find the structure as it left it. No lock
+// is held across a store call, an fsync of a staged file, or Config.Applied;
+// writeMu is held across bbolt's own commit (one small fsync).
+package journal

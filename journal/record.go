@@ -1,0 +1,190 @@
+package journal
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// The journal's bbolt buckets. Only this file reads or writes them.
+var (
+	// opsBucket maps seqKey(seq) to an encoded record; its bbolt sequence
+	// is the last sequence number handed out.
+	opsBucket = []byte("journal.ops")
+	// conflictsBucket maps seqKey(n) to an encoded Conflict.
+	conflictsBucket = []byte("journal.conflicts")
+)
+
+// recordVersion is written in every record; a record of another version is
+// refused at Open rather than misread.
+const recordVersion = 1
+
+// record is one committed op as stored in journal.ops.
+type record struct {
+	V      int      `json:"v"`
+	Seq    uint64   `json:"seq"`
+	Groups []uint64 `json:"groups"`
+	Kind   Kind     `json:"kind"`
+	Key    string   `json:"key"`
+	// Staged is the base name of the content file in Config.Dir (PutFile).
+	Staged string `json:"staged,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	// SHA256 is the hex SHA-256 of the staged content (PutFile).
+	SHA256   string `json:"sha256,omitempty"`
+	Src      string `json:"src,omitempty"`
+	SrcETag  string `json:"src_etag,omitempty"`
+	SrcAfter uint64 `json:"src_after,omitempty"`
+	Base     base   `json:"base"`
+	// Prior are hashes of superseded versions of this key's content that
+	// may have reached the store (see "Coalescing" in the package doc).
+	Prior     []string          `json:"prior,omitempty"`
+	Meta      map[string]string `json:"meta,omitempty"`
+	Committed time.Time         `json:"committed"`
+	// ConflictTime and ConflictReason are set once the uploader decided
+	// that this op conflicts, before it uploads the conflicted copy, so
+	// that a replay picks the same name.
+	ConflictTime   time.Time `json:"conflict_time,omitzero"`
+	ConflictReason string    `json:"conflict_reason,omitempty"`
+}
+
+// base is the persisted form of Base. When After is set the base is the
+// state op After leaves the key in (resolved when it completes); Exists and
+// ETag then hold what the caller passed, used only if After is missing,
+// which a consistent log never shows.
+type base struct {
+	Exists bool   `json:"exists"`
+	ETag   string `json:"etag,omitempty"`
+	After  uint64 `json:"after,omitempty"`
+}
+
+func (b base) public() Base { return Base{Exists: b.Exists, ETag: b.ETag} }
+
+// seqKey encodes a sequence number as a bbolt key that sorts numerically.
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+func encodeRecord(r *record) ([]byte, error) {
+	r.V = recordVersion
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encode journal record %d: %w", r.Seq, err)
+	}
+	return b, nil
+}
+
+func decodeRecord(k, v []byte) (record, error) {
+	var r record
+	if len(k) != 8 {
+		return r, fmt.Errorf("journal record key %x is not a sequence number", k)
+	}
+	if err := json.Unmarshal(v, &r); err != nil {
+		return r, fmt.Errorf("decode journal record %d: %w", binary.BigEndian.Uint64(k), err)
+	}
+	if r.V != recordVersion {
+		return r, fmt.Errorf("journal record %d has version %d, this nimbus reads version %d", r.Seq, r.V, recordVersion)
+	}
+	if r.Seq != binary.BigEndian.Uint64(k) {
+		return r, fmt.Errorf("journal record under key %d says it is %d", binary.BigEndian.Uint64(k), r.Seq)
+	}
+	return r, nil
+}
+
+func putRecord(tx *bbolt.Tx, r *record) error {
+	v, err := encodeRecord(r)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(opsBucket).Put(seqKey(r.Seq), v); err != nil {
+		return fmt.Errorf("write journal record %d: %w", r.Seq, err)
+	}
+	return nil
+}
+
+func deleteRecord(tx *bbolt.Tx, seq uint64) error {
+	if err := tx.Bucket(opsBucket).Delete(seqKey(seq)); err != nil {
+		return fmt.Errorf("delete journal record %d: %w", seq, err)
+	}
+	return nil
+}
+
+// setLastSeq persists the last sequence number handed out.
+func setLastSeq(tx *bbolt.Tx, seq uint64) error {
+	if err := tx.Bucket(opsBucket).SetSequence(seq); err != nil {
+		return fmt.Errorf("write journal sequence: %w", err)
+	}
+	return nil
+}
+
+func putConflict(tx *bbolt.Tx, c *Conflict) error {
+	b := tx.Bucket(conflictsBucket)
+	n, err := b.NextSequence()
+	if err != nil {
+		return fmt.Errorf("number conflict record: %w", err)
+	}
+	v, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encode conflict record: %w", err)
+	}
+	if err := b.Put(seqKey(n), v); err != nil {
+		return fmt.Errorf("write conflict record: %w", err)
+	}
+	return nil
+}
+
+// loaded is what Open reads from the DB.
+type loaded struct {
+	records   []record // in sequence order
+	lastSeq   uint64
+	conflicts int
+}
+
+// initBuckets creates the journal's buckets and reads them.
+func initBuckets(db *bbolt.DB) (loaded, error) {
+	var l loaded
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{opsBucket, conflictsBucket} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		ops := tx.Bucket(opsBucket)
+		l.lastSeq = ops.Sequence()
+		err := ops.ForEach(func(k, v []byte) error {
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			l.records = append(l.records, r)
+			l.lastSeq = max(l.lastSeq, r.Seq)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		l.conflicts = tx.Bucket(conflictsBucket).Stats().KeyN
+		return nil
+	})
+	return l, err
+}
+
+// readConflicts returns every recorded conflict, oldest first.
+func readConflicts(db *bbolt.DB) ([]Conflict, error) {
+	var out []Conflict
+	err := db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(conflictsBucket).ForEach(func(k, v []byte) error {
+			var c Conflict
+			if err := json.Unmarshal(v, &c); err != nil {
+				return fmt.Errorf("decode conflict record %x: %w", k, err)
+			}
+			out = append(out, c)
+			return nil
+		})
+	})
+	return out, err
+}

@@ -1,0 +1,220 @@
+package vfs
+
+import (
+	"path"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+
+	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
+)
+
+// Applied is the journal's completion report (journal.Config.Applied): it
+// turns the Local entry of a finished upload into the store's version, and
+// shows conflicted copies. Pass it to journal.Open.
+func (f *FS) Applied(r journal.Result) {
+	key := r.Op.Key
+	rel, ok := f.relPath(key)
+	if !ok {
+		return
+	}
+	dir, name := splitPath(strings.TrimSuffix(rel, "/"))
+	var notify []string // paths whose kernel entries changed
+
+	f.localMu.Lock()
+	// Pending still lists the op being reported: only a newer one counts.
+	p, pending := f.cfg.Journal.Pending(key)
+	stillPending := pending && p.Seq > r.Seq
+	switch {
+	case stillPending:
+		// A newer local change of this key is queued: it stays Local.
+	case r.Conflict != nil || r.Dropped:
+		// The store's version keeps the name: show it again.
+		f.dropLocal(dir, name)
+		notify = append(notify, rel)
+	case r.Op.Kind == journal.Delete:
+		if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
+			f.log.Warn("forget deleted entry", "key", key, "err", err)
+		}
+	case r.Op.Kind == journal.PutMarker:
+		f.putEntry(dir, cache.Entry{Name: name, Dir: true})
+	default: // PutFile, Copy
+		e := cache.Entry{Name: name, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime}
+		if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && !old.MTime.IsZero() {
+			e.MTime = old.MTime // the local mtime, also stored as metadata
+		}
+		f.putEntry(dir, e)
+	}
+	if r.Conflict != nil && r.Conflict.ConflictKey != "" {
+		if crel, ok := f.relPath(r.Conflict.ConflictKey); ok {
+			cdir, cname := splitPath(crel)
+			f.putEntry(cdir, cache.Entry{Name: cname, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime})
+			notify = append(notify, crel)
+		}
+	}
+	f.localMu.Unlock()
+
+	if r.Conflict != nil {
+		f.log.Warn("conflict", "key", r.Conflict.Key, "copy", r.Conflict.ConflictKey, "reason", r.Conflict.Reason)
+	}
+	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {
+		f.settle(rel, r)
+	}
+	// Tell the kernel, asynchronously: never from inside an operation.
+	if len(notify) > 0 {
+		go f.notifyEntries(notify)
+	}
+}
+
+// dropLocal forgets the local state of dir/name and makes dir list again,
+// so that the store's version shows.
+func (f *FS) dropLocal(dir, name string) {
+	if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
+		f.log.Warn("drop local entry", "dir", dir, "name", name, "err", err)
+	}
+	if err := f.cfg.Tree.MarkStale(dir); err != nil {
+		f.log.Warn("mark stale", "dir", dir, "err", err)
+	}
+}
+
+func (f *FS) putEntry(dir string, e cache.Entry) {
+	if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
+		f.log.Warn("record uploaded entry", "dir", dir, "name", e.Name, "err", err)
+	}
+}
+
+// settle lets a live node with no unsaved change read the uploaded version
+// from the store from now on, releasing its working copy.
+func (f *FS) settle(rel string, r journal.Result) {
+	n := f.liveFile(rel)
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if r.Conflict == nil && !r.Dropped {
+		n.entry.ETag, n.entry.Size, n.entry.Local = r.Info.ETag, r.Info.Size, false
+		if n.work != nil {
+			// The next commit of this working copy edits what was just
+			// uploaded. (This runs while the journal still lists the op,
+			// so a commit racing with it is chained by the journal.)
+			n.work.base = journal.Base{Exists: true, ETag: r.Info.ETag}
+		}
+	} else {
+		// The store's version kept the name. The working copy keeps its
+		// old base, so a further commit of it becomes another conflicted
+		// copy rather than overwriting the remote edit.
+		n.entry = cache.Entry{Name: n.entry.Name} // unknown until revalidated
+	}
+	if n.work != nil && !n.work.dirty && n.writers == 0 {
+		n.work.close()
+		n.work = nil
+	}
+}
+
+// liveFile finds the in-memory node of a file, if the kernel holds it.
+func (f *FS) liveFile(rel string) *fileNode {
+	ino := f.liveInode(rel)
+	if ino == nil {
+		return nil
+	}
+	n, _ := ino.Operations().(*fileNode)
+	return n
+}
+
+func (f *FS) liveInode(rel string) *fs.Inode {
+	if f.root == nil {
+		return nil
+	}
+	ino := f.root.EmbeddedInode()
+	for _, part := range strings.Split(rel, "/") {
+		if part == "" {
+			continue
+		}
+		if ino = ino.GetChild(part); ino == nil {
+			return nil
+		}
+	}
+	return ino
+}
+
+// notifyEntries drops the kernel's cached entries for paths.
+func (f *FS) notifyEntries(paths []string) {
+	for _, p := range paths {
+		dir, name := splitPath(p)
+		parent := f.liveInode(dir)
+		if parent == nil {
+			continue
+		}
+		if errno := parent.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
+			f.log.Debug("notify entry", "path", p, "errno", errno)
+		}
+	}
+}
+
+// relPath maps a key to its path below the mount root.
+func (f *FS) relPath(key string) (string, bool) {
+	if !strings.HasPrefix(key, f.cfg.Prefix) {
+		return "", false
+	}
+	return key[len(f.cfg.Prefix):], true
+}
+
+func splitPath(p string) (dir, name string) {
+	dir, name = path.Split(p)
+	return strings.TrimSuffix(dir, "/"), name
+}
+
+// Reconcile shows every pending journal op in the tree, for a mount that
+// starts after a crash between a Commit and its tree update: the change is
+// durable, so it must be visible.
+func (f *FS) Reconcile() error {
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	for _, p := range f.cfg.Journal.PendingUnder(f.cfg.Prefix) {
+		rel, ok := f.relPath(p.Key)
+		if !ok {
+			continue
+		}
+		dir, name := splitPath(strings.TrimSuffix(rel, "/"))
+		var e cache.Entry
+		switch p.Kind {
+		case journal.PutFile:
+			e = cache.Entry{Name: name, Size: p.Size, Local: true}
+		case journal.Copy, journal.PutMarker:
+			e = cache.Entry{Name: name, Dir: p.Kind == journal.PutMarker, Local: true}
+		case journal.Delete:
+			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
+		}
+		if old, ok, err := f.cfg.Tree.Lookup(dir, name); err != nil {
+			return err
+		} else if ok && old.Local && p.Kind != journal.Delete {
+			continue // already shown, with its mtime
+		}
+		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
+			return err
+		}
+		if err := f.ensureParents(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureParents makes sure each folder above dir is shown.
+func (f *FS) ensureParents(dir string) error {
+	for dir != "" {
+		parent, name := splitPath(dir)
+		if _, ok, err := f.cfg.Tree.Lookup(parent, name); err != nil {
+			return err
+		} else if !ok {
+			if err := f.cfg.Tree.PutEntry(parent, cache.Entry{Name: name, Dir: true, Local: true}); err != nil {
+				return err
+			}
+		}
+		dir = parent
+	}
+	return nil
+}

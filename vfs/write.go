@@ -1,0 +1,784 @@
+package vfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
+)
+
+// The write path.
+//
+// A file with local content has a working copy (workFile): a file in the
+// journal's staging folder holding the whole content. Writes and truncates
+// go to it; reads come from it. Flush (every close) and Fsync commit it to
+// the journal when it changed: the journal fsyncs it and records the upload
+// in bbolt before the call returns, and from then on owns the file. A later
+// write copies it first (copy on write), so the bytes being uploaded never
+// change underneath the uploader.
+//
+// The tree shows local changes at once, as Local entries that listings do
+// not override, and local deletes as tombstones, until the journal reports
+// the upload done (FS.applied).
+
+// journalLog is what the vfs needs from the journal.
+type journalLog interface {
+	StagingFile() (*os.File, error)
+	Commit(ops ...journal.Op) error
+	Pending(key string) (journal.PendingOp, bool)
+	PendingUnder(prefix string) []journal.PendingOp
+}
+
+// Object metadata names for what POSIX keeps and S3 does not.
+const (
+	metaMTime = "nimbus-mtime" // modification time, Unix nanoseconds
+	metaMode  = "nimbus-mode"  // permission bits, octal
+)
+
+// workFile is the local content of a file.
+type workFile struct {
+	f    *os.File
+	size int64
+	// dirty: written since the last commit.
+	dirty bool
+	// committed: the journal owns f's path; copy before writing again.
+	committed bool
+	// base is the remote version the edit chain began from.
+	base journal.Base
+}
+
+func (w *workFile) close() {
+	if err := w.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		// Read-only use or content already committed: nothing is lost.
+		_ = err
+	}
+}
+
+// errReadOnly is returned for changes to a --read-only mount.
+var errReadOnly = fmt.Errorf("read-only mount: %w", syscall.EROFS)
+
+func (f *FS) writable() error {
+	if f.cfg.ReadOnly || f.cfg.Journal == nil {
+		return errReadOnly
+	}
+	return nil
+}
+
+// newWorkFile makes a working copy holding size bytes read from src (nil:
+// empty).
+func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base journal.Base) (*workFile, error) {
+	file, err := f.cfg.Journal.StagingFile()
+	if err != nil {
+		return nil, fmt.Errorf("staging file: %w", err)
+	}
+	w := &workFile{f: file, base: base}
+	if src != nil && size > 0 {
+		n, err := io.CopyBuffer(io.NewOffsetWriter(file, 0), io.NewSectionReader(src, 0, size), make([]byte, 1<<20))
+		if err != nil {
+			w.close()
+			removeQuietly(file.Name())
+			return nil, fmt.Errorf("copy content to the working file: %w", err)
+		}
+		if ctx.Err() != nil {
+			w.close()
+			removeQuietly(file.Name())
+			return nil, ctx.Err()
+		}
+		w.size = n
+	}
+	return w, nil
+}
+
+func removeQuietly(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// A leftover staging file is removed by the journal at next open.
+		_ = err
+	}
+}
+
+// blockReaderAt reads a remote version through the block cache.
+type blockReaderAt struct {
+	ctx context.Context
+	h   *cache.Handle
+}
+
+func (r blockReaderAt) ReadAt(p []byte, off int64) (int, error) { return r.h.ReadAt(r.ctx, p, off) }
+
+// remoteBase is the condition for an edit of entry e.
+func remoteBase(e cache.Entry) journal.Base {
+	if e.ETag == "" {
+		return journal.Base{}
+	}
+	return journal.Base{Exists: true, ETag: e.ETag}
+}
+
+// ensureWork gives n a working copy, fetching the current content unless
+// truncate says it is not needed. It must not be called with n.mu held: the
+// content may come from the network.
+func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
+	n.mu.Lock()
+	if n.work != nil {
+		n.mu.Unlock()
+		return nil
+	}
+	e := n.entry
+	n.mu.Unlock()
+
+	_, _, key := n.location()
+	var w *workFile
+	var err error
+	if truncate {
+		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
+	} else if p, pending := n.fsys.cfg.Journal.Pending(key); pending && p.Kind == journal.PutFile {
+		// Content committed but not uploaded yet: start from it. Once
+		// uploaded, the journal removes it: then read the store's version,
+		// which Applied has recorded by then.
+		var staged *os.File
+		if staged, err = os.Open(p.Staged); err == nil {
+			w, err = n.fsys.newWorkFile(ctx, staged, p.Size, remoteBase(e))
+			staged.Close()
+		} else if errors.Is(err, os.ErrNotExist) {
+			e, err = n.getEntry(), nil
+		}
+	}
+	if w == nil && err == nil {
+		h := n.fsys.cfg.Blocks.Open(cache.Content{Key: key, ETag: e.ETag, Size: e.Size})
+		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, e.Size, remoteBase(e))
+		h.Close()
+	}
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.work != nil { // another open won the race
+		w.close()
+		removeQuietly(w.f.Name())
+		return nil
+	}
+	n.work = w
+	return nil
+}
+
+// forWriting returns n's working copy ready to be written: a committed
+// copy is copied first. Called with n.mu held; the copy is local disk I/O.
+func (n *fileNode) forWritingLocked() (*workFile, error) {
+	w := n.work
+	if !w.committed {
+		return w, nil
+	}
+	nw, err := n.fsys.newWorkFile(context.Background(), w.f, w.size, w.base)
+	if err != nil {
+		return nil, err
+	}
+	w.close()
+	n.work = nw
+	return nw, nil
+}
+
+// commitLocked hands a changed working copy to the journal. Called with
+// n.mu held: the journal fsyncs and records locally, no network.
+func (n *fileNode) commitLocked() error {
+	w := n.work
+	if w == nil || !w.dirty {
+		return nil
+	}
+	dir, name, key := n.location()
+	if key == "" {
+		return nil // unlinked while open: nothing to upload
+	}
+	if n.mtime.IsZero() {
+		n.mtime = time.Now()
+	}
+	meta := map[string]string{metaMTime: strconv.FormatInt(n.mtime.UnixNano(), 10)}
+	if n.mode != 0 {
+		meta[metaMode] = strconv.FormatUint(uint64(n.mode), 8)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("fsync working copy of %q: %w", key, err)
+	}
+	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta}
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
+	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
+		return fmt.Errorf("journal %q: %w", key, err)
+	}
+	w.dirty, w.committed = false, true
+	n.entry = cache.Entry{Name: name, Size: w.size, MTime: n.mtime, ETag: n.entry.ETag, Local: true}
+	if err := n.fsys.cfg.Tree.PutEntry(dir, n.entry); err != nil {
+		n.fsys.log.Warn("record local change", "key", key, "err", err)
+	}
+	return nil
+}
+
+var _ = (fs.NodeWriter)((*fileNode)(nil))
+
+func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.work == nil {
+		return 0, syscall.EBADF // opened read-only
+	}
+	w, err := n.forWritingLocked()
+	if err != nil {
+		return 0, toErrno(n.fsys.log, "write", err)
+	}
+	written, err := w.f.WriteAt(data, off)
+	if err != nil {
+		return uint32(written), toErrno(n.fsys.log, "write", err)
+	}
+	w.size = max(w.size, off+int64(written))
+	w.dirty = true
+	n.mtime = time.Now()
+	return uint32(written), 0
+}
+
+var _ = (fs.NodeFlusher)((*fileNode)(nil))
+
+// Flush runs at every close(2): the change is journaled before it returns.
+func (n *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return toErrno(n.fsys.log, "flush", n.commitLocked())
+}
+
+var _ = (fs.NodeFsyncer)((*fileNode)(nil))
+
+func (n *fileNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return toErrno(n.fsys.log, "fsync", n.commitLocked())
+}
+
+var _ = (fs.NodeSetattrer)((*fileNode)(nil))
+
+// Setattr handles truncate, chmod and utimens.
+func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	size, hasSize := in.GetSize()
+	mode, hasMode := in.GetMode()
+	mtime, hasMTime := in.GetMTime()
+	if hasSize || hasMode || hasMTime {
+		if err := n.fsys.writable(); err != nil {
+			return toErrno(n.fsys.log, "setattr", err)
+		}
+	}
+	if hasSize {
+		// Only the bytes that stay are needed: none for a truncate to 0.
+		if err := n.ensureWork(ctx, size == 0); err != nil {
+			return toErrno(n.fsys.log, "truncate", err)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if hasMode {
+		n.mode = mode & 0o7777
+	}
+	if hasMTime {
+		n.mtime = mtime
+	}
+	if hasSize {
+		w, err := n.forWritingLocked()
+		if err == nil {
+			err = w.f.Truncate(int64(size))
+		}
+		if err != nil {
+			return toErrno(n.fsys.log, "truncate", err)
+		}
+		w.size, w.dirty = int64(size), true
+		if !hasMTime {
+			n.mtime = time.Now()
+		}
+	} else if (hasMode || hasMTime) && n.work != nil {
+		n.work.dirty = true // carried as metadata with the content
+	}
+	// Without an open handle no close will follow: journal it now.
+	if n.writers == 0 {
+		if err := n.commitLocked(); err != nil {
+			return toErrno(n.fsys.log, "setattr", err)
+		}
+	}
+	n.fillAttrLocked(&out.Attr)
+	return 0
+}
+
+// fillAttrLocked describes the file as this machine sees it.
+func (n *fileNode) fillAttrLocked(out *fuse.Attr) {
+	e := n.entry
+	if n.work != nil {
+		e.Size = n.work.size
+	}
+	if !n.mtime.IsZero() {
+		e.MTime = n.mtime
+	}
+	n.fsys.fillFileAttr(e, out)
+	if n.mode != 0 {
+		out.Mode = syscall.S_IFREG | n.mode
+	}
+}
+
+// --- directory operations ---
+
+var _ = (fs.NodeCreater)((*dirNode)(nil))
+
+func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	dir := n.path()
+	key := n.fsys.fileKey(cache.JoinPath(dir, name))
+	if err := n.checkNew(ctx, dir, key); err != nil {
+		return nil, nil, 0, toErrno(n.fsys.log, "create", err)
+	}
+	base := journal.Base{}
+	// A stale tombstone or a name the listing missed: If-None-Match
+	// decides at upload time, and a clash becomes a conflicted copy.
+	w, err := n.fsys.newWorkFile(ctx, nil, 0, base)
+	if err != nil {
+		return nil, nil, 0, toErrno(n.fsys.log, "create", err)
+	}
+	w.dirty = true // an empty new file is a change too
+	now := time.Now()
+	e := cache.Entry{Name: name, MTime: now, Local: true}
+	n.fsys.localMu.Lock()
+	err = n.fsys.cfg.Tree.PutEntry(dir, e)
+	n.fsys.localMu.Unlock()
+	if err != nil {
+		w.close()
+		removeQuietly(w.f.Name())
+		return nil, nil, 0, toErrno(n.fsys.log, "create", err)
+	}
+	node := newFileNode(n.fsys, e)
+	node.work, node.mtime, node.writers = w, now, 1
+	if m := mode & 0o7777; m != 0o644 {
+		node.mode = m
+	}
+	node.fillAttrLocked(&out.Attr)
+	ch := n.NewInode(ctx, node, fs.StableAttr{Mode: syscall.S_IFREG})
+	return ch, &fileHandle{fsys: n.fsys, node: node, writable: true}, 0, 0
+}
+
+// checkNew validates a name to be created in dir.
+func (n *dirNode) checkNew(ctx context.Context, dir, key string) error {
+	if err := n.fsys.writable(); err != nil {
+		return err
+	}
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	return n.fsys.ensureListed(ctx, dir)
+}
+
+var _ = (fs.NodeMkdirer)((*dirNode)(nil))
+
+func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir := n.path()
+	path := cache.JoinPath(dir, name)
+	key := n.fsys.fileKey(path) + "/"
+	if err := n.checkNew(ctx, dir, key); err != nil {
+		return nil, toErrno(n.fsys.log, "mkdir", err)
+	}
+	if _, ok, err := n.fsys.cfg.Tree.Lookup(dir, name); err != nil {
+		return nil, toErrno(n.fsys.log, "mkdir", err)
+	} else if ok {
+		return nil, syscall.EEXIST
+	}
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
+	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.PutMarker, Key: key}); err != nil {
+		return nil, toErrno(n.fsys.log, "mkdir", err)
+	}
+	if err := n.fsys.cfg.Tree.PutEntry(dir, cache.Entry{Name: name, Dir: true, Local: true}); err != nil {
+		return nil, toErrno(n.fsys.log, "mkdir", err)
+	}
+	// The new folder is known to be empty: no listing needed, even offline.
+	if err := n.fsys.cfg.Tree.ReplaceDir(path, nil, key, nil, time.Now()); err != nil {
+		return nil, toErrno(n.fsys.log, "mkdir", err)
+	}
+	n.fsys.fillDirAttr(&out.Attr)
+	return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
+}
+
+var _ = (fs.NodeUnlinker)((*dirNode)(nil))
+
+func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+	dir := n.path()
+	if err := n.fsys.writable(); err != nil {
+		return toErrno(n.fsys.log, "unlink", err)
+	}
+	e, ok, err := n.fsys.shownEntry(ctx, dir, name, n.GetChild(name))
+	switch {
+	case err != nil:
+		return toErrno(n.fsys.log, "unlink", err)
+	case !ok:
+		return syscall.ENOENT
+	case e.Dir:
+		return syscall.EISDIR
+	}
+	key := n.fsys.fileKey(cache.JoinPath(dir, name))
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
+	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e)}); err != nil {
+		return toErrno(n.fsys.log, "unlink", err)
+	}
+	if err := n.fsys.removeLocally(dir, name, false); err != nil {
+		return toErrno(n.fsys.log, "unlink", err)
+	}
+	n.fsys.cfg.Blocks.Forget(key, "")
+	return 0
+}
+
+// shownEntry is the version of dir/name this machine showed: the live
+// node's (as the kernel looked it up or opened it), else the tree's. The
+// folder is not re-listed first: a delete or rename must be conditional on
+// what the user saw, so that a remote edit they never saw survives it.
+func (f *FS) shownEntry(ctx context.Context, dir, name string, live *fs.Inode) (cache.Entry, bool, error) {
+	if live != nil {
+		if fn, ok := live.Operations().(*fileNode); ok {
+			return fn.getEntry(), true, nil
+		}
+	}
+	if _, listed, err := f.cfg.Tree.Dir(dir); err != nil {
+		return cache.Entry{}, false, err
+	} else if !listed {
+		if err := f.ensureListed(ctx, dir); err != nil {
+			return cache.Entry{}, false, err
+		}
+	}
+	return f.cfg.Tree.Lookup(dir, name)
+}
+
+// removeLocally hides dir/name until the store confirms its removal: a
+// tombstone while an op on the key is pending, nothing once none is (the
+// journal cancelled a create-then-delete). Called with f.localMu held, after
+// the Commit, so that FS.applied cannot slip in between.
+func (f *FS) removeLocally(dir, name string, isDir bool) error {
+	key := f.fileKey(cache.JoinPath(dir, name))
+	if isDir {
+		key += "/"
+	}
+	if _, pending := f.cfg.Journal.Pending(key); !pending {
+		return f.cfg.Tree.RemoveEntry(dir, name)
+	}
+	return f.cfg.Tree.PutEntry(dir, cache.Entry{Name: name, Dir: isDir, Local: true, Gone: true})
+}
+
+var _ = (fs.NodeRmdirer)((*dirNode)(nil))
+
+func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	dir := n.path()
+	path := cache.JoinPath(dir, name)
+	if err := n.fsys.writable(); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	if err := n.fsys.ensureListed(ctx, dir); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	e, ok, err := n.fsys.cfg.Tree.Lookup(dir, name)
+	switch {
+	case err != nil:
+		return toErrno(n.fsys.log, "rmdir", err)
+	case !ok:
+		return syscall.ENOENT
+	case !e.Dir:
+		return syscall.ENOTDIR
+	}
+	if err := n.fsys.ensureListed(ctx, path); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	empty := true
+	if err := n.fsys.cfg.Tree.Children(path, func(cache.Entry) bool { empty = false; return false }); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	if !empty {
+		return syscall.ENOTEMPTY
+	}
+	// The marker goes whatever its ETag: an empty folder has nothing to lose.
+	op := journal.Op{Kind: journal.Delete, Key: n.fsys.fileKey(path) + "/", Base: journal.Base{Exists: true}}
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
+	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	return toErrno(n.fsys.log, "rmdir", n.fsys.removeLocally(dir, name, true))
+}
+
+var _ = (fs.NodeRenamer)((*dirNode)(nil))
+
+// Rename moves a file or a folder. Files with local content are
+// re-uploaded under the new name; clean files are copied server-side; the
+// old key is deleted on the condition that it did not change remotely.
+func (n *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if flags&^uint32(unixRenameNoReplace) != 0 {
+		return syscall.EINVAL // RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
+	}
+	dst, ok := newParent.(*dirNode)
+	if !ok {
+		return syscall.EXDEV
+	}
+	srcDir, dstDir := n.path(), dst.path()
+	err := n.fsys.rename(ctx, srcDir, name, dstDir, newName, flags&unixRenameNoReplace != 0, n.GetChild(name), dst.GetChild(newName))
+	return toErrno(n.fsys.log, "rename", err)
+}
+
+const unixRenameNoReplace = 1 // RENAME_NOREPLACE
+
+func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, noReplace bool, live, liveDst *fs.Inode) error {
+	if err := f.writable(); err != nil {
+		return err
+	}
+	dstKey := f.fileKey(cache.JoinPath(dstDir, newName))
+	if err := checkKey(dstKey + "/"); err != nil {
+		return err
+	}
+	src, ok, err := f.shownEntry(ctx, srcDir, name, live)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return syscall.ENOENT
+	}
+	old, exists, err := f.shownEntry(ctx, dstDir, newName, liveDst)
+	if err != nil {
+		return err
+	}
+	if exists {
+		switch {
+		case noReplace:
+			return syscall.EEXIST
+		case src.Dir && !old.Dir:
+			return syscall.ENOTDIR
+		case !src.Dir && old.Dir:
+			return syscall.EISDIR
+		case old.Dir:
+			if err := f.ensureListed(ctx, cache.JoinPath(dstDir, newName)); err != nil {
+				return err
+			}
+			empty := true
+			if err := f.cfg.Tree.Children(cache.JoinPath(dstDir, newName), func(cache.Entry) bool { empty = false; return false }); err != nil {
+				return err
+			}
+			if !empty {
+				return syscall.ENOTEMPTY
+			}
+		}
+	}
+	if src.Dir {
+		return f.renameDir(ctx, srcDir, name, dstDir, newName, exists)
+	}
+	var node *fileNode
+	if live != nil {
+		node, _ = live.Operations().(*fileNode)
+	}
+	return f.renameFile(srcDir, name, dstDir, newName, src, old, exists, node)
+}
+
+// renameFile journals the move of one file and updates the tree.
+func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Entry, dstExists bool, node *fileNode) error {
+	srcKey := f.fileKey(cache.JoinPath(srcDir, name))
+	dstKey := f.fileKey(cache.JoinPath(dstDir, newName))
+	dstBase := journal.Base{}
+	if dstExists {
+		dstBase = remoteBase(old)
+	}
+	var first journal.Op
+	size := src.Size
+	w, err := f.copyLocalContent(srcKey, node, dstBase)
+	if err != nil {
+		return err
+	}
+	if w != nil {
+		// Local content: upload it under the new name.
+		size = w.size
+		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase}
+	} else {
+		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
+	}
+	del := journal.Op{Kind: journal.Delete, Key: srcKey, Base: remoteBase(src)}
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	if err := f.cfg.Journal.Commit(first, del); err != nil {
+		return err
+	}
+	if node != nil {
+		node.mu.Lock()
+		if node.work != nil {
+			node.work.base = dstBase
+			node.work.dirty = false // its content is journaled under the new name
+		}
+		node.mu.Unlock()
+	}
+	if err := f.removeLocally(srcDir, name, false); err != nil {
+		return err
+	}
+	f.cfg.Blocks.Forget(srcKey, "")
+	return f.cfg.Tree.PutEntry(dstDir, cache.Entry{Name: newName, Size: size, MTime: src.MTime, Local: true})
+}
+
+// copyLocalContent copies the content of a file that exists only locally
+// or has local changes (the live node's working copy, read through its open
+// descriptor, or the journal's staged file) into a new staging file, closed
+// and ready to commit. It returns nil when the store has the current content.
+func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*workFile, error) {
+	if node != nil {
+		node.mu.Lock()
+		defer node.mu.Unlock() // local disk I/O only
+		if node.work != nil {
+			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, base)
+			if err != nil {
+				return nil, err
+			}
+			w.close()
+			return w, nil
+		}
+	}
+	p, ok := f.cfg.Journal.Pending(key)
+	if !ok || p.Kind != journal.PutFile {
+		return nil, nil
+	}
+	staged, err := os.Open(p.Staged)
+	if err != nil {
+		return nil, fmt.Errorf("pending content of %q: %w", key, err)
+	}
+	defer staged.Close()
+	w, err := f.newWorkFile(context.Background(), staged, p.Size, base)
+	if err != nil {
+		return nil, err
+	}
+	w.close()
+	return w, nil
+}
+
+// renameDir moves a folder: every key under it, found with a flat listing,
+// is copied server-side and deleted, and pending local changes under it are
+// moved with it. Offline, the keys cannot be found: EXDEV makes mv fall
+// back to copying file by file.
+func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string, dstExists bool) error {
+	srcPrefix := f.dirKeyPrefix(cache.JoinPath(srcDir, name))
+	dstPrefix := f.dirKeyPrefix(cache.JoinPath(dstDir, newName))
+	if !f.online() {
+		return fmt.Errorf("rename of folder %q while offline: %w", srcPrefix, syscall.EXDEV)
+	}
+	pending := make(map[string]journal.PendingOp)
+	for _, p := range f.cfg.Journal.PendingUnder(srcPrefix) {
+		pending[p.Key] = p // newest last
+	}
+	var moves, deletes, markerDeletes []journal.Op
+	var staged []string
+	var shown []cache.Entry // entries to show under the new folder, Name = path below it
+	moveKey := func(key, etag string, size int64) error {
+		rest := key[len(srcPrefix):]
+		newKey := dstPrefix + rest
+		if err := checkKey(newKey); err != nil {
+			return fmt.Errorf("new name of %q: %w", key, err)
+		}
+		del := journal.Op{Kind: journal.Delete, Key: key, Base: journal.Base{Exists: etag != "", ETag: etag}}
+		var move journal.Op
+		if p, ok := pending[key]; ok {
+			delete(pending, key)
+			switch p.Kind {
+			case journal.Delete:
+				return nil // already going away
+			case journal.PutMarker:
+				move = journal.Op{Kind: journal.PutMarker, Key: newKey}
+			case journal.PutFile:
+				content, err := os.Open(p.Staged)
+				if err != nil {
+					return err
+				}
+				w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{})
+				content.Close()
+				if err != nil {
+					return err
+				}
+				w.close()
+				staged = append(staged, w.f.Name())
+				size = p.Size
+				move = journal.Op{Kind: journal.PutFile, Key: newKey, Staged: w.f.Name(), Meta: p.Meta}
+			case journal.Copy:
+				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: p.Src, SrcETag: p.SrcETag}
+			}
+		} else if strings.HasSuffix(key, "/") {
+			move = journal.Op{Kind: journal.PutMarker, Key: newKey}
+		} else {
+			move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, SrcETag: etag}
+		}
+		moves = append(moves, move)
+		if strings.HasSuffix(key, "/") {
+			del.Base = journal.Base{Exists: true} // markers go whatever their ETag
+			markerDeletes = append(markerDeletes, del)
+		} else {
+			deletes = append(deletes, del)
+		}
+		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
+			shown = append(shown, cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true})
+		}
+		return nil
+	}
+	err := f.cfg.Store.ListFlat(ctx, srcPrefix, func(p backend.Page) error {
+		for _, o := range p.Objects {
+			if err := moveKey(o.Key, o.ETag, o.Size); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		for key := range pending { // local-only keys the store does not have yet
+			if err = moveKey(key, "", 0); err != nil {
+				break
+			}
+		}
+	}
+	if err == nil && !hasKey(moves, dstPrefix) {
+		moves = append(moves, journal.Op{Kind: journal.PutMarker, Key: dstPrefix}) // keep the folder even if empty
+	}
+	// Markers go last, deepest first: a folder is removed after its files.
+	sort.Slice(markerDeletes, func(i, j int) bool { return len(markerDeletes[i].Key) > len(markerDeletes[j].Key) })
+	ops := append(append(moves, deletes...), markerDeletes...)
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	if err == nil {
+		err = f.cfg.Journal.Commit(ops...)
+	}
+	if err != nil {
+		for _, s := range staged {
+			removeQuietly(s)
+		}
+		return fmt.Errorf("rename folder %q: %w", srcPrefix, err)
+	}
+	if err := f.cfg.Tree.MoveDir(srcDir, name, dstDir, newName); err != nil {
+		return err
+	}
+	// Show what moved, also what was never listed under the old name.
+	dst := cache.JoinPath(dstDir, newName)
+	for _, e := range shown {
+		dir, base := splitPath(cache.JoinPath(dst, e.Name))
+		e.Name = base
+		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
+			return err
+		}
+		if err := f.ensureParents(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hasKey(ops []journal.Op, key string) bool {
+	for _, op := range ops {
+		if op.Key == key && op.Kind != journal.Delete {
+			return true
+		}
+	}
+	return false
+}
