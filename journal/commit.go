@@ -137,6 +137,9 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 	seen := map[string]bool{}
 	var movedFrom []string
 	for i, op := range ops {
+		if op.Group < 0 || op.Group >= len(ops) {
+			return nil, fmt.Errorf("journal: op %d (%s %q): group %d is not in [0, %d)", i, op.Kind, op.Key, op.Group, len(ops))
+		}
 		if err := validate(op); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
@@ -393,7 +396,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 		p.lastSeq++
 		e := newEntry(record{
 			Seq:       p.lastSeq,
-			Groups:    []uint64{group},
+			Groups:    []uint64{group + uint64(op.Group)},
 			Kind:      op.Kind,
 			Key:       op.Key,
 			Staged:    op.staged,

@@ -158,6 +158,11 @@ type Op struct {
 	Base Base
 	// Meta is user metadata to store (mode, mtime…); lower-case names.
 	Meta map[string]string
+	// Group orders ops within one Commit: ops with the same Group run in
+	// order, ops of different Groups are independent (a folder rename
+	// moves each file as its own copy-then-delete pair, in parallel). It
+	// must be in [0, number of ops of the Commit).
+	Group int
 }
 
 // PendingOp is a committed op that has not completed.

@@ -685,3 +685,53 @@ func TestCloseStopsRunAndRefusesCommits(t *testing.T) {
 	m.waitIdle()
 	r.assertFiles(map[string]string{"a": "x"})
 }
+
+// TestGroupsOfOneCommitAreIndependent: ops with different Group values in one
+// Commit (a folder rename, file by file) do not wait for each other, while
+// each group keeps its own order.
+func TestGroupsOfOneCommitAreIndependent(t *testing.T) {
+	r := newRemote(t)
+	a := r.put("dir/a.txt", "a", backend.Cond{}, nil)
+	b := r.put("dir/b.txt", "b", backend.Cond{}, nil)
+	m := newMachine(t, r.root, "laptop")
+	g := newGate()
+	m.hooks.setHooks(func(ctx context.Context, c call) error {
+		if c.Op == faulty.OpCopy && c.Key == "new/a.txt" {
+			return g.hold(ctx, c) // group 0 stalls on its first op
+		}
+		return nil
+	}, nil)
+	m.commit(
+		Op{Kind: Copy, Key: "new/a.txt", Src: "dir/a.txt", SrcETag: a.ETag, Group: 0},
+		Op{Kind: Delete, Key: "dir/a.txt", Base: Base{Exists: true, ETag: a.ETag}, Group: 0},
+		Op{Kind: Copy, Key: "new/b.txt", Src: "dir/b.txt", SrcETag: b.ETag, Group: 1},
+		Op{Kind: Delete, Key: "dir/b.txt", Base: Base{Exists: true, ETag: b.ETag}, Group: 1},
+	)
+	m.run()
+	g.wait(t)
+	// Group 1 completes although group 0 is held.
+	deadline := time.Now().Add(10 * time.Second)
+	for m.hooks.count(faulty.OpDelete) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("group 1 did not run while group 0 was held: %q", m.hooks.log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, c := range m.hooks.log() {
+		if strings.HasPrefix(c, "Delete dir/a.txt") {
+			t.Fatal("group 0's Delete ran before its Copy completed")
+		}
+	}
+	g.release()
+	m.waitIdle()
+	r.assertFiles(map[string]string{"new/a.txt": "a", "new/b.txt": "b"})
+}
+
+func TestGroupOutOfRangeIsRefused(t *testing.T) {
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop")
+	err := m.j.Commit(Op{Kind: PutMarker, Key: "d/", Group: 1})
+	if err == nil || !strings.Contains(err.Error(), "group 1") {
+		t.Fatalf("Commit with Group out of range = %v", err)
+	}
+}

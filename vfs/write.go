@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -672,7 +671,9 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	for _, p := range f.cfg.Journal.PendingUnder(srcPrefix) {
 		pending[p.Key] = p // newest last
 	}
-	var moves, deletes, markerDeletes []journal.Op
+	// Each key moves as its own group (copy, then delete the old key), so
+	// keys move in parallel; the journal orders each pair.
+	var ops []journal.Op
 	var staged []string
 	var shown []cache.Entry // entries to show under the new folder, Name = path below it
 	moveKey := func(key, etag string, size int64) error {
@@ -712,13 +713,12 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		} else {
 			move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, SrcETag: etag}
 		}
-		moves = append(moves, move)
 		if strings.HasSuffix(key, "/") {
 			del.Base = journal.Base{Exists: true} // markers go whatever their ETag
-			markerDeletes = append(markerDeletes, del)
-		} else {
-			deletes = append(deletes, del)
 		}
+		group := len(ops) / 2
+		move.Group, del.Group = group, group
+		ops = append(ops, move, del)
 		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
 			shown = append(shown, cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true})
 		}
@@ -739,12 +739,10 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 			}
 		}
 	}
-	if err == nil && !hasKey(moves, dstPrefix) {
-		moves = append(moves, journal.Op{Kind: journal.PutMarker, Key: dstPrefix}) // keep the folder even if empty
+	if err == nil && !hasKey(ops, dstPrefix) {
+		// Keep the folder even if empty.
+		ops = append(ops, journal.Op{Kind: journal.PutMarker, Key: dstPrefix, Group: len(ops) / 2})
 	}
-	// Markers go last, deepest first: a folder is removed after its files.
-	sort.Slice(markerDeletes, func(i, j int) bool { return len(markerDeletes[i].Key) > len(markerDeletes[j].Key) })
-	ops := append(append(moves, deletes...), markerDeletes...)
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
 	if err == nil {

@@ -69,8 +69,13 @@ const (
 	// reservedPrefix starts the names of this package's own files.
 	reservedPrefix = ".nimbus-"
 	lockName       = reservedPrefix + "lock"
-	tmpPattern     = reservedPrefix + "tmp-*"
-	sidecarPrefix  = reservedPrefix + "meta-"
+	// markerName is the file that makes a folder an explicit directory
+	// marker ("a/" was Put): such a folder stays when its last file goes,
+	// as a marker key does in S3, while a folder that only held keys is
+	// removed with its last key.
+	markerName    = reservedPrefix + "marker"
+	tmpPattern    = reservedPrefix + "tmp-*"
+	sidecarPrefix = reservedPrefix + "meta-"
 
 	maxKeyLen  = 1024 // S3's limit, in bytes
 	maxNameLen = 255  // the usual NAME_MAX

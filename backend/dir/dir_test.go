@@ -587,3 +587,63 @@ func TestListSkipsUnreadableFile(t *testing.T) {
 		t.Fatalf("List = %q; want only ok", keys)
 	}
 }
+
+// TestFoldersFollowS3Semantics: a folder that only held keys goes with its
+// last key; an explicit marker folder stays until the marker is deleted,
+// whichever order the deletes come in.
+func TestFoldersFollowS3Semantics(t *testing.T) {
+	root := t.TempDir()
+	s, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	put := func(key, content string) {
+		t.Helper()
+		if _, err := s.Put(ctx, key, strings.NewReader(content), int64(len(content)), nil, backend.Cond{}); err != nil {
+			t.Fatalf("put %q: %v", key, err)
+		}
+	}
+	del := func(key string) {
+		t.Helper()
+		if err := s.Delete(ctx, key, ""); err != nil {
+			t.Fatalf("delete %q: %v", key, err)
+		}
+	}
+	exists := func(rel string) bool {
+		_, err := os.Stat(filepath.Join(root, rel))
+		return err == nil
+	}
+	put("kept/", "")
+	put("kept/implicit/x", "x")
+	del("kept/implicit/x")
+	if exists("kept/implicit") {
+		t.Error("a folder that only held a deleted key survives it")
+	}
+	if !exists("kept") {
+		t.Error("an explicit marker folder was removed with the keys under it")
+	}
+	// Marker deleted before the last key under it (a folder rename may do
+	// this): the folder goes with the key.
+	put("gone/", "")
+	put("gone/y", "y")
+	del("gone/")
+	if !exists("gone/y") {
+		t.Fatal("deleting a marker removed the keys under it")
+	}
+	del("gone/y")
+	if exists("gone") {
+		t.Error("a folder whose marker and keys were deleted survives")
+	}
+	del("kept/")
+	if exists("kept") {
+		t.Error("an empty marker folder survives its delete")
+	}
+	var prefixes []string
+	if err := s.List(ctx, "", func(p backend.Page) error { prefixes = append(prefixes, p.Prefixes...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(prefixes) != 0 {
+		t.Errorf("root still lists %q", prefixes)
+	}
+}

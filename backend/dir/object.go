@@ -423,6 +423,14 @@ func (s *Store) putMarker(ctx context.Context, op string, obj object, encoded []
 	if _, err := s.mkdirs(obj.path); err != nil {
 		return backend.ObjectInfo{}, s.opError(op, obj.key, mkdirKind(err), err)
 	}
+	mf, err := os.OpenFile(filepath.Join(obj.path, markerName), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return backend.ObjectInfo{}, s.opError(op, obj.key, osKind(err), err)
+	}
+	closeQuietly(mf)
+	if err := syncDir(obj.path); err != nil {
+		return backend.ObjectInfo{}, s.opError(op, obj.key, osKind(err), err)
+	}
 	d, err := os.Open(obj.path)
 	if err != nil {
 		return backend.ObjectInfo{}, s.opError(op, obj.key, osKind(err), err)
@@ -515,9 +523,14 @@ func (s *Store) Delete(ctx context.Context, key string, ifMatch string) error {
 	if ifMatch != "" && cur != ifMatch {
 		return s.opError("delete", key, backend.ErrPrecondition, fmt.Errorf("etag is %s, not %s", cur, ifMatch))
 	}
+	if obj.marker {
+		if err := os.Remove(filepath.Join(obj.path, markerName)); err != nil && !isAbsent(err) {
+			return s.opError("delete", key, osKind(err), err)
+		}
+	}
 	if err := os.Remove(obj.path); err != nil {
 		if obj.marker && (errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST)) {
-			return nil
+			return nil // keys remain under it: the folder stays until they go
 		}
 		if isAbsent(err) {
 			return nil
@@ -529,10 +542,25 @@ func (s *Store) Delete(ctx context.Context, key string, ifMatch string) error {
 			return s.opError("delete", key, osKind(err), err)
 		}
 	}
-	if err := syncDir(filepath.Dir(obj.path)); err != nil {
+	if err := s.pruneEmptyParents(filepath.Dir(obj.path)); err != nil {
 		return s.opError("delete", key, osKind(err), err)
 	}
 	return nil
+}
+
+// pruneEmptyParents removes dir and the folders above it while they are
+// empty and not markers (a marker folder holds its marker file), as S3
+// forgets a prefix with its last key. It stops at the root.
+func (s *Store) pruneEmptyParents(dir string) error {
+	for ; dir != s.root && strings.HasPrefix(dir, s.root+string(filepath.Separator)); dir = filepath.Dir(dir) {
+		if err := os.Remove(dir); err != nil {
+			if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) || isAbsent(err) {
+				break
+			}
+			return err
+		}
+	}
+	return syncDir(dir)
 }
 
 // ctxReader stops a copy when ctx is done.
