@@ -117,6 +117,8 @@ type FS struct {
 	localMu sync.Mutex
 
 	root *dirNode // set by Root
+
+	watched watchSet // directories to poll
 }
 
 type listFlight struct {
@@ -185,6 +187,7 @@ func (f *FS) fileKey(path string) string { return f.cfg.Prefix + path }
 // the listing fails but an older one exists, the older one is served (the
 // store may be offline) and only the log says so.
 func (f *FS) ensureListed(ctx context.Context, dir string) error {
+	f.watched.touch(dir)
 	st, known, err := f.cfg.Tree.Dir(dir)
 	if err != nil {
 		return err

@@ -369,6 +369,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	// Stop the uploader before the journal closes (deferred above, so run
 	// after this): in-flight uploads resume at the next mount.
 	defer func() { cancel(); <-uploads }()
+	go fsys.Poll(ctx, o.poll)
 	opts := fsys.Options(o.remote.String(), o.allowOther)
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
