@@ -37,10 +37,19 @@ const (
 	// sizes are multiples of it so that an evicted block frees exactly its
 	// bytes.
 	fsBlockSize = 4096
+
+	// pinSpareBytes is the free space Pin leaves on the cache's file
+	// system, for the database, the journal and everything else on it.
+	pinSpareBytes = 64 << 20
 )
 
 // ErrBlockStoreClosed is returned by reads after BlockStore.Close.
 var ErrBlockStoreClosed = errors.New("block store closed")
+
+// ErrNoSpace means the cache's file system cannot hold the data: Pin
+// found too little free space for what it would download, or a block
+// write failed with ENOSPC or EDQUOT.
+var ErrNoSpace = errors.New("not enough disk space for the cache")
 
 // errNoRoom cancels a read-ahead run that would push the cache over its
 // budget. Nobody waits for such a run, so the error is never returned.
@@ -78,7 +87,8 @@ type BlockStoreConfig struct {
 	// multiple of 4096. Default 1 MiB. Changing it drops the cache.
 	BlockSize int64
 	// Capacity is the byte budget for clean, evictable cached blocks
-	// (--cache-size). It must be > 0.
+	// (--cache-size). Blocks of pinned contents are outside it. It must
+	// be > 0.
 	Capacity int64
 	// ReadAhead is the largest read-ahead window of one sequential reader,
 	// in bytes. Default 16 MiB; negative disables read-ahead. The window is
@@ -94,13 +104,15 @@ type BlockStoreConfig struct {
 
 // BlockStats is a snapshot of the block store's counters.
 type BlockStats struct {
-	Used      int64 // bytes of cached blocks, including blocks being read
-	Capacity  int64 // the byte budget
-	Blocks    int64 // cached blocks
-	Evictions int64 // blocks evicted to stay within Capacity
-	Hits      int64 // blocks a read found cached
-	Misses    int64 // blocks a read had to fetch itself
-	Joins     int64 // blocks a read found already being fetched, and waited for
+	Used         int64 // bytes of evictable (unpinned) cached blocks, including blocks being read; at most Capacity once they are released
+	Capacity     int64 // the byte budget of Used
+	Blocks       int64 // evictable cached blocks
+	Pinned       int64 // bytes of cached blocks of pinned contents, outside the budget
+	PinnedBlocks int64 // cached blocks of pinned contents
+	Evictions    int64 // blocks evicted to stay within Capacity
+	Hits         int64 // blocks a read found cached
+	Misses       int64 // blocks a read had to fetch itself
+	Joins        int64 // blocks a read found already being fetched, and waited for
 
 	Fetches         int64 // ranged GETs issued, read-ahead included
 	FetchedBytes    int64 // bytes received and stored by successful GETs
@@ -108,7 +120,8 @@ type BlockStats struct {
 }
 
 // BlockStore caches the contents of remote objects as fixed-size blocks in
-// sparse files on disk, under a byte budget with LRU eviction.
+// sparse files on disk, under a byte budget with LRU eviction. Pinned
+// contents are kept whole outside the budget.
 //
 // # Layout
 //
@@ -121,12 +134,13 @@ type BlockStats struct {
 //
 // # Index
 //
-// Every cached block is in exactly one of two places: the LRU list (clean,
-// evictable; golang-lru's simplelru gives the order, the store counts the
-// bytes) or the held map (being read right now, so not evictable).
-// Eviction only ever takes the oldest LRU entry, so a block under a reader
-// is never punched. Pinned or dirty blocks would be kept out of the LRU in
-// the same way, in a set of their own. A block being fetched has a flight,
+// Every cached block is in exactly one of three places: the LRU list
+// (evictable; golang-lru's simplelru gives the order, the store counts the
+// bytes), the pinned map (a block of a pinned content), or the held map
+// (being read right now, whatever its content). Eviction only ever takes
+// the oldest LRU entry, so neither a pinned block nor a block under a
+// reader is ever evicted. A released block goes back to the pinned map if
+// its content is pinned, else to the LRU. A block being fetched has a flight,
 // which every reader of that block waits on; a flight that completes with
 // readers waiting hands each of them a hold, so a fetched block cannot be
 // evicted before its readers have read it.
@@ -141,6 +155,20 @@ type BlockStats struct {
 // GETs share FetchConcurrency slots, fewer of which are open to
 // read-ahead, and unread read-ahead is capped at half of Capacity, so that
 // it cannot evict what readers are about to read.
+//
+// # Pinning
+//
+// Pinning is a property of a content (one version of an object), not of
+// its blocks: Pin marks the content, moves its cached blocks from the LRU
+// to the pinned map, and fetches the missing ones in parallel GETs, which
+// land in the pinned map. The bytes of a pinned content's blocks count as
+// pinnedBytes instead of used, so Capacity bounds only what can be evicted;
+// a content's pin flip moves its bytes between the two counters at once.
+// Unpin merges its blocks back into the LRU in the order of their last
+// access and evicts down to Capacity. A pinned content stays in the index
+// even without blocks, so a Pin that failed half-way resumes. Free drops a
+// key's blocks now, except those under a reader, which carry a drop mark
+// and go when released.
 //
 // # Persistence
 //
@@ -157,7 +185,8 @@ type BlockStats struct {
 //
 // One mutex, mu, guards the whole index. It is held for metadata work only
 // (map updates, opening and unlinking files, punching holes) and never
-// across a GET or a read or write of block data. LOCK ORDER: flushMu → mu.
+// across a GET, a read or write of block data, statfs, or a call to a Pin
+// progress function. LOCK ORDER: flushMu → mu.
 // Handle.mu is a leaf: nothing else is locked while it is held.
 type BlockStore struct {
 	dir     string
@@ -190,11 +219,12 @@ type BlockStore struct {
 	closed   bool                               // GUARDED_BY(mu)
 	contents map[contentID]*content             // GUARDED_BY(mu): live contents
 	byKey    map[string][]*content              // GUARDED_BY(mu): live contents by key
-	lru      *simplelru.LRU[blockKey, lruEntry] // GUARDED_BY(mu): cached, evictable blocks
+	lru      *simplelru.LRU[blockKey, lruEntry] // GUARDED_BY(mu): cached, evictable blocks not being read
+	pinned   map[blockKey]uint64                // GUARDED_BY(mu): cached blocks of pinned contents not being read → access seq
 	held     map[blockKey]blockHold             // GUARDED_BY(mu): cached blocks being read
 	flights  map[blockKey]*flight               // GUARDED_BY(mu): blocks being fetched
-	used     int64                              // GUARDED_BY(mu): bytes of blocks in lru and held
-	reserved int64                              // GUARDED_BY(mu): bytes being written by fetches
+	used     int64                              // GUARDED_BY(mu): bytes of cached blocks of unpinned contents (lru and held)
+	reserved int64                              // GUARDED_BY(mu): bytes being written by fetches within the budget
 	ahead    int64                              // GUARDED_BY(mu): read-ahead bytes in flight or cached unread
 	seq      uint64                             // GUARDED_BY(mu): last access sequence number
 	pending  map[blockKey]struct{}              // GUARDED_BY(mu): blocks whose record must be rewritten
@@ -202,6 +232,11 @@ type BlockStore struct {
 	unsynced map[*content]struct{}              // GUARDED_BY(mu): contents written since the last flush
 	stats    BlockStats                         // GUARDED_BY(mu)
 	warned   bool                               // GUARDED_BY(mu): hole punching failure was logged
+
+	pinnedBytes  int64                 // GUARDED_BY(mu): bytes of cached blocks of pinned contents (pinned and held)
+	pinnedBlocks int64                 // GUARDED_BY(mu): cached blocks of pinned contents
+	pinPending   int64                 // GUARDED_BY(mu): bytes the running Pins still have to fetch
+	recordDirty  map[*content]struct{} // GUARDED_BY(mu): contents whose record (its pin flag) must be rewritten
 }
 
 // contentID names a Content on disk and in the database: the first 16
@@ -238,6 +273,9 @@ type content struct {
 	recorded bool // GUARDED_BY(BlockStore.mu)
 	// stale: a GET failed with ErrPrecondition, so read-ahead stops.
 	stale bool // GUARDED_BY(BlockStore.mu)
+	// pinned: the content's blocks are never evicted and count as
+	// pinnedBytes; it stays in the index (and the database) without blocks.
+	pinned bool // GUARDED_BY(BlockStore.mu)
 	// goneErr, once set, retires the content: it left the index, its file
 	// was unlinked (the path may already belong to a successor with the
 	// same id), and reads through old handles fail with goneErr.
@@ -263,6 +301,7 @@ type lruEntry struct {
 type blockHold struct {
 	refs int32
 	seq  uint64 // sequence number of the latest access
+	drop bool   // Free dropped its content: drop the block once released
 }
 
 // flight is a fetch of one block in progress. Reads of the block join it
@@ -308,10 +347,12 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 		contents:       make(map[contentID]*content),
 		byKey:          make(map[string][]*content),
 		lru:            lru,
+		pinned:         make(map[blockKey]uint64),
 		held:           make(map[blockKey]blockHold),
 		flights:        make(map[blockKey]*flight),
 		pending:        make(map[blockKey]struct{}),
 		unsynced:       make(map[*content]struct{}),
+		recordDirty:    make(map[*content]struct{}),
 	}
 	s.bufPool.New = func() any {
 		b := make([]byte, 256<<10)
@@ -329,7 +370,8 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 	s.wg.Add(1)
 	go s.flusher()
 	st := s.Stats()
-	s.log.Info("block store open", "dir", cfg.Dir, "blocks", st.Blocks, "used", st.Used, "capacity", st.Capacity)
+	s.log.Info("block store open", "dir", cfg.Dir, "blocks", st.Blocks, "used", st.Used, "capacity", st.Capacity,
+		"pinned_blocks", st.PinnedBlocks, "pinned", st.Pinned)
 	return s, nil
 }
 
@@ -396,11 +438,8 @@ func (s *BlockStore) Close() error {
 // own, because the handle tracks whether its reads are sequential.
 func (s *BlockStore) Open(c Content) *Handle {
 	h := &Handle{s: s, lastEnd: -1}
-	switch {
-	case c.Size < 0:
-		h.err = fmt.Errorf("open %q: negative size %d", c.Key, c.Size)
-	case (c.Size+s.bs-1)/s.bs > math.MaxUint32:
-		h.err = fmt.Errorf("open %q: %d bytes is too large for block size %d", c.Key, c.Size, s.bs)
+	if err := s.validateContent(c); err != nil {
+		h.err = fmt.Errorf("open %q: %w", c.Key, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -414,6 +453,17 @@ func (s *BlockStore) Open(c Content) *Handle {
 	h.c = s.contentLocked(c)
 	h.c.refs++
 	return h
+}
+
+// validateContent checks that c can be cached.
+func (s *BlockStore) validateContent(c Content) error {
+	switch {
+	case c.Size < 0:
+		return fmt.Errorf("negative size %d", c.Size)
+	case (c.Size+s.bs-1)/s.bs > math.MaxUint32:
+		return fmt.Errorf("%d bytes is too large for block size %d", c.Size, s.bs)
+	}
+	return nil
 }
 
 // contentLocked returns the live content for c, creating it if needed.
@@ -456,8 +506,9 @@ func (s *BlockStore) CachedBytes(c Content) int64 {
 }
 
 // Forget drops every cached version of key except the one with ETag
-// keepETag ("" drops them all), because the remote object changed. Handles
-// open on a dropped version fail their reads with an error wrapping
+// keepETag ("" drops them all), because the remote object changed. Pinned
+// versions go too: the caller pins the new one. Handles open on a dropped
+// version fail their reads, and Pins of it return, with an error wrapping
 // backend.ErrPrecondition.
 func (s *BlockStore) Forget(key string, keepETag string) {
 	s.mu.Lock()
@@ -478,7 +529,9 @@ func (s *BlockStore) Stats() BlockStats {
 	st := s.stats
 	st.Used = s.used
 	st.Capacity = s.capacity
-	st.Blocks = int64(s.lru.Len() + len(s.held))
+	st.Blocks = int64(s.lru.Len()+len(s.pinned)+len(s.held)) - s.pinnedBlocks
+	st.Pinned = s.pinnedBytes
+	st.PinnedBlocks = s.pinnedBlocks
 	return st
 }
 
@@ -497,7 +550,24 @@ func (s *BlockStore) cachedLocked(k blockKey) bool {
 	if _, ok := s.held[k]; ok {
 		return true
 	}
+	if _, ok := s.pinned[k]; ok {
+		return true
+	}
 	return s.lru.Contains(k)
+}
+
+// accountLocked adds blocks cached blocks of n bytes in all (both negative
+// to take them away) to c and to the counter of its class: pinnedBytes
+// for a pinned content, used (the budget) for the others.
+func (s *BlockStore) accountLocked(c *content, blocks, n int64) {
+	c.blocks += blocks
+	c.bytes += n
+	if c.pinned {
+		s.pinnedBlocks += blocks
+		s.pinnedBytes += n
+	} else {
+		s.used += n
+	}
 }
 
 // missingLocked reports whether block k is neither cached nor being fetched.
@@ -510,11 +580,17 @@ func (s *BlockStore) missingLocked(k blockKey) bool {
 }
 
 // acquireLocked takes a read hold on block k if it is cached, taking it
-// out of the LRU so that it cannot be evicted while it is read.
+// out of the LRU (or the pinned map) so that it cannot be evicted (or
+// freed) while it is read.
 func (s *BlockStore) acquireLocked(k blockKey) bool {
 	if h, ok := s.held[k]; ok {
 		h.refs++
 		s.held[k] = h
+		return true
+	}
+	if seq, ok := s.pinned[k]; ok {
+		delete(s.pinned, k)
+		s.held[k] = blockHold{refs: 1, seq: seq}
 		return true
 	}
 	e, ok := s.lru.Peek(k)
@@ -530,8 +606,8 @@ func (s *BlockStore) acquireLocked(k blockKey) bool {
 }
 
 // releaseLocked drops a hold taken by acquireLocked or handed over by a
-// flight. The last one puts the block back into the LRU as its most
-// recently used entry.
+// flight. The last one puts the block back into the pinned map, or into
+// the LRU as its most recently used entry, or drops it if Free said so.
 func (s *BlockStore) releaseLocked(k blockKey) {
 	h, ok := s.held[k]
 	if !ok {
@@ -542,8 +618,23 @@ func (s *BlockStore) releaseLocked(k blockKey) {
 		return
 	}
 	delete(s.held, k)
-	s.lru.Add(k, lruEntry{seq: s.nextSeqLocked()})
 	s.pending[k] = struct{}{}
+	c := k.c
+	switch {
+	case h.drop:
+		n := s.blockLen(c, int64(k.i))
+		s.accountLocked(c, -1, -n)
+		if c.blocks == 0 && c.refs == 0 && !c.pinned {
+			s.retireLocked(c, nil)
+		} else {
+			s.punchLocked(c, int64(k.i)*s.bs, n)
+		}
+		return
+	case c.pinned:
+		s.pinned[k] = s.nextSeqLocked()
+		return
+	}
+	s.lru.Add(k, lruEntry{seq: s.nextSeqLocked()})
 	// Holds may have pushed the cache over budget while nothing could be
 	// evicted; now something can.
 	s.evictLocked(0)
@@ -564,9 +655,7 @@ func (s *BlockStore) evictLocked(need int64) bool {
 			s.ahead -= n
 			s.stats.ReadAheadWasted += n
 		}
-		s.used -= n
-		c.blocks--
-		c.bytes -= n
+		s.accountLocked(c, -1, -n) // c is not pinned: its block was in the LRU
 		s.pending[k] = struct{}{}
 		if c.blocks == 0 && c.refs == 0 {
 			s.retireLocked(c, nil)
@@ -592,20 +681,20 @@ func (s *BlockStore) retireLocked(c *content, reason error) {
 	held := false
 	for _, i := range s.cachedBlocksLocked(c) {
 		k := blockKey{c, i}
-		n := s.blockLen(c, int64(i))
 		if e, ok := s.lru.Peek(k); ok {
 			s.lru.Remove(k)
 			if e.ahead {
-				s.ahead -= n
+				s.ahead -= s.blockLen(c, int64(i))
 			}
+		} else if _, ok := s.pinned[k]; ok {
+			delete(s.pinned, k)
 		} else {
 			delete(s.held, k)
 			held = true
 		}
-		s.used -= n
 		s.pending[k] = struct{}{}
 	}
-	c.blocks, c.bytes = 0, 0
+	s.accountLocked(c, -c.blocks, -c.bytes)
 	c.goneErr = reason
 
 	delete(s.contents, c.id)
@@ -614,6 +703,7 @@ func (s *BlockStore) retireLocked(c *content, reason error) {
 		delete(s.byKey, c.key)
 	}
 	delete(s.unsynced, c)
+	delete(s.recordDirty, c)
 	if c.recorded {
 		s.gone = append(s.gone, c.id)
 	}
@@ -636,7 +726,7 @@ func (s *BlockStore) cachedBlocksLocked(c *content) []uint32 {
 		return nil
 	}
 	var out []uint32
-	if c.nblocks <= int64(s.lru.Len()+len(s.held)) {
+	if c.nblocks <= int64(s.lru.Len()+len(s.pinned)+len(s.held)) {
 		for i := range uint32(c.nblocks) {
 			if s.cachedLocked(blockKey{c, i}) {
 				out = append(out, i)
@@ -645,6 +735,11 @@ func (s *BlockStore) cachedBlocksLocked(c *content) []uint32 {
 		return out
 	}
 	for _, k := range s.lru.Keys() {
+		if k.c == c {
+			out = append(out, k.i)
+		}
+	}
+	for k := range s.pinned {
 		if k.c == c {
 			out = append(out, k.i)
 		}
@@ -691,7 +786,8 @@ func (s *BlockStore) closeFileLocked(c *content) {
 }
 
 // unrefLocked drops a reference on c. The last one closes its file, unless
-// the flusher still has to sync it, and removes c if it has no blocks.
+// the flusher still has to sync it, and removes c if it has no blocks and
+// is not pinned.
 func (s *BlockStore) unrefLocked(c *content) {
 	if c.refs--; c.refs > 0 {
 		return
@@ -699,7 +795,7 @@ func (s *BlockStore) unrefLocked(c *content) {
 	switch {
 	case c.gone():
 		s.closeFileLocked(c)
-	case c.blocks == 0:
+	case c.blocks == 0 && !c.pinned:
 		s.retireLocked(c, nil)
 	default:
 		if _, dirty := s.unsynced[c]; !dirty {

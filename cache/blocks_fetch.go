@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nimbus-fs/nimbus/backend"
 )
 
@@ -21,12 +23,27 @@ type blockRun struct {
 	first   int64    // index of the first block
 	flights []*flight
 	ahead   bool // started by read-ahead
+	// background: nobody is blocked on it (read-ahead, Pin), so it takes
+	// one of the fewer read-ahead slots.
+	background bool
+	// budgeted: its bytes were reserved within Capacity (the content was
+	// not pinned when the GET started). GUARDED_BY(BlockStore.mu)
+	budgeted bool
 }
+
+// runKind says who starts a run.
+type runKind int
+
+const (
+	runRead  runKind = iota // a read waits for it
+	runAhead                // read-ahead
+	runPin                  // Pin
+)
 
 // startRunLocked registers flights for blocks [first, first+n) of c, all
 // missing, and starts the GET in the background. Read-ahead blocks count
 // towards the read-ahead budget until they are read or dropped.
-func (s *BlockStore) startRunLocked(c *content, first, n int64, ahead bool) (*blockRun, error) {
+func (s *BlockStore) startRunLocked(c *content, first, n int64, kind runKind) (*blockRun, error) {
 	if s.closed {
 		return nil, ErrBlockStoreClosed
 	}
@@ -34,7 +51,8 @@ func (s *BlockStore) startRunLocked(c *content, first, n int64, ahead bool) (*bl
 	if err != nil {
 		return nil, err
 	}
-	r := &blockRun{c: c, f: f, first: first, flights: make([]*flight, n), ahead: ahead}
+	ahead := kind == runAhead
+	r := &blockRun{c: c, f: f, first: first, flights: make([]*flight, n), ahead: ahead, background: kind != runRead}
 	for j := range n {
 		fl := &flight{done: make(chan struct{}), ahead: ahead}
 		r.flights[j] = fl
@@ -60,23 +78,21 @@ func (s *BlockStore) fetchRun(r *blockRun) {
 		n += s.blockLen(r.c, r.first+j)
 	}
 
-	reserved := false
-	err := s.acquireSlot(r.ahead)
+	err := s.acquireSlot(r.background)
 	if err == nil {
 		if err = s.reserve(r, n); err == nil {
-			reserved = true
 			start := time.Now()
 			err = s.fetchInto(r, off, n)
 			s.log.Debug("block fetch", "key", r.c.key, "off", off, "len", n,
 				"blocks", len(r.flights), "ahead", r.ahead, "dur", time.Since(start), "err", err)
 		}
-		s.releaseSlot(r.ahead)
+		s.releaseSlot(r.background)
 	}
 	if err != nil && !errors.Is(err, errNoRoom) {
 		s.log.Log(context.Background(), fetchErrorLevel(err), "block fetch failed",
 			"key", r.c.key, "off", off, "len", n, "err", err)
 	}
-	s.finishRun(r, n, reserved, err)
+	s.finishRun(r, n, err)
 }
 
 // fetchErrorLevel keeps the expected failures (offline, cancelled, object
@@ -90,11 +106,11 @@ func fetchErrorLevel(err error) slog.Level {
 	return slog.LevelWarn
 }
 
-// acquireSlot waits for a GET slot. Read-ahead first takes one of the
-// fewer read-ahead slots, so that a reader's own fetch soon finds a slot
-// even under heavy read-ahead.
-func (s *BlockStore) acquireSlot(ahead bool) error {
-	if ahead {
+// acquireSlot waits for a GET slot. Background runs (read-ahead, Pin)
+// first take one of the fewer read-ahead slots, so that a reader's own
+// fetch soon finds a slot even under heavy read-ahead or a large Pin.
+func (s *BlockStore) acquireSlot(background bool) error {
+	if background {
 		select {
 		case s.aheadSlots <- struct{}{}:
 		case <-s.ctx.Done():
@@ -105,16 +121,16 @@ func (s *BlockStore) acquireSlot(ahead bool) error {
 	case s.fetchSlots <- struct{}{}:
 		return nil
 	case <-s.ctx.Done():
-		if ahead {
+		if background {
 			<-s.aheadSlots
 		}
 		return ErrBlockStoreClosed
 	}
 }
 
-func (s *BlockStore) releaseSlot(ahead bool) {
+func (s *BlockStore) releaseSlot(background bool) {
 	<-s.fetchSlots
-	if ahead {
+	if background {
 		<-s.aheadSlots
 	}
 }
@@ -126,16 +142,22 @@ func (s *BlockStore) releaseSlot(ahead bool) {
 // exceeded by the blocks in use, and recovers when they are released.
 // Read-ahead nobody waits for is dropped instead; the check and the failure
 // happen under one lock, so no reader can join a run that fails this way.
+// The blocks of a pinned content are outside the budget: they evict
+// nothing.
 func (s *BlockStore) reserve(r *blockRun, n int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r.c.gone() {
 		return r.c.goneErr
 	}
+	if r.c.pinned {
+		return nil
+	}
 	if !s.evictLocked(n) && r.ahead && !r.hasWaitersLocked() {
 		return errNoRoom
 	}
 	s.reserved += n
+	r.budgeted = true
 	return nil
 }
 
@@ -185,6 +207,9 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 	bufp := s.bufPool.Get().(*[]byte)
 	defer s.bufPool.Put(bufp)
 	got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, off), io.LimitReader(body, n), *bufp)
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
+	}
 	if err != nil {
 		return fmt.Errorf("copy body: %w", err)
 	}
@@ -204,12 +229,14 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 }
 
 // finishRun publishes r's blocks (err == nil) or fails its flights, and
-// wakes their readers. A content retired meanwhile publishes nothing.
-func (s *BlockStore) finishRun(r *blockRun, n int64, reserved bool, err error) {
+// wakes their readers. A content retired meanwhile publishes nothing. The
+// blocks go where the content's pin state says now, whatever it was when
+// the GET started.
+func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := r.c
-	if reserved {
+	if r.budgeted {
 		s.reserved -= n
 	}
 	if err == nil && c.gone() {
@@ -242,6 +269,12 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, reserved bool, err error) {
 			if fl.ahead {
 				s.ahead -= bl
 			}
+		case c.pinned:
+			s.cacheBlockLocked(k, bl)
+			s.pinned[k] = s.nextSeqLocked()
+			if fl.ahead {
+				s.ahead -= bl
+			}
 		default:
 			s.cacheBlockLocked(k, bl)
 			s.lru.Add(k, lruEntry{seq: s.nextSeqLocked(), ahead: fl.ahead})
@@ -249,14 +282,16 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, reserved bool, err error) {
 		close(fl.done)
 	}
 	s.unrefLocked(c)
+	if !r.budgeted {
+		// Unpinned while its GET ran, so nothing was evicted for it.
+		s.evictLocked(0)
+	}
 }
 
 // cacheBlockLocked counts a newly cached block; the caller files it in the
-// LRU or the held map.
+// LRU, the pinned map or the held map.
 func (s *BlockStore) cacheBlockLocked(k blockKey, n int64) {
-	s.used += n
-	k.c.blocks++
-	k.c.bytes += n
+	s.accountLocked(k.c, 1, n)
 	s.pending[k] = struct{}{}
 }
 
@@ -284,7 +319,7 @@ func (s *BlockStore) prefetch(c *content, from, to, runLen int64) {
 			s.log.Debug("read-ahead budget full", "key", c.key, "block", i, "ahead", s.ahead)
 			return
 		}
-		if _, err := s.startRunLocked(c, i, j-i+1, true); err != nil {
+		if _, err := s.startRunLocked(c, i, j-i+1, runAhead); err != nil {
 			s.log.Debug("read-ahead not started", "key", c.key, "block", i, "err", err)
 			return
 		}

@@ -162,7 +162,7 @@ func (h *Handle) readChunk(ctx context.Context, p []byte, off int64) (int, error
 		for j < last && s.missingLocked(blockKey{c, uint32(j + 1)}) {
 			j++
 		}
-		r, err := s.startRunLocked(c, i, j-i+1, false)
+		r, err := s.startRunLocked(c, i, j-i+1, runRead)
 		if err != nil {
 			s.abandonLocked(waits)
 			s.releaseAllLocked(holds)

@@ -19,7 +19,7 @@ import (
 // Database layout. All buckets are the block store's own.
 //
 //	blocks.meta      "blocksize" → uint64 BE; "clean" → present after a clean Close
-//	blocks.contents  content id (16 bytes) → JSON contentRecord
+//	blocks.contents  content id (16 bytes) → JSON contentRecord (identity and pin flag)
 //	blocks.index     content id (16 bytes) + block index (uint32 BE) → access seq (uint64 BE)
 var (
 	bucketBlocksMeta     = []byte("blocks.meta")
@@ -30,11 +30,13 @@ var (
 	metaClean     = []byte("clean")
 )
 
-// contentRecord is the persisted identity of a content.
+// contentRecord is the persisted identity of a content, and its pin flag.
+// A pinned content keeps its record even without blocks.
 type contentRecord struct {
-	Key  string `json:"key"`
-	ETag string `json:"etag"`
-	Size int64  `json:"size"`
+	Key    string `json:"key"`
+	ETag   string `json:"etag"`
+	Size   int64  `json:"size"`
+	Pinned bool   `json:"pinned,omitempty"`
 }
 
 func blockRecordKey(id contentID, i uint32) []byte {
@@ -111,18 +113,14 @@ func (s *BlockStore) load() error {
 				// file descriptors.
 				recs, drop = s.checkContent(c, recs, drop)
 			}
-			if len(recs) == 0 {
-				// A content without blocks has no business in the cache;
-				// the sweep removes its file.
+			if len(recs) == 0 && !c.pinned {
+				// A content without blocks has no business in the cache
+				// unless it is pinned; the sweep removes its file.
 				if err := cb.Delete(id[:]); err != nil {
 					return err
 				}
 				delete(loaded, id)
 				continue
-			}
-			for _, b := range recs {
-				c.blocks++
-				c.bytes += s.blockLen(c, int64(b.k.i))
 			}
 			blocks = append(blocks, recs...)
 		}
@@ -144,8 +142,12 @@ func (s *BlockStore) load() error {
 	defer s.mu.Unlock()
 	slices.SortFunc(blocks, func(a, b blockRecord) int { return cmp.Compare(a.seq, b.seq) })
 	for _, b := range blocks {
-		s.lru.Add(b.k, lruEntry{seq: b.seq})
-		s.used += s.blockLen(b.k.c, int64(b.k.i))
+		if b.k.c.pinned {
+			s.pinned[b.k] = b.seq
+		} else {
+			s.lru.Add(b.k, lruEntry{seq: b.seq})
+		}
+		s.accountLocked(b.k.c, 1, s.blockLen(b.k.c, int64(b.k.i)))
 		s.seq = max(s.seq, b.seq)
 	}
 	for _, c := range loaded {
@@ -155,7 +157,8 @@ func (s *BlockStore) load() error {
 	return nil
 }
 
-// loadContents reads the content records whose file exists.
+// loadContents reads the content records whose file exists, and those of
+// pinned contents, which may have no blocks (and so no file) yet.
 func (s *BlockStore) loadContents(cb *bbolt.Bucket, loaded map[contentID]*content) error {
 	var drop [][]byte
 	err := cb.ForEach(func(k, v []byte) error {
@@ -166,12 +169,15 @@ func (s *BlockStore) loadContents(cb *bbolt.Bucket, loaded map[contentID]*conten
 			return nil
 		}
 		c := s.newContent(contentID(k), rec.Key, rec.ETag, rec.Size)
+		c.pinned = rec.Pinned
 		if _, err := os.Stat(c.path); err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
 				s.log.Warn("stat content file", "path", c.path, "err", err)
 			}
-			drop = append(drop, slices.Clone(k))
-			return nil
+			if !c.pinned {
+				drop = append(drop, slices.Clone(k))
+				return nil
+			}
 		}
 		c.recorded = true
 		loaded[c.id] = c
@@ -225,6 +231,9 @@ func (s *BlockStore) loadBlocks(ib *bbolt.Bucket, loaded map[contentID]*content)
 // half-written), which would otherwise use disk space outside the budget.
 func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte) ([]blockRecord, [][]byte) {
 	f, err := os.OpenFile(c.path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) && len(recs) == 0 {
+		return nil, drop // a pinned content that has no blocks yet
+	}
 	if err != nil {
 		s.log.Warn("open content file", "path", c.path, "err", err)
 		for _, b := range recs {
@@ -326,8 +335,14 @@ type flushBatch struct {
 	files       []*os.File // their files, as of the snapshot
 	puts        []blockRecord
 	dels        []blockKey
-	contentPuts []*content
+	contentPuts []contentPut
 	contentDels []contentID
+}
+
+// contentPut is a content record to write, as of the snapshot.
+type contentPut struct {
+	c   *content
+	rec contentRecord
 }
 
 func (b *flushBatch) empty() bool {
@@ -371,7 +386,7 @@ func (s *BlockStore) flush(clean bool) error {
 	s.mu.Unlock()
 	if len(failed) > 0 {
 		b.puts = slices.DeleteFunc(b.puts, func(p blockRecord) bool { return failed[p.k.c] })
-		b.contentPuts = slices.DeleteFunc(b.contentPuts, func(c *content) bool { return failed[c] })
+		b.contentPuts = slices.DeleteFunc(b.contentPuts, func(p contentPut) bool { return failed[p.c] })
 	}
 
 	err := s.commit(b, clean && len(errs) == 0)
@@ -386,14 +401,19 @@ func (s *BlockStore) flush(clean bool) error {
 		for _, k := range b.dels {
 			s.pending[k] = struct{}{}
 		}
+		for _, p := range b.contentPuts {
+			if !p.c.gone() {
+				s.recordDirty[p.c] = struct{}{}
+			}
+		}
 		s.gone = append(s.gone, b.contentDels...)
 		return errors.Join(append(errs, fmt.Errorf("commit block index: %w", err))...)
 	}
-	for _, c := range b.contentPuts {
-		c.recorded = true
-		if c.gone() {
+	for _, p := range b.contentPuts {
+		p.c.recorded = true
+		if p.c.gone() {
 			// Retired while its record was being written.
-			s.gone = append(s.gone, c.id)
+			s.gone = append(s.gone, p.c.id)
 		}
 	}
 	return errors.Join(errs...)
@@ -403,12 +423,20 @@ func (s *BlockStore) flush(clean bool) error {
 func (s *BlockStore) snapshotLocked() *flushBatch {
 	b := &flushBatch{contentDels: s.gone}
 	s.gone = nil
-	newContents := make(map[*content]bool)
+	toRecord := make(map[*content]bool)
+	for c := range s.recordDirty {
+		if !c.gone() {
+			toRecord[c] = true
+		}
+	}
+	clear(s.recordDirty)
 	for k := range s.pending {
 		var seq uint64
 		cached := false
 		if h, ok := s.held[k]; ok {
 			seq, cached = h.seq, true
+		} else if pseq, ok := s.pinned[k]; ok {
+			seq, cached = pseq, true
 		} else if e, ok := s.lru.Peek(k); ok {
 			seq, cached = e.seq, true
 		}
@@ -417,12 +445,14 @@ func (s *BlockStore) snapshotLocked() *flushBatch {
 			continue
 		}
 		b.puts = append(b.puts, blockRecord{k, seq})
-		if !k.c.recorded && !newContents[k.c] {
-			newContents[k.c] = true
-			b.contentPuts = append(b.contentPuts, k.c)
+		if !k.c.recorded {
+			toRecord[k.c] = true
 		}
 	}
 	clear(s.pending)
+	for c := range toRecord {
+		b.contentPuts = append(b.contentPuts, contentPut{c, contentRecord{Key: c.key, ETag: c.etag, Size: c.size, Pinned: c.pinned}})
+	}
 	for c := range s.unsynced {
 		if c.f == nil {
 			continue // cannot happen: an unsynced file stays open
@@ -454,12 +484,12 @@ func (s *BlockStore) commit(b *flushBatch, clean bool) error {
 				return err
 			}
 		}
-		for _, c := range b.contentPuts {
-			rec, err := json.Marshal(contentRecord{Key: c.key, ETag: c.etag, Size: c.size})
+		for _, p := range b.contentPuts {
+			rec, err := json.Marshal(p.rec)
 			if err != nil {
 				return err
 			}
-			if err := cb.Put(c.id[:], rec); err != nil {
+			if err := cb.Put(p.c.id[:], rec); err != nil {
 				return err
 			}
 		}
@@ -475,8 +505,13 @@ func (s *BlockStore) commit(b *flushBatch, clean bool) error {
 	})
 }
 
-// punchHole deallocates [off, off+n) of f, keeping its size.
+// punchHole deallocates [off, off+n) of f, keeping its size. The end is
+// rounded up to fsBlockSize: a range that is not a whole number of file
+// system blocks would only be zeroed at its end, and the ranges punched
+// end either at a block boundary, which is aligned, or at the end of the
+// content, after which the file holds nothing.
 func punchHole(f *os.File, off, n int64) error {
+	n = (off+n+fsBlockSize-1)/fsBlockSize*fsBlockSize - off
 	return fileControl(f, func(fd int) error {
 		return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 	})

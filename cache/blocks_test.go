@@ -191,18 +191,25 @@ func diskUsage(t *testing.T, dir string) int64 {
 }
 
 // checkInvariants checks the index against itself: every cached block is
-// in the LRU or held, never both; the byte counts add up; nothing is
-// reserved or in flight while idle.
+// in exactly one of the LRU, the pinned map and the held map; the LRU
+// holds only unpinned contents' blocks, in access order, and the pinned
+// map only pinned ones'; the byte counts add up; nothing is reserved or in
+// flight while idle.
 func checkInvariants(t *testing.T, s *BlockStore) {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var used, ahead int64
+	var used, ahead, pinnedBytes, pinnedBlocks int64
 	blocks := make(map[*content]int64)
 	bytesOf := make(map[*content]int64)
 	count := func(k blockKey) {
 		n := s.blockLen(k.c, int64(k.i))
-		used += n
+		if k.c.pinned {
+			pinnedBytes += n
+			pinnedBlocks++
+		} else {
+			used += n
+		}
 		blocks[k.c]++
 		bytesOf[k.c] += n
 		if k.c.gone() {
@@ -212,12 +219,33 @@ func checkInvariants(t *testing.T, s *BlockStore) {
 			t.Errorf("block %d of %q belongs to a content not in the index", k.i, k.c.key)
 		}
 	}
+	var lastSeq uint64
 	for _, k := range s.lru.Keys() {
 		if _, ok := s.held[k]; ok {
 			t.Errorf("block %d of %q is both in the LRU and held", k.i, k.c.key)
 		}
-		if e, _ := s.lru.Peek(k); e.ahead {
+		if _, ok := s.pinned[k]; ok {
+			t.Errorf("block %d of %q is both in the LRU and pinned", k.i, k.c.key)
+		}
+		if k.c.pinned {
+			t.Errorf("block %d of pinned %q is in the LRU", k.i, k.c.key)
+		}
+		e, _ := s.lru.Peek(k)
+		if e.ahead {
 			ahead += s.blockLen(k.c, int64(k.i))
+		}
+		if e.seq < lastSeq {
+			t.Errorf("LRU out of access order at block %d of %q: seq %d after %d", k.i, k.c.key, e.seq, lastSeq)
+		}
+		lastSeq = e.seq
+		count(k)
+	}
+	for k := range s.pinned {
+		if _, ok := s.held[k]; ok {
+			t.Errorf("block %d of %q is both pinned and held", k.i, k.c.key)
+		}
+		if !k.c.pinned {
+			t.Errorf("block %d of unpinned %q is in the pinned map", k.i, k.c.key)
 		}
 		count(k)
 	}
@@ -230,6 +258,14 @@ func checkInvariants(t *testing.T, s *BlockStore) {
 	if used != s.used {
 		t.Errorf("used = %d, blocks add up to %d", s.used, used)
 	}
+	if pinnedBytes != s.pinnedBytes || pinnedBlocks != s.pinnedBlocks {
+		t.Errorf("pinned = %d bytes / %d blocks, blocks add up to %d / %d", s.pinnedBytes, s.pinnedBlocks, pinnedBytes, pinnedBlocks)
+	}
+	for c := range blocks {
+		if s.contents[c.id] != c {
+			t.Errorf("content %q has cached blocks but is not in the index", c.key)
+		}
+	}
 	for _, c := range s.contents {
 		if c.blocks != blocks[c] || c.bytes != bytesOf[c] {
 			t.Errorf("content %q counts %d blocks / %d bytes, index has %d / %d", c.key, c.blocks, c.bytes, blocks[c], bytesOf[c])
@@ -238,6 +274,9 @@ func checkInvariants(t *testing.T, s *BlockStore) {
 	if len(s.flights) == 0 {
 		if s.reserved != 0 {
 			t.Errorf("reserved = %d with no fetch in flight", s.reserved)
+		}
+		if s.pinPending < 0 {
+			t.Errorf("pinPending = %d", s.pinPending)
 		}
 		if ahead != s.ahead {
 			t.Errorf("read-ahead bytes = %d, unread read-ahead blocks add up to %d", s.ahead, ahead)

@@ -28,6 +28,7 @@ type fakeStore struct {
 	blocked     int           // GETs waiting at the gate
 	gate        chan struct{} // when set, GETs wait until it is closed
 	err         error         // when set, GETs fail with it
+	okGets      int           // GETs that still succeed, counted down, before err applies
 	shortBy     int64         // when > 0, bodies lack that many bytes at the end
 	delay       time.Duration // added to every GET
 	ranges      [][2]int64    // [off, end) of each GET
@@ -148,6 +149,10 @@ func (f *fakeStore) Get(ctx context.Context, key string, off, n int64, ifMatch s
 	f.mu.Lock()
 	o, ok := f.objects[key]
 	injected, shortBy := f.err, f.shortBy
+	if injected != nil && f.okGets > 0 {
+		f.okGets--
+		injected = nil
+	}
 	f.mu.Unlock()
 	switch {
 	case injected != nil:

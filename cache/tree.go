@@ -455,3 +455,40 @@ func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
 	}
 	return nil
 }
+
+// LocalEntries calls fn for every Local entry (local changes not confirmed
+// by the store), with its directory. It scans the whole tree: it is meant
+// for the start of a mount.
+func (t *Tree) LocalEntries(fn func(dir string, e Entry) error) error {
+	type found struct {
+		dir string
+		e   Entry
+	}
+	var all []found
+	err := t.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(treeEntries).ForEach(func(k, v []byte) error {
+			if len(v) == 0 || v[0]&entryIsLocal == 0 {
+				return nil
+			}
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return errCorruptEntry
+			}
+			e, err := decodeEntry(string(k[i+1:]), v)
+			if err != nil {
+				return err
+			}
+			all = append(all, found{string(k[:i]), e})
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("local entries: %w", err)
+	}
+	for _, f := range all {
+		if err := fn(f.dir, f.e); err != nil {
+			return err
+		}
+	}
+	return nil
+}

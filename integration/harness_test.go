@@ -108,13 +108,48 @@ func (e *env) delete(key string) {
 // putStream stores size bytes from r (seekable, so that it can be signed).
 func (e *env) putStream(key string, r io.ReadSeeker, size int64) {
 	e.t.Helper()
+	if err := e.tryPut(key, r, size); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// tryPut is putStream for other goroutines than the test's: it returns the
+// error instead of failing the test.
+func (e *env) tryPut(key string, r io.ReadSeeker, size int64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	_, err := e.s3.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket: &e.bucket, Key: &key, Body: r, ContentLength: &size,
 	})
 	if err != nil {
-		e.t.Fatalf("put %q: %v", key, err)
+		return fmt.Errorf("put %q: %w", key, err)
+	}
+	return nil
+}
+
+// putAll uploads objects 16 at a time.
+func (e *env) putAll(objs map[string]io.ReadSeeker, sizes map[string]int64) {
+	e.t.Helper()
+	keys := make(chan string)
+	errs := make(chan error, len(objs))
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for k := range keys {
+				if err := e.tryPut(k, objs[k], sizes[k]); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for k := range objs {
+		keys <- k
+	}
+	close(keys)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		e.t.Fatal(err)
 	}
 }
 
@@ -235,7 +270,16 @@ type statusReport struct {
 	PID      int              `json:"pid"`
 	Online   bool             `json:"online"`
 	Requests map[string]int64 `json:"requests"`
-	Cache    struct {
+	Uploads  struct {
+		Pending int `json:"pending"`
+	} `json:"uploads"`
+	Pins []struct {
+		Path     string `json:"path"`
+		Complete bool   `json:"complete"`
+		Running  bool   `json:"running"`
+	} `json:"pins"`
+	Cache struct {
+		Pinned   int64 `json:"pinned"`
 		Used     int64 `json:"used"`
 		Capacity int64 `json:"capacity"`
 		Blocks   int64 `json:"blocks"`

@@ -30,20 +30,12 @@ func (e *env) putTree(dirs, files int) map[string][]byte {
 			want[key] = []byte(strings.Repeat(key, 1+(d+f)%7))
 		}
 	}
-	keys := make(chan string)
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Go(func() {
-			for k := range keys {
-				e.put(k, want[k])
-			}
-		})
+	objs := make(map[string]io.ReadSeeker, len(want))
+	sizes := make(map[string]int64, len(want))
+	for k, v := range want {
+		objs[k], sizes[k] = bytes.NewReader(v), int64(len(v))
 	}
-	for k := range want {
-		keys <- k
-	}
-	close(keys)
-	wg.Wait()
+	e.putAll(objs, sizes)
 	return want
 }
 

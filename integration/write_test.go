@@ -27,9 +27,27 @@ func (m *mount) sync(timeout time.Duration) {
 	}
 }
 
-// bucket returns every key of the bucket with its content (markers too).
+// objects returns every key of the bucket with its content (markers too).
 func (e *env) objects() map[string][]byte {
 	e.t.Helper()
+	out, err := e.tryObjects()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// objectsQuiet is objects for polling while the store may be restarting:
+// an error gives an empty map.
+func (e *env) objectsQuiet() map[string][]byte {
+	out, err := e.tryObjects()
+	if err != nil {
+		return map[string][]byte{}
+	}
+	return out
+}
+
+func (e *env) tryObjects() (map[string][]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	out := make(map[string][]byte)
@@ -37,29 +55,22 @@ func (e *env) objects() map[string][]byte {
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			e.t.Fatal(err)
+			return nil, err
 		}
 		for _, o := range page.Contents {
-			out[*o.Key] = e.get(*o.Key)
+			obj, err := e.s3.GetObject(ctx, &awss3.GetObjectInput{Bucket: &e.bucket, Key: o.Key})
+			if err != nil {
+				return nil, err
+			}
+			data, err := io.ReadAll(obj.Body)
+			obj.Body.Close()
+			if err != nil {
+				return nil, err
+			}
+			out[*o.Key] = data
 		}
 	}
-	return out
-}
-
-func (e *env) get(key string) []byte {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	obj, err := e.s3.GetObject(ctx, &awss3.GetObjectInput{Bucket: &e.bucket, Key: &key})
-	if err != nil {
-		e.t.Fatalf("get %q: %v", key, err)
-	}
-	defer obj.Body.Close()
-	data, err := io.ReadAll(obj.Body)
-	if err != nil {
-		e.t.Fatalf("get %q: %v", key, err)
-	}
-	return data
+	return out, nil
 }
 
 // localTree returns every file under root with its content, and every

@@ -173,6 +173,26 @@ func splitPath(p string) (dir, name string) {
 func (f *FS) Reconcile() error {
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
+	// A file created but not closed before a crash has a Local entry and
+	// no journal record: its create was never acknowledged, so it goes.
+	err := f.cfg.Tree.LocalEntries(func(dir string, e cache.Entry) error {
+		if e.Dir || e.Gone {
+			return nil
+		}
+		if _, pending := f.cfg.Journal.Pending(f.fileKey(cache.JoinPath(dir, e.Name))); pending {
+			return nil
+		}
+		if e.ETag != "" {
+			// Uploaded, then the confirmation was lost: the store has it.
+			e.Local = false
+			return f.cfg.Tree.PutEntry(dir, e)
+		}
+		f.log.Info("dropping a file whose creation was never acknowledged", "path", cache.JoinPath(dir, e.Name))
+		return f.cfg.Tree.RemoveEntry(dir, e.Name)
+	})
+	if err != nil {
+		return err
+	}
 	for _, p := range f.cfg.Journal.PendingUnder(f.cfg.Prefix) {
 		rel, ok := f.relPath(p.Key)
 		if !ok {

@@ -120,7 +120,19 @@ func (n *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 var _ = (fs.NodeGetxattrer)((*dirNode)(nil))
 
 func (n *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return n.fsys.getxattr(attr, dest, func() string { return stateOnline })
+	rel := n.path()
+	return n.fsys.getxattr(rel, attr, dest, func() string {
+		if n.fsys.pinnedPath(rel) {
+			return statePinned
+		}
+		return stateOnline
+	})
+}
+
+var _ = (fs.NodeSetxattrer)((*dirNode)(nil))
+
+func (n *dirNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return n.fsys.setxattr(ctx, n.path(), attr, data)
 }
 
 var _ = (fs.NodeListxattrer)((*dirNode)(nil))

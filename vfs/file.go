@@ -63,9 +63,15 @@ func (n *fileNode) location() (dir, name, key string) {
 	return dir, name, n.fsys.fileKey(cache.JoinPath(dir, name))
 }
 
+// content is the store's version of the file that reads should see. A file
+// renamed locally whose server-side copy is still pending is read from its
+// source: same bytes, and its cached blocks (offline too).
 func (n *fileNode) content() cache.Content {
 	_, _, key := n.location()
 	e := n.getEntry()
+	if p, ok := n.fsys.cfg.Journal.Pending(key); ok && p.Kind == journal.Copy && !p.SrcChained {
+		return cache.Content{Key: p.Src, ETag: p.SrcETag, Size: e.Size}
+	}
 	return cache.Content{Key: key, ETag: e.ETag, Size: e.Size}
 }
 
@@ -83,10 +89,15 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	if local {
 		return 0
 	}
-	if h, ok := fh.(*fileHandle); ok && h.h != nil {
-		// An open handle describes the version it reads.
-		n.fsys.fillFileAttr(cache.Entry{Size: h.content.Size, MTime: n.getEntry().MTime}, &out.Attr)
-		return 0
+	if h, ok := fh.(*fileHandle); ok && !h.writable {
+		h.mu.Lock()
+		size, opened := h.content.Size, h.h != nil
+		h.mu.Unlock()
+		if opened {
+			// An open handle describes the version it reads.
+			n.fsys.fillFileAttr(cache.Entry{Size: size, MTime: n.getEntry().MTime}, &out.Attr)
+			return 0
+		}
 	}
 	dir, name, _ := n.location()
 	if err := n.fsys.ensureListed(ctx, dir); err != nil {
@@ -127,15 +138,18 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 		n.openedETag = c.ETag
 		n.mu.Unlock()
-		return &fileHandle{fsys: n.fsys, node: n, content: c, h: n.fsys.cfg.Blocks.Open(c)}, fuseFlags, 0
+		return &fileHandle{fsys: n.fsys, node: n, content: c, h: n.fsys.cfg.Blocks.Open(c)}, fuseFlags, 0 // reads this version
 	}
-	trunc := flags&syscall.O_TRUNC != 0
-	if err := n.ensureWork(ctx, trunc); err != nil {
-		return nil, 0, toErrno(n.fsys.log, "open", err)
+	// The working copy is made by the first write or truncate: the kernel
+	// sends O_TRUNC as a separate truncate to 0, which needs no download.
+	if flags&syscall.O_TRUNC != 0 {
+		if err := n.ensureWork(ctx, true); err != nil {
+			return nil, 0, toErrno(n.fsys.log, "open", err)
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if trunc && n.work.size > 0 {
+	if flags&syscall.O_TRUNC != 0 && n.work.size > 0 {
 		w, err := n.forWritingLocked()
 		if err == nil {
 			err = w.f.Truncate(0)
@@ -233,16 +247,47 @@ func (n *fileNode) notifyGone(name string) {
 var _ = (fs.NodeGetxattrer)((*fileNode)(nil))
 
 func (n *fileNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return n.fsys.getxattr(attr, dest, func() string {
-		c := n.content()
-		switch cached := n.fsys.cfg.Blocks.CachedBytes(c); {
-		case cached >= c.Size:
-			return stateLocal
-		case cached > 0:
-			return statePartial
+	dir, name, key := n.location()
+	return n.fsys.getxattr(cache.JoinPath(dir, name), attr, dest, func() string { return n.state(dir, name, key) })
+}
+
+// state is the user.nimbus.state of the file.
+func (n *fileNode) state(dir, name, key string) string {
+	n.mu.Lock()
+	dirty := n.work != nil && n.work.dirty
+	n.mu.Unlock()
+	if dirty {
+		return stateDirty
+	}
+	if p, ok := n.fsys.cfg.Journal.Pending(key); ok {
+		if p.Uploading {
+			return stateUploading
 		}
-		return stateOnline
-	})
+		return stateDirty
+	}
+	for _, c := range n.fsys.cfg.Journal.Conflicts() {
+		if c.ConflictKey == key {
+			return stateConflict
+		}
+	}
+	c := n.content()
+	switch cached := n.fsys.cfg.Blocks.CachedBytes(c); {
+	case cached >= c.Size:
+		if n.fsys.pinnedPath(cache.JoinPath(dir, name)) {
+			return statePinned
+		}
+		return stateLocal
+	case cached > 0:
+		return statePartial
+	}
+	return stateOnline
+}
+
+var _ = (fs.NodeSetxattrer)((*fileNode)(nil))
+
+func (n *fileNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	dir, name, _ := n.location()
+	return n.fsys.setxattr(ctx, cache.JoinPath(dir, name), attr, data)
 }
 
 var _ = (fs.NodeListxattrer)((*fileNode)(nil))
@@ -251,60 +296,77 @@ func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 	return listxattr(dest)
 }
 
-// fileHandle is an open file: it reads the node's local content when it has
-// any, else one version of the object through the block cache.
+// fileHandle is an open file: it reads the node's local content while it
+// has any, else a version of the object through the block cache.
 type fileHandle struct {
 	fsys     *FS
 	node     *fileNode
 	writable bool
-	// content and h: the store's version this handle reads (nil h: the
-	// node's local content).
+
+	mu sync.Mutex
+	// content and h: the store's version this handle reads, opened at the
+	// first read without local content. GUARDED_BY(mu)
 	content cache.Content
 	h       *cache.Handle
+}
+
+// blocks returns the handle's block reader, opening it on first use.
+func (fh *fileHandle) blocks() (*cache.Handle, cache.Content) {
+	fh.mu.Lock()
+	defer fh.mu.Unlock()
+	if fh.h == nil {
+		fh.content = fh.node.content()
+		fh.h = fh.fsys.cfg.Blocks.Open(fh.content)
+	}
+	return fh.h, fh.content
 }
 
 var _ = (fs.FileReader)((*fileHandle)(nil))
 
 func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if fh.h == nil {
-		return fh.readLocal(dest, off)
+	if res, ok, errno := fh.readLocal(dest, off); ok {
+		return res, errno
 	}
-	if off >= fh.content.Size {
+	h, c := fh.blocks()
+	if off >= c.Size {
 		return fuse.ReadResultData(nil), 0
 	}
-	nread, err := fh.h.ReadAt(ctx, dest, off)
+	nread, err := h.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, toErrno(fh.fsys.log, "read", err)
 	}
 	return fuse.ReadResultData(dest[:nread]), 0
 }
 
-func (fh *fileHandle) readLocal(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+// readLocal reads the node's working copy, if it has one (ok).
+func (fh *fileHandle) readLocal(dest []byte, off int64) (res fuse.ReadResult, ok bool, errno syscall.Errno) {
 	n := fh.node
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.work == nil {
-		return nil, syscall.EIO // cannot happen: local handles keep work alive
+		return nil, false, 0
 	}
 	if off >= n.work.size {
-		return fuse.ReadResultData(nil), 0
+		return fuse.ReadResultData(nil), true, 0
 	}
 	if rest := n.work.size - off; int64(len(dest)) > rest {
 		dest = dest[:rest]
 	}
 	nread, err := n.work.f.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, toErrno(fh.fsys.log, "read", err)
+		return nil, true, toErrno(fh.fsys.log, "read", err)
 	}
-	return fuse.ReadResultData(dest[:nread]), 0
+	return fuse.ReadResultData(dest[:nread]), true, 0
 }
 
 var _ = (fs.FileReleaser)((*fileHandle)(nil))
 
 func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
+	fh.mu.Lock()
 	if fh.h != nil {
 		fh.h.Close()
 	}
+	fh.mu.Unlock()
 	if fh.writable {
 		n := fh.node
 		n.mu.Lock()

@@ -70,6 +70,7 @@ type treeStore interface {
 	RemoveEntry(dir, name string) error
 	MarkStale(dir string) error
 	MoveDir(srcDir, srcName, dstDir, dstName string) error
+	LocalEntries(fn func(dir string, e cache.Entry) error) error
 }
 
 // contentCache is what the vfs needs from the block cache.
@@ -77,6 +78,10 @@ type contentCache interface {
 	Open(c cache.Content) *cache.Handle
 	CachedBytes(c cache.Content) int64
 	Forget(key, keepETag string)
+	Pin(ctx context.Context, c cache.Content, progress func(n int64)) error
+	Unpin(key string)
+	Free(key string) int64
+	Keys(prefix string) []string
 }
 
 // Config assembles a file system.
@@ -93,6 +98,8 @@ type Config struct {
 	// read-only.
 	Journal  journalLog
 	ReadOnly bool
+	// Pins is the persisted set of pinned paths.
+	Pins pinSet
 	// ControlSocket is reported by the user.nimbus.control xattr so that the
 	// CLI finds the mount's daemon from any path inside it.
 	ControlSocket string
@@ -119,6 +126,11 @@ type FS struct {
 	root *dirNode // set by Root
 
 	watched watchSet // directories to poll
+	pinJobs pinJobs  // the latest pin job of each pinned path
+
+	// bgCtx is the context of background work (pin jobs); Stop ends it.
+	bgCtx  context.Context
+	bgStop context.CancelFunc
 }
 
 type listFlight struct {
@@ -132,7 +144,10 @@ func New(cfg Config) *FS {
 	if log == nil {
 		log = slog.Default()
 	}
+	bgCtx, bgStop := context.WithCancel(context.Background())
 	return &FS{
+		bgCtx:   bgCtx,
+		bgStop:  bgStop,
 		cfg:     cfg,
 		log:     log,
 		uid:     uint32(os.Getuid()),
@@ -141,6 +156,9 @@ func New(cfg Config) *FS {
 		listing: make(map[string]*listFlight),
 	}
 }
+
+// Stop ends background work (pin jobs); the mount is being torn down.
+func (f *FS) Stop() { f.bgStop() }
 
 // Root returns the root directory node.
 func (f *FS) Root() fs.InodeEmbedder {

@@ -75,6 +75,7 @@ func (f *FS) Poll(ctx context.Context, interval time.Duration) {
 		if !f.online() {
 			continue
 		}
+		f.refreshPins()
 		for _, dir := range f.watched.recent(watchWindow, maxWatched) {
 			if ctx.Err() != nil {
 				return

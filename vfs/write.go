@@ -39,6 +39,7 @@ type journalLog interface {
 	Commit(ops ...journal.Op) error
 	Pending(key string) (journal.PendingOp, bool)
 	PendingUnder(prefix string) []journal.PendingOp
+	Conflicts() []journal.Conflict
 }
 
 // Object metadata names for what POSIX keeps and S3 does not.
@@ -154,8 +155,9 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		}
 	}
 	if w == nil && err == nil {
-		h := n.fsys.cfg.Blocks.Open(cache.Content{Key: key, ETag: e.ETag, Size: e.Size})
-		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, e.Size, remoteBase(e))
+		c := n.content() // a pending rename reads its source
+		h := n.fsys.cfg.Blocks.Open(c)
+		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
 		h.Close()
 	}
 	if err != nil {
@@ -226,11 +228,15 @@ func (n *fileNode) commitLocked() error {
 var _ = (fs.NodeWriter)((*fileNode)(nil))
 
 func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.work == nil {
+	if h, ok := fh.(*fileHandle); !ok || !h.writable {
 		return 0, syscall.EBADF // opened read-only
 	}
+	// The first write makes the working copy, with the current content.
+	if err := n.ensureWork(ctx, false); err != nil {
+		return 0, toErrno(n.fsys.log, "write", err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	w, err := n.forWritingLocked()
 	if err != nil {
 		return 0, toErrno(n.fsys.log, "write", err)
@@ -301,7 +307,13 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 			n.mtime = time.Now()
 		}
 	} else if (hasMode || hasMTime) && n.work != nil {
-		n.work.dirty = true // carried as metadata with the content
+		// Carried as metadata with the content: a committed copy is the
+		// journal's, so the change needs a copy of its own.
+		w, err := n.forWritingLocked()
+		if err != nil {
+			return toErrno(n.fsys.log, "setattr", err)
+		}
+		w.dirty = true
 	}
 	// Without an open handle no close will follow: journal it now.
 	if n.writers == 0 {
@@ -414,7 +426,12 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := n.fsys.writable(); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
-	e, ok, err := n.fsys.shownEntry(ctx, dir, name, n.GetChild(name))
+	if err := n.fsys.listedOnce(ctx, dir); err != nil {
+		return toErrno(n.fsys.log, "unlink", err)
+	}
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
+	e, ok, err := n.fsys.shownEntry(dir, name, n.GetChild(name))
 	switch {
 	case err != nil:
 		return toErrno(n.fsys.log, "unlink", err)
@@ -424,8 +441,6 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	key := n.fsys.fileKey(cache.JoinPath(dir, name))
-	n.fsys.localMu.Lock()
-	defer n.fsys.localMu.Unlock()
 	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e)}); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
@@ -440,20 +455,31 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 // node's (as the kernel looked it up or opened it), else the tree's. The
 // folder is not re-listed first: a delete or rename must be conditional on
 // what the user saw, so that a remote edit they never saw survives it.
-func (f *FS) shownEntry(ctx context.Context, dir, name string, live *fs.Inode) (cache.Entry, bool, error) {
-	if live != nil {
-		if fn, ok := live.Operations().(*fileNode); ok {
-			return fn.getEntry(), true, nil
-		}
+// Called with f.localMu held, after listedOnce: an upload finishing
+// concurrently (FS.applied) is then either fully seen or not at all.
+func (f *FS) shownEntry(dir, name string, live *fs.Inode) (cache.Entry, bool, error) {
+	e, ok, err := f.cfg.Tree.Lookup(dir, name)
+	if err != nil || live == nil {
+		return e, ok, err
 	}
-	if _, listed, err := f.cfg.Tree.Dir(dir); err != nil {
-		return cache.Entry{}, false, err
-	} else if !listed {
-		if err := f.ensureListed(ctx, dir); err != nil {
-			return cache.Entry{}, false, err
+	if fn, isFile := live.Operations().(*fileNode); isFile {
+		shown := fn.getEntry()
+		if shown.ETag == "" {
+			// Shown before its upload finished: the tree has the result.
+			shown.ETag = e.ETag
 		}
+		return shown, true, nil
 	}
-	return f.cfg.Tree.Lookup(dir, name)
+	return e, ok, nil
+}
+
+// listedOnce lists dir if it never was: a change needs to know what is
+// there, but not a fresher listing than the user saw.
+func (f *FS) listedOnce(ctx context.Context, dir string) error {
+	if _, listed, err := f.cfg.Tree.Dir(dir); err != nil || listed {
+		return err
+	}
+	return f.ensureListed(ctx, dir)
 }
 
 // removeLocally hides dir/name until the store confirms its removal: a
@@ -539,14 +565,23 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 	if err := checkKey(dstKey + "/"); err != nil {
 		return err
 	}
-	src, ok, err := f.shownEntry(ctx, srcDir, name, live)
+	for _, d := range []string{srcDir, dstDir} {
+		if err := f.listedOnce(ctx, d); err != nil {
+			return err
+		}
+	}
+	f.localMu.Lock()
+	src, ok, err := f.shownEntry(srcDir, name, live)
+	f.localMu.Unlock()
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return syscall.ENOENT
 	}
-	old, exists, err := f.shownEntry(ctx, dstDir, newName, liveDst)
+	f.localMu.Lock()
+	old, exists, err := f.shownEntry(dstDir, newName, liveDst)
+	f.localMu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -602,9 +637,15 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 	} else {
 		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
 	}
-	del := journal.Op{Kind: journal.Delete, Key: srcKey, Base: remoteBase(src)}
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
+	if src.ETag == "" {
+		// Shown before its upload finished, which may have finished since.
+		if e, ok, err := f.cfg.Tree.Lookup(srcDir, name); err == nil && ok {
+			src.ETag = e.ETag
+		}
+	}
+	del := journal.Op{Kind: journal.Delete, Key: srcKey, Base: remoteBase(src)}
 	if err := f.cfg.Journal.Commit(first, del); err != nil {
 		return err
 	}
@@ -619,7 +660,8 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 	if err := f.removeLocally(srcDir, name, false); err != nil {
 		return err
 	}
-	f.cfg.Blocks.Forget(srcKey, "")
+	// The source's cached blocks stay: the file is read from them until
+	// the server-side copy is done.
 	return f.cfg.Tree.PutEntry(dstDir, cache.Entry{Name: newName, Size: size, MTime: src.MTime, Local: true})
 }
 
@@ -645,6 +687,9 @@ func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*w
 		return nil, nil
 	}
 	staged, err := os.Open(p.Staged)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // uploaded meanwhile: the store has it
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pending content of %q: %w", key, err)
 	}

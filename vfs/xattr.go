@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"context"
 	"syscall"
 )
 
@@ -13,17 +14,27 @@ const (
 
 // Values of user.nimbus.state, as DESIGN.md defines them.
 const (
-	stateOnline  = "online"  // nothing of the content is on this machine
-	statePartial = "partial" // some blocks are cached
-	stateLocal   = "local"   // all of the content is cached
+	stateOnline    = "online"    // nothing of the content is on this machine
+	statePartial   = "partial"   // some blocks are cached
+	stateLocal     = "local"     // all of the content is cached
+	statePinned    = "pinned"    // pinned, and all of it is here
+	stateDirty     = "dirty"     // changed here, not uploaded yet
+	stateUploading = "uploading" // its upload is running
+	stateConflict  = "conflict"  // a conflicted copy made by this machine
 )
 
-// getxattr answers the Nimbus attributes; state is computed only when asked.
-func (f *FS) getxattr(attr string, dest []byte, state func() string) (uint32, syscall.Errno) {
+// getxattr answers the Nimbus attributes of rel; state is computed only
+// when asked.
+func (f *FS) getxattr(rel, attr string, dest []byte, state func() string) (uint32, syscall.Errno) {
 	var v string
 	switch attr {
 	case xattrState:
 		v = state()
+	case xattrPin:
+		v = "0"
+		if f.pinnedPath(rel) {
+			v = "1"
+		}
 	case xattrControl:
 		if f.cfg.ControlSocket == "" {
 			return 0, syscall.ENODATA
@@ -43,7 +54,7 @@ func (f *FS) getxattr(attr string, dest []byte, state func() string) (uint32, sy
 
 // listxattr lists the attributes getxattr answers for every entry.
 func listxattr(dest []byte) (uint32, syscall.Errno) {
-	names := xattrState + "\x00" + xattrControl + "\x00"
+	names := xattrState + "\x00" + xattrPin + "\x00" + xattrControl + "\x00"
 	if len(dest) == 0 {
 		return uint32(len(names)), 0
 	}
@@ -51,4 +62,24 @@ func listxattr(dest []byte) (uint32, syscall.Errno) {
 		return uint32(len(names)), syscall.ERANGE
 	}
 	return uint32(copy(dest, names)), 0
+}
+
+// setxattr pins ("1") or unpins ("0") rel through user.nimbus.pin, as
+// nimbus pin and unpin do; the other Nimbus attributes are read-only.
+func (f *FS) setxattr(ctx context.Context, rel, attr string, data []byte) syscall.Errno {
+	switch attr {
+	case xattrPin:
+	case xattrState, xattrControl:
+		return syscall.EPERM
+	default:
+		return syscall.ENOTSUP
+	}
+	switch string(data) {
+	case "1":
+		return toErrno(f.log, "pin", f.Pin(ctx, rel))
+	case "0":
+		_, err := f.Unpin(rel)
+		return toErrno(f.log, "unpin", err)
+	}
+	return syscall.EINVAL
 }

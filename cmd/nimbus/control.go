@@ -25,6 +25,7 @@ import (
 type controlRequest struct {
 	Op      string        `json:"op"`
 	Timeout time.Duration `json:"timeout,omitempty"` // sync
+	Path    string        `json:"path,omitempty"`    // pin, unpin, free: absolute
 }
 
 type controlResponse struct {
@@ -134,6 +135,14 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 		return m.sync(req.Timeout)
 	case "conflicts":
 		return m.journal.Conflicts(), nil
+	case "pin":
+		return m.pin(req.Path)
+	case "unpin":
+		return m.unpin(req.Path)
+	case "free":
+		return m.free(req.Path)
+	case "pins":
+		return m.fsys.PinStatus()
 	case "unmount":
 		select {
 		case m.unmountC <- struct{}{}:

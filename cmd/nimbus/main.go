@@ -19,6 +19,9 @@ const usage = `usage:
   nimbus status [PATH] [--json]            state of the mount, or of each entry of PATH
   nimbus sync [MOUNTPOINT] [--timeout DUR] wait until every change is uploaded
   nimbus conflicts [MOUNTPOINT]            conflicts found while uploading
+  nimbus pin PATH… [--no-wait]             keep PATH complete on this machine (offline use)
+  nimbus unpin PATH…                       return PATH to on-demand
+  nimbus free PATH…                        drop the cached content of PATH now
   nimbus help [COMMAND]                    flags of a command
 
 Run "nimbus mount -h" for the mount flags.
@@ -53,6 +56,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdSync(rest, stdout)
 	case "conflicts":
 		err = cmdConflicts(rest, stdout)
+	case "pin":
+		err = cmdPin(rest, stdout, stderr)
+	case "unpin":
+		err = cmdUnpin(rest, stdout)
+	case "free":
+		err = cmdFree(rest, stdout)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return run([]string{rest[0], "-h"}, stdout, stderr)

@@ -253,7 +253,9 @@ type mountState struct {
 	health   *health.Checker
 	tree     *cache.Tree
 	blocks   *cache.BlockStore
+	pins     *cache.Pins
 	journal  *journal.Journal
+	fsys     *vfs.FS
 	server   *fuse.Server
 	started  time.Time
 	socket   string
@@ -286,6 +288,9 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	}
 	defer m.db.Close()
 	if m.tree, err = cache.OpenTree(m.db); err != nil {
+		return err
+	}
+	if m.pins, err = cache.OpenPins(m.db); err != nil {
 		return err
 	}
 
@@ -353,11 +358,14 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		Blocks:        m.blocks,
 		Journal:       m.journal,
 		ReadOnly:      o.readOnly,
+		Pins:          m.pins,
 		Prefix:        o.remote.prefix,
 		DirTTL:        o.dirTTL,
 		ControlSocket: m.socket,
 		Logger:        log,
 	})
+	m.fsys = fsys
+	defer fsys.Stop()
 	if err := fsys.Reconcile(); err != nil {
 		return fmt.Errorf("show pending changes: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
+	"github.com/nimbus-fs/nimbus/vfs"
 )
 
 // statusReport is what nimbus status --json prints.
@@ -34,6 +35,7 @@ type statusReport struct {
 	Cache      cacheReport        `json:"cache"`
 	Uploads    uploadReport       `json:"uploads"`
 	Conflicts  []journal.Conflict `json:"conflicts"`
+	Pins       []vfs.PinProgress  `json:"pins"`
 	Requests   map[string]int64   `json:"requests"`
 	Skipped    []cache.Skipped    `json:"skipped"`
 }
@@ -48,6 +50,7 @@ type uploadReport struct {
 }
 
 type cacheReport struct {
+	Pinned    int64 `json:"pinned"` // not counted in Used: pinned data is never evicted
 	Used      int64 `json:"used"`
 	Capacity  int64 `json:"capacity"`
 	Blocks    int64 `json:"blocks"`
@@ -63,6 +66,10 @@ func (m *mountState) status() (*statusReport, error) {
 	conflicts := m.journal.Conflicts()
 	if conflicts == nil {
 		conflicts = []journal.Conflict{}
+	}
+	pins, err := m.fsys.PinStatus()
+	if err != nil {
+		return nil, err
 	}
 	skipped, err := m.tree.Skipped()
 	if err != nil {
@@ -81,8 +88,10 @@ func (m *mountState) status() (*statusReport, error) {
 		Online:     hs.Online,
 		Since:      hs.Since,
 		Error:      hs.Error,
+		Pins:       pins,
 		Cache: cacheReport{
-			Used: bs.Used, Capacity: bs.Capacity, Blocks: bs.Blocks,
+			Pinned: bs.Pinned,
+			Used:   bs.Used, Capacity: bs.Capacity, Blocks: bs.Blocks,
 			Hits: bs.Hits, Misses: bs.Misses, Evictions: bs.Evictions,
 		},
 		Uploads: uploadReport{
@@ -149,8 +158,11 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(tw, "remote:\t%s (%s)\n", r.Remote, r.Store)
 	fmt.Fprintf(tw, "mountpoint:\t%s (pid %d, up %s)\n", r.Mountpoint, r.PID, time.Since(r.Started).Round(time.Second))
 	fmt.Fprintf(tw, "state:\t%s\n", state)
-	fmt.Fprintf(tw, "cache:\t%s used of %s (%d blocks, %d hits, %d misses, %d evictions) in %s\n",
-		formatSize(r.Cache.Used), formatSize(r.Cache.Capacity), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
+	fmt.Fprintf(tw, "cache:\t%s used of %s, plus %s pinned (%d blocks, %d hits, %d misses, %d evictions) in %s\n",
+		formatSize(r.Cache.Used), formatSize(r.Cache.Capacity), formatSize(r.Cache.Pinned), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
+	for _, p := range r.Pins {
+		fmt.Fprintf(tw, "pinned:\t%s\n", progressLine(filepath.Join(r.Mountpoint, p.Path), &p, time.Since(p.Started)))
+	}
 	up := fmt.Sprintf("%d pending (%s)", r.Uploads.Pending, formatSize(r.Uploads.PendingBytes))
 	if !r.Uploads.Oldest.IsZero() {
 		up += fmt.Sprintf(", oldest from %s", r.Uploads.Oldest.Local().Format(time.DateTime))

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nimbus-fs/nimbus/vfs"
+)
+
+// relPath turns an absolute path inside the mount into the path below its
+// root ("" = the root).
+func (m *mountState) relPath(abs string) (string, error) {
+	abs = filepath.Clean(abs)
+	if abs == m.opts.mountpoint {
+		return "", nil
+	}
+	rel, ok := strings.CutPrefix(abs, m.opts.mountpoint+"/")
+	if !ok {
+		return "", fmt.Errorf("%s is not inside the mount %s", abs, m.opts.mountpoint)
+	}
+	return rel, nil
+}
+
+func (m *mountState) pin(path string) (any, error) {
+	rel, err := m.relPath(path)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return "ok", m.fsys.Pin(ctx, rel)
+}
+
+func (m *mountState) unpin(path string) (any, error) {
+	rel, err := m.relPath(path)
+	if err != nil {
+		return nil, err
+	}
+	inherited, err := m.fsys.Unpin(rel)
+	if err != nil {
+		return nil, err
+	}
+	if inherited {
+		return fmt.Sprintf("%s stays pinned: a folder above it is pinned", path), nil
+	}
+	return "", nil
+}
+
+func (m *mountState) free(path string) (any, error) {
+	rel, err := m.relPath(path)
+	if err != nil {
+		return nil, err
+	}
+	freed, err := m.fsys.Free(rel)
+	if err != nil {
+		return nil, err
+	}
+	return fmt.Sprintf("freed %s under %s", formatSize(freed), path), nil
+}
+
+// pathsCommand parses PATH… arguments and their flags.
+func pathsCommand(name string, args []string, stdout io.Writer, flags func(*flag.FlagSet)) ([]string, error) {
+	fset := flag.NewFlagSet(name, flag.ContinueOnError)
+	fset.SetOutput(io.Discard)
+	if flags != nil {
+		flags(fset)
+	}
+	pos, err := parseInterleaved(fset, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "usage: nimbus %s PATH…\n", name)
+		fset.SetOutput(stdout)
+		fset.PrintDefaults()
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) == 0 {
+		return nil, usageError{"give at least one PATH"}
+	}
+	for i, p := range pos {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		pos[i] = abs
+	}
+	return pos, nil
+}
+
+func cmdPin(args []string, stdout, stderr io.Writer) error {
+	var noWait bool
+	paths, err := pathsCommand("pin", args, stdout, func(f *flag.FlagSet) {
+		f.BoolVar(&noWait, "no-wait", false, "return at once; the download goes on in the background")
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if err := callControlReq(p, controlRequest{Op: "pin", Path: p}, nil); err != nil {
+			return fmt.Errorf("pin %s: %w", p, err)
+		}
+	}
+	if noWait {
+		fmt.Fprintf(stdout, "pinned %d path(s); downloading in the background (see nimbus status)\n", len(paths))
+		return nil
+	}
+	for _, p := range paths {
+		if err := waitPin(p, stderr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitPin shows the progress of the pin of path until it completes.
+func waitPin(path string, w io.Writer) error {
+	tty := isTerminal(w)
+	start := time.Now()
+	var last string
+	for {
+		var pins []vfs.PinProgress
+		if err := callControl(path, "pins", &pins); err != nil {
+			return err
+		}
+		var p *vfs.PinProgress
+		for i := range pins {
+			if "/"+pins[i].Path == pinSuffix(path, pins[i].Path) {
+				p = &pins[i]
+			}
+		}
+		if p == nil {
+			return fmt.Errorf("pin %s: the mount does not list it (unpinned meanwhile?)", path)
+		}
+		line := progressLine(path, p, time.Since(start))
+		if tty {
+			fmt.Fprintf(w, "\r\033[K%s", line)
+		} else if line != last && (!p.Running || time.Since(start) > 2*time.Second) {
+			fmt.Fprintln(w, line)
+		}
+		last = line
+		if !p.Running && (p.Complete || p.Err != "") {
+			if tty {
+				fmt.Fprintln(w)
+			}
+			if p.Err != "" {
+				return fmt.Errorf("pin %s stopped: %s (what was downloaded stays; run nimbus pin again to resume)", path, p.Err)
+			}
+			return nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// pinSuffix returns "/"+rel if path ends with it, for matching a pin to
+// the path the user gave.
+func pinSuffix(path, rel string) string {
+	if rel == "" || strings.HasSuffix(path, "/"+rel) {
+		return "/" + rel
+	}
+	return ""
+}
+
+// progressLine is one line of the progress bar: files, bytes, rate, ETA.
+func progressLine(path string, p *vfs.PinProgress, elapsed time.Duration) string {
+	const width = 24
+	frac := 1.0
+	if p.Bytes > 0 {
+		frac = float64(p.BytesDone) / float64(p.Bytes)
+	}
+	filled := int(frac * width)
+	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
+	rate := float64(p.BytesDone) / max(elapsed.Seconds(), 0.001)
+	eta := "-"
+	if rate > 0 && p.Running {
+		eta = (time.Duration(float64(p.Bytes-p.BytesDone)/rate) * time.Second / time.Second).Round(time.Second).String()
+	}
+	state := "done"
+	if p.Running {
+		state = "ETA " + eta
+	} else if p.Err != "" {
+		state = "stopped"
+	}
+	return fmt.Sprintf("%s [%s] %d/%d files, %s/%s, %s/s, %s", path, bar, p.FilesDone, p.Files,
+		formatSize(p.BytesDone), formatSize(p.Bytes), formatSize(int64(rate)), state)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func cmdUnpin(args []string, stdout io.Writer) error {
+	return eachPath("unpin", args, stdout)
+}
+
+func cmdFree(args []string, stdout io.Writer) error {
+	return eachPath("free", args, stdout)
+}
+
+// eachPath sends op for each PATH and prints what the mount says.
+func eachPath(op string, args []string, stdout io.Writer) error {
+	paths, err := pathsCommand(op, args, stdout, nil)
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		var msg string
+		if err := callControlReq(p, controlRequest{Op: op, Path: p}, &msg); err != nil {
+			return fmt.Errorf("%s %s: %w", op, p, err)
+		}
+		if msg != "" {
+			fmt.Fprintln(stdout, msg)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,218 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// xattr reads a Nimbus attribute of path.
+func xattr(t testing.TB, path, name string) string {
+	t.Helper()
+	buf := make([]byte, 256)
+	n, err := unix.Getxattr(path, name, buf)
+	if err != nil {
+		t.Fatalf("getxattr %s %s: %v", path, name, err)
+	}
+	return string(buf[:n])
+}
+
+// nimbusCmd runs a nimbus command and returns its combined output.
+func nimbusCmd(t testing.TB, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(nimbusBin, args...)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		if cmd.Process != nil {
+			if kerr := cmd.Process.Kill(); kerr != nil {
+				t.Logf("kill: %v", kerr)
+			}
+		}
+		<-done
+		t.Fatalf("nimbus %s did not finish within %s: %s", strings.Join(args, " "), timeout, out)
+	}
+	return string(out), err
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestPinOfflineAndResume checks promises 6 and 7: a pinned folder of about
+// 200 files (50 MiB) is downloaded with flat listings and stays complete
+// whatever the cache cap; with MinIO stopped it reads back identical, the
+// whole known tree lists, and writes are journaled; when MinIO is back the
+// writes are uploaded with no command given. Pins persist across remounts,
+// new remote files under a pinned folder are fetched by the poller, and
+// unpin and free return content to on-demand.
+func TestPinOfflineAndResume(t *testing.T) {
+	e := newEnv(t)
+	const files = 200
+	want := make(map[string]pattern)
+	var total int64
+	for i := range files {
+		p := pattern{seed: uint64(1000 + i), size: int64(100<<10 + (i%9)*50<<10)} // 100–500 KiB
+		key := fmt.Sprintf("pinned/sub%d/f%03d.bin", i%5, i)
+		want[key] = p
+		total += p.size
+	}
+	putPatterns(e, want)
+	other := pattern{seed: 7, size: 40 << 20}
+	e.putStream("other/big.bin", other.reader(), other.size)
+	t.Logf("pinned folder: %d files, %d MiB", files, total>>20)
+
+	cacheDir := t.TempDir()
+	args := []string{"--cache-size", "16MiB", "--poll", "1s"}
+	m := e.mount(mountOpt{cacheDir: cacheDir, args: args})
+	before := m.requests()
+	out, err := nimbusCmd(t, 5*time.Minute, "pin", m.path("pinned"))
+	if err != nil {
+		t.Fatalf("nimbus pin: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, fmt.Sprintf("%d/%d files", files, files)) {
+		t.Errorf("pin progress does not end with %d/%d files:\n%s", files, files, out)
+	}
+	d := delta(before, m.requests())
+	t.Logf("pin requests: %v", d)
+	if d["ListObjectsV2"] > 3 {
+		t.Errorf("pinning %d keys made %d ListObjectsV2, want a flat listing (about 1 per 1000 keys)", files, d["ListObjectsV2"])
+	}
+	st := m.status()
+	if st.Cache.Pinned != total {
+		t.Errorf("status: %d bytes pinned, want %d", st.Cache.Pinned, total)
+	}
+	// Reading more than the cap of other data evicts none of the pinned.
+	if got := fileSHA(t, m.path("other/big.bin")); got != other.sha256() {
+		t.Fatal("other/big.bin differs")
+	}
+	st = m.status()
+	if st.Cache.Pinned != total || st.Cache.Used > st.Cache.Capacity {
+		t.Errorf("after reading 40 MiB through a 16 MiB cache: pinned %d (want %d), used %d of %d", st.Cache.Pinned, total, st.Cache.Used, st.Cache.Capacity)
+	}
+	if s := xattr(t, m.path("pinned/sub1/f001.bin"), "user.nimbus.state"); s != "pinned" {
+		t.Errorf("state of a pinned file = %q", s)
+	}
+	if s := xattr(t, m.path("pinned"), "user.nimbus.pin"); s != "1" {
+		t.Errorf("user.nimbus.pin of the pinned folder = %q", s)
+	}
+	onlineListing := bytes.ReplaceAll(run(t, time.Minute, "ls", "-lR", m.dir), []byte(m.dir), []byte("MNT"))
+
+	// The store goes away.
+	e.minio.Stop()
+	dropPageCache(t)
+	for key, p := range want {
+		if got := fileSHA(t, m.path(key)); got != p.sha256() {
+			t.Fatalf("offline read of pinned %s differs", key)
+		}
+	}
+	offlineListing := bytes.ReplaceAll(run(t, time.Minute, "ls", "-lR", m.dir), []byte(m.dir), []byte("MNT"))
+	if !bytes.Equal(onlineListing, offlineListing) {
+		t.Errorf("offline ls -lR differs from the online one")
+	}
+	writeFile(t, m.path("pinned/written-offline.txt"), []byte("written while offline"))
+	ef, err := os.OpenFile(m.path("pinned/sub0/f000.bin"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ef.WriteAt([]byte("EDITED OFFLINE"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := ef.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = m.status()
+	if st.Online {
+		t.Error("status says online while MinIO is stopped")
+	}
+	if st.Uploads.Pending == 0 {
+		t.Error("status shows no pending uploads after offline writes")
+	}
+
+	// The store comes back: the journal drains with no command given.
+	e.minio.Restart()
+	edited := want["pinned/sub0/f000.bin"].bytes(0, want["pinned/sub0/f000.bin"].size)
+	copy(edited, "EDITED OFFLINE")
+	waitFor(t, 90*time.Second, "offline writes uploaded by themselves", func() bool {
+		objs := e.objectsQuiet()
+		return string(objs["pinned/written-offline.txt"]) == "written while offline" &&
+			bytes.Equal(objs["pinned/sub0/f000.bin"], edited)
+	})
+
+	// A new remote file under the pinned folder is fetched by the poller.
+	fresh := pattern{seed: 99, size: 300 << 10}
+	e.putStream("pinned/sub2/fresh.bin", fresh.reader(), fresh.size)
+	waitFor(t, 30*time.Second, "a new remote file under a pinned folder becomes pinned", func() bool {
+		return m.status().Cache.Pinned >= total+fresh.size
+	})
+
+	// Pins persist across a remount.
+	m.unmount()
+	m = e.mount(mountOpt{cacheDir: cacheDir, args: args})
+	st = m.status()
+	if len(st.Pins) != 1 || st.Pins[0].Path != "pinned" {
+		t.Errorf("pins after remount: %+v", st.Pins)
+	}
+	if st.Cache.Pinned < total {
+		t.Errorf("pinned bytes after remount: %d, want >= %d", st.Cache.Pinned, total)
+	}
+
+	// Unpin: content stays but becomes evictable; free drops it now.
+	if out, err := nimbusCmd(t, time.Minute, "unpin", m.path("pinned")); err != nil {
+		t.Fatalf("nimbus unpin: %v\n%s", err, out)
+	}
+	if st := m.status(); st.Cache.Pinned != 0 || len(st.Pins) != 0 {
+		t.Errorf("after unpin: pinned %d bytes, pins %+v", st.Cache.Pinned, st.Pins)
+	}
+	if out, err := nimbusCmd(t, time.Minute, "free", m.path("pinned")); err != nil {
+		t.Fatalf("nimbus free: %v\n%s", err, out)
+	}
+	if s := xattr(t, m.path("pinned/sub1/f001.bin"), "user.nimbus.state"); s != "online" {
+		t.Errorf("state after free = %q, want online", s)
+	}
+	// The xattr pins too.
+	if err := unix.Setxattr(m.path("pinned/sub3"), "user.nimbus.pin", []byte("1"), 0); err != nil {
+		t.Fatalf("setxattr user.nimbus.pin: %v", err)
+	}
+	waitFor(t, time.Minute, "pin through the xattr completes", func() bool {
+		for _, p := range m.status().Pins {
+			if p.Path == "pinned/sub3" && p.Complete {
+				return true
+			}
+		}
+		return false
+	})
+	if s := xattr(t, m.path("pinned/sub3/f003.bin"), "user.nimbus.state"); s != "pinned" {
+		t.Errorf("state after pinning through the xattr = %q", s)
+	}
+}
+
+// putPatterns uploads many pattern objects in parallel.
+func putPatterns(e *env, objs map[string]pattern) {
+	e.t.Helper()
+	readers := make(map[string]io.ReadSeeker, len(objs))
+	sizes := make(map[string]int64, len(objs))
+	for k, p := range objs {
+		readers[k], sizes[k] = p.reader(), p.size
+	}
+	e.putAll(readers, sizes)
+}
