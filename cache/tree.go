@@ -492,3 +492,20 @@ func (t *Tree) LocalEntries(fn func(dir string, e Entry) error) error {
 	}
 	return nil
 }
+
+// LocalEntriesIn calls fn with dir/name if it is a Local entry, tombstones
+// included (Lookup hides those).
+func (t *Tree) LocalEntriesIn(dir, name string, fn func(Entry)) error {
+	return t.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(treeEntries).Get(entryKey(dir, name))
+		if v == nil || len(v) == 0 || v[0]&entryIsLocal == 0 {
+			return nil
+		}
+		e, err := decodeEntry(name, v)
+		if err != nil {
+			return err
+		}
+		fn(e)
+		return nil
+	})
+}

@@ -1,13 +1,51 @@
 package integration
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// syncInProcess asks the mount to drain its journal over the control
+// socket, without starting a process: a fork while the test holds a file of
+// another mount open would close that file in the child (at exec), which
+// flushes, and so commits, it early.
+func syncInProcess(t *testing.T, m *mount, timeout time.Duration) {
+	t.Helper()
+	buf := make([]byte, 512)
+	n, err := unix.Getxattr(m.dir, "user.nimbus.control", buf)
+	if err != nil {
+		t.Fatalf("control socket of %s: %v", m.dir, err)
+	}
+	conn, err := net.DialTimeout("unix", string(buf[:n]), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(timeout + 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.NewEncoder(conn).Encode(map[string]any{"op": "sync", "timeout": timeout}); err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		Error string `json:"error"`
+	}
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != "" {
+		t.Fatal(fmt.Errorf("sync %s: %s", m.dir, resp.Error))
+	}
+}
 
 // conflictCopies returns the contents of the conflicted copies of key.
 func conflictCopies(objects map[string][]byte, key string) []string {
@@ -62,7 +100,7 @@ func TestConflictsKeepEveryVersion(t *testing.T) {
 		fa := openForEdit(t, a.path("shared.txt"), "edit from A")
 		fb := openForEdit(t, b.path("shared.txt"), "edit from B")
 		closeFile(t, fa)
-		a.sync(time.Minute)
+		syncInProcess(t, a, time.Minute) // fb is open: no fork here
 		closeFile(t, fb)
 		b.sync(time.Minute)
 		objs := e.objects()
@@ -78,7 +116,7 @@ func TestConflictsKeepEveryVersion(t *testing.T) {
 		fa := openForEdit(t, a.path("born-twice.txt"), "born on A")
 		fb := openForEdit(t, b.path("born-twice.txt"), "born on B")
 		closeFile(t, fa)
-		a.sync(time.Minute)
+		syncInProcess(t, a, time.Minute)
 		closeFile(t, fb)
 		b.sync(time.Minute)
 		objs := e.objects()

@@ -32,12 +32,10 @@ func (f *FS) Applied(r journal.Result) {
 		// A newer local change of this key is queued: it stays Local.
 	case r.Conflict != nil || r.Dropped:
 		// The store's version keeps the name: show it again.
-		f.dropLocal(dir, name)
+		f.dropLocal(dir, name, strings.HasSuffix(key, "/"))
 		notify = append(notify, rel)
 	case r.Op.Kind == journal.Delete:
-		if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
-			f.log.Warn("forget deleted entry", "key", key, "err", err)
-		}
+		f.dropTombstone(dir, name)
 	case r.Op.Kind == journal.PutMarker:
 		f.putEntry(dir, cache.Entry{Name: name, Dir: true})
 	default: // PutFile, Copy
@@ -69,14 +67,42 @@ func (f *FS) Applied(r journal.Result) {
 }
 
 // dropLocal forgets the local state of dir/name and makes dir list again,
-// so that the store's version shows.
-func (f *FS) dropLocal(dir, name string) {
-	if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
+// so that the store's version shows. An entry of the other kind made since
+// (a folder where a file was) is a newer local change and stays.
+func (f *FS) dropLocal(dir, name string, isDir bool) {
+	if e, ok, err := f.lookupAny(dir, name); err != nil {
 		f.log.Warn("drop local entry", "dir", dir, "name", name, "err", err)
+	} else if ok && e.Dir == isDir {
+		if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
+			f.log.Warn("drop local entry", "dir", dir, "name", name, "err", err)
+		}
 	}
 	if err := f.cfg.Tree.MarkStale(dir); err != nil {
 		f.log.Warn("mark stale", "dir", dir, "err", err)
 	}
+}
+
+// dropTombstone removes the tombstone of a confirmed delete. Anything else
+// there is a newer local change of the name, and stays.
+func (f *FS) dropTombstone(dir, name string) {
+	e, ok, err := f.lookupAny(dir, name)
+	if err == nil && ok && e.Gone {
+		err = f.cfg.Tree.RemoveEntry(dir, name)
+	}
+	if err != nil {
+		f.log.Warn("forget deleted entry", "dir", dir, "name", name, "err", err)
+	}
+}
+
+// lookupAny finds dir/name in the tree, tombstones included.
+func (f *FS) lookupAny(dir, name string) (cache.Entry, bool, error) {
+	var found cache.Entry
+	var ok bool
+	err := f.cfg.Tree.LocalEntriesIn(dir, name, func(e cache.Entry) { found, ok = e, true })
+	if err != nil || ok {
+		return found, ok, err
+	}
+	return f.cfg.Tree.Lookup(dir, name)
 }
 
 func (f *FS) putEntry(dir string, e cache.Entry) {
@@ -96,6 +122,7 @@ func (f *FS) settle(rel string, r journal.Result) {
 	defer n.mu.Unlock()
 	if r.Conflict == nil && !r.Dropped {
 		n.entry.ETag, n.entry.Size, n.entry.Local = r.Info.ETag, r.Info.Size, false
+		n.ownETag = r.Info.ETag
 		if n.work != nil {
 			// The next commit of this working copy edits what was just
 			// uploaded. (This runs while the journal still lists the op,

@@ -35,6 +35,9 @@ type fileNode struct {
 	// mode and mtime set locally (0 and zero: from the store). GUARDED_BY(mu)
 	mode  uint32
 	mtime time.Time
+	// ownETag is the ETag of this machine's last upload of the file: a
+	// version that changed to it needs no conflict. GUARDED_BY(mu)
+	ownETag string
 }
 
 func newFileNode(fsys *FS, e cache.Entry) *fileNode {
@@ -175,15 +178,15 @@ func (n *fileNode) openLocal() (*fileHandle, bool) {
 		return &fileHandle{fsys: n.fsys, node: n}, true
 	}
 	_, _, key := n.location()
-	p, ok := n.fsys.cfg.Journal.Pending(key)
-	if !ok || p.Kind != journal.PutFile {
+	staged, size, ok := n.fsys.pendingContent(key)
+	if !ok {
 		return nil, false
 	}
-	f, err := os.Open(p.Staged)
+	f, err := os.Open(staged)
 	if err != nil {
 		return nil, false // uploaded meanwhile: read the store's version
 	}
-	n.work = &workFile{f: f, size: p.Size, committed: true, base: remoteBase(n.entry)}
+	n.work = &workFile{f: f, size: size, committed: true, base: remoteBase(n.entry)}
 	n.openedETag = ""
 	return &fileHandle{fsys: n.fsys, node: n}, true
 }
@@ -200,6 +203,9 @@ func (n *fileNode) revalidate(ctx context.Context) error {
 	dir, name, key := n.location()
 	if key == "" {
 		return nil
+	}
+	if _, pending := n.fsys.cfg.Journal.Pending(key); pending {
+		return nil // a local change of it is queued: it wins
 	}
 	info, err := n.fsys.cfg.Store.Stat(ctx, key)
 	switch {

@@ -109,6 +109,26 @@ func removeQuietly(path string) {
 	}
 }
 
+// pendingContent finds the staged file holding the newest content of key
+// when the store does not have it yet: a pending upload of key, or of the
+// source of a pending copy to key (a file renamed before its upload ended).
+func (f *FS) pendingContent(key string) (staged string, size int64, ok bool) {
+	for range 16 { // rename chains are short; the bound guards against a cycle
+		p, pending := f.cfg.Journal.Pending(key)
+		switch {
+		case !pending:
+			return "", 0, false
+		case p.Kind == journal.PutFile:
+			return p.Staged, p.Size, true
+		case p.Kind == journal.Copy && p.SrcChained:
+			key = p.Src
+		default:
+			return "", 0, false
+		}
+	}
+	return "", 0, false
+}
+
 // blockReaderAt reads a remote version through the block cache.
 type blockReaderAt struct {
 	ctx context.Context
@@ -142,14 +162,14 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 	var err error
 	if truncate {
 		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
-	} else if p, pending := n.fsys.cfg.Journal.Pending(key); pending && p.Kind == journal.PutFile {
+	} else if staged, size, ok := n.fsys.pendingContent(key); ok {
 		// Content committed but not uploaded yet: start from it. Once
 		// uploaded, the journal removes it: then read the store's version,
 		// which Applied has recorded by then.
-		var staged *os.File
-		if staged, err = os.Open(p.Staged); err == nil {
-			w, err = n.fsys.newWorkFile(ctx, staged, p.Size, remoteBase(e))
-			staged.Close()
+		var sf *os.File
+		if sf, err = os.Open(staged); err == nil {
+			w, err = n.fsys.newWorkFile(ctx, sf, size, remoteBase(e))
+			sf.Close()
 		} else if errors.Is(err, os.ErrNotExist) {
 			e, err = n.getEntry(), nil
 		}
@@ -169,6 +189,11 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		w.close()
 		removeQuietly(w.f.Name())
 		return nil
+	}
+	if n.entry.ETag != e.ETag && n.entry.ETag == n.ownETag {
+		// Our own upload finished while the content was fetched: the
+		// edit is based on it (same bytes), not on the version before.
+		w.base = remoteBase(n.entry)
 	}
 	n.work = w
 	return nil
@@ -199,7 +224,10 @@ func (n *fileNode) commitLocked() error {
 	}
 	dir, name, key := n.location()
 	if key == "" {
-		return nil // unlinked while open: nothing to upload
+		// Unlinked while open: nothing to upload. Logged because a
+		// skipped commit of a file that is still linked would lose it.
+		n.fsys.log.Info("not journaling a file unlinked while open", "name", name, "size", w.size)
+		return nil
 	}
 	if n.mtime.IsZero() {
 		n.mtime = time.Now()
@@ -607,7 +635,16 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		}
 	}
 	if src.Dir {
-		return f.renameDir(ctx, srcDir, name, dstDir, newName, exists)
+		if err := f.renameDir(ctx, srcDir, name, dstDir, newName, exists); err != nil {
+			return err
+		}
+		// Files the kernel holds under the folder now have new keys, whose
+		// pending copies or uploads their next commits chain onto. (After
+		// renameDir: it holds localMu, which comes after fileNode.mu.)
+		if live != nil {
+			resetMoved(live)
+		}
+		return nil
 	}
 	var node *fileNode
 	if live != nil {
@@ -651,6 +688,9 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 	}
 	if node != nil {
 		node.mu.Lock()
+		// Local until the copy or upload under the new name is done: no
+		// revalidation against a key the store does not have yet.
+		node.entry.Local = true
 		if node.work != nil {
 			node.work.base = dstBase
 			node.work.dirty = false // its content is journaled under the new name
@@ -682,11 +722,11 @@ func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*w
 			return w, nil
 		}
 	}
-	p, ok := f.cfg.Journal.Pending(key)
-	if !ok || p.Kind != journal.PutFile {
+	path, size, ok := f.pendingContent(key)
+	if !ok {
 		return nil, nil
 	}
-	staged, err := os.Open(p.Staged)
+	staged, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil // uploaded meanwhile: the store has it
 	}
@@ -694,7 +734,7 @@ func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*w
 		return nil, fmt.Errorf("pending content of %q: %w", key, err)
 	}
 	defer staged.Close()
-	w, err := f.newWorkFile(context.Background(), staged, p.Size, base)
+	w, err := f.newWorkFile(context.Background(), staged, size, base)
 	if err != nil {
 		return nil, err
 	}
@@ -802,6 +842,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	if err := f.cfg.Tree.MoveDir(srcDir, name, dstDir, newName); err != nil {
 		return err
 	}
+
 	// Show what moved, also what was never listed under the old name.
 	dst := cache.JoinPath(dstDir, newName)
 	for _, e := range shown {
@@ -815,6 +856,24 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 	}
 	return nil
+}
+
+// resetMoved forgets the remote versions live nodes below ino knew under
+// their old keys.
+func resetMoved(ino *fs.Inode) {
+	for _, ch := range ino.Children() {
+		if fn, ok := ch.Operations().(*fileNode); ok {
+			fn.mu.Lock()
+			fn.entry.ETag, fn.entry.Local = "", true
+			fn.ownETag = ""
+			if fn.work != nil {
+				fn.work.base = journal.Base{}
+			}
+			fn.mu.Unlock()
+		} else {
+			resetMoved(ch)
+		}
+	}
 }
 
 func hasKey(ops []journal.Op, key string) bool {
