@@ -52,13 +52,15 @@ func (f *FS) Applied(r journal.Result) {
 			notify = append(notify, crel)
 		}
 	}
+	// The live node changes in the same critical section as the tree: a
+	// delete or rename reading it cannot see one without the other.
+	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {
+		f.settle(rel, r)
+	}
 	f.localMu.Unlock()
 
 	if r.Conflict != nil {
 		f.log.Warn("conflict", "key", r.Conflict.Key, "copy", r.Conflict.ConflictKey, "reason", r.Conflict.Reason)
-	}
-	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {
-		f.settle(rel, r)
 	}
 	// Tell the kernel, asynchronously: never from inside an operation.
 	if len(notify) > 0 {
@@ -112,7 +114,8 @@ func (f *FS) putEntry(dir string, e cache.Entry) {
 }
 
 // settle lets a live node with no unsaved change read the uploaded version
-// from the store from now on, releasing its working copy.
+// from the store from now on, releasing its working copy. Called with
+// f.localMu held.
 func (f *FS) settle(rel string, r journal.Result) {
 	n := f.liveFile(rel)
 	if n == nil {

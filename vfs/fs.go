@@ -121,7 +121,7 @@ type FS struct {
 	// localMu orders local changes (a journal Commit and the tree update
 	// that shows it) against the journal's completion reports (applied),
 	// so that a report never lands between the two. It is held for local
-	// disk work only. LOCK ORDER: fileNode.mu before localMu.
+	// disk work only. LOCK ORDER: localMu before fileNode.mu.
 	localMu sync.Mutex
 
 	root *dirNode // set by Root

@@ -216,7 +216,8 @@ func (n *fileNode) forWritingLocked() (*workFile, error) {
 }
 
 // commitLocked hands a changed working copy to the journal. Called with
-// n.mu held: the journal fsyncs and records locally, no network.
+// n.fsys.localMu and n.mu held (in that order): the journal fsyncs and
+// records locally, no network.
 func (n *fileNode) commitLocked() error {
 	w := n.work
 	if w == nil || !w.dirty {
@@ -240,8 +241,6 @@ func (n *fileNode) commitLocked() error {
 		return fmt.Errorf("fsync working copy of %q: %w", key, err)
 	}
 	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta}
-	n.fsys.localMu.Lock()
-	defer n.fsys.localMu.Unlock()
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
@@ -283,6 +282,8 @@ var _ = (fs.NodeFlusher)((*fileNode)(nil))
 
 // Flush runs at every close(2): the change is journaled before it returns.
 func (n *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return toErrno(n.fsys.log, "flush", n.commitLocked())
@@ -291,6 +292,8 @@ func (n *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 var _ = (fs.NodeFsyncer)((*fileNode)(nil))
 
 func (n *fileNode) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return toErrno(n.fsys.log, "fsync", n.commitLocked())
@@ -314,6 +317,8 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 			return toErrno(n.fsys.log, "truncate", err)
 		}
 	}
+	n.fsys.localMu.Lock()
+	defer n.fsys.localMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if hasMode {
