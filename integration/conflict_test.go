@@ -90,8 +90,10 @@ func TestConflictsKeepEveryVersion(t *testing.T) {
 	e.put("shared.txt", []byte("original"))
 	e.put("sdk-edit.txt", []byte("original"))
 	e.put("sdk-delete.txt", []byte("original"))
-	e.put("edited-remotely.txt", []byte("original"))
-	e.put("renamed-remotely-edited.txt", []byte("original"))
+	// In a folder of their own: a conflict elsewhere re-lists the root,
+	// which would show the remote edits below before the local delete.
+	e.put("solo/edited-remotely.txt", []byte("original"))
+	e.put("solo/renamed-remotely-edited.txt", []byte("original"))
 	a := e.mount(mountOpt{args: []string{"--dir-ttl", "10m"}})
 	b := e.mount(mountOpt{args: []string{"--dir-ttl", "10m"}})
 	run(t, time.Minute, "ls", "-lR", a.dir, b.dir) // both know the tree now
@@ -109,6 +111,13 @@ func TestConflictsKeepEveryVersion(t *testing.T) {
 		}
 		if got := conflictCopies(objs, "shared.txt"); len(got) != 1 || got[0] != "edit from B" {
 			t.Errorf("conflicted copies of shared.txt = %q, want [B's edit]", got)
+		}
+		for k := range objs {
+			if strings.HasPrefix(k, "shared (conflicted copy ") {
+				if s := xattr(t, b.path(k), "user.nimbus.state"); s != "conflict" {
+					t.Errorf("state of %s on B = %q, want conflict", k, s)
+				}
+			}
 		}
 	})
 
@@ -153,25 +162,25 @@ func TestConflictsKeepEveryVersion(t *testing.T) {
 	})
 
 	t.Run("LocalDeleteOfRemotelyEditedFile", func(t *testing.T) {
-		e.put("edited-remotely.txt", []byte("remote edit"))
-		if err := os.Remove(a.path("edited-remotely.txt")); err != nil {
+		e.put("solo/edited-remotely.txt", []byte("remote edit"))
+		if err := os.Remove(a.path("solo/edited-remotely.txt")); err != nil {
 			t.Fatal(err)
 		}
 		a.sync(time.Minute)
-		if got := string(e.objects()["edited-remotely.txt"]); got != "remote edit" {
+		if got := string(e.objects()["solo/edited-remotely.txt"]); got != "remote edit" {
 			t.Errorf("edited-remotely.txt = %q, want the remote edit to survive the local delete", got)
 		}
 	})
 
 	t.Run("LocalRenameOfRemotelyEditedFile", func(t *testing.T) {
-		e.put("renamed-remotely-edited.txt", []byte("remote edit"))
-		if err := os.Rename(a.path("renamed-remotely-edited.txt"), a.path("rename-target.txt")); err != nil {
+		e.put("solo/renamed-remotely-edited.txt", []byte("remote edit"))
+		if err := os.Rename(a.path("solo/renamed-remotely-edited.txt"), a.path("solo/rename-target.txt")); err != nil {
 			t.Fatal(err)
 		}
 		a.sync(time.Minute)
 		objs := e.objects()
 		found := false
-		for _, k := range []string{"renamed-remotely-edited.txt", "rename-target.txt"} {
+		for _, k := range []string{"solo/renamed-remotely-edited.txt", "solo/rename-target.txt"} {
 			if string(objs[k]) == "remote edit" {
 				found = true
 			}

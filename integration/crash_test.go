@@ -78,12 +78,13 @@ func TestCrashDuringWrites(t *testing.T) {
 		delay := time.Duration(50+rng.IntN(351)) * time.Millisecond
 		time.Sleep(delay)
 		w.killed.Store(true)
-		crashMount(t, m)
+		killNimbus(t, m)
 		select {
 		case <-w.done:
 		case <-time.After(30 * time.Second):
 			t.Fatalf("crash %d: the writer is stuck 30s after nimbus was killed (op: %s)", iter+1, w.current())
 		}
+		detachDead(t, m)
 		history = append(history, fmt.Sprintf("run %d: SIGKILL after %v", iter, delay))
 		t.Logf("crash %d after %v: %d ops acknowledged, in flight: %s", iter+1, delay, w.acked, w.current())
 		for _, err := range w.unexpected {
@@ -146,7 +147,9 @@ func testEnvCount(t *testing.T, name string, def int) int {
 
 // crashMount kills nimbus with SIGKILL, waits until it is gone and detaches
 // its dead mount, which would otherwise answer ENOTCONN forever.
-func crashMount(t *testing.T, m *mount) {
+// killNimbus kills the daemon. The mount stays attached: every access to it
+// fails (ENOTCONN) until it is detached.
+func killNimbus(t *testing.T, m *mount) {
 	t.Helper()
 	if err := syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill nimbus: %v", err)
@@ -156,6 +159,13 @@ func crashMount(t *testing.T, m *mount) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("nimbus still running 15s after SIGKILL")
 	}
+}
+
+// detachDead detaches the mount of a killed daemon. Only once the writer has
+// stopped: an operation after the detach would land in the plain folder
+// under the mountpoint, succeed, and look acknowledged.
+func detachDead(t *testing.T, m *mount) {
+	t.Helper()
 	if isMounted(m.dir) {
 		if err := syscall.Unmount(m.dir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
 			t.Fatalf("detach the dead mount %s: %v", m.dir, err)

@@ -82,8 +82,9 @@ func TestPinOfflineAndResume(t *testing.T) {
 	t.Logf("pinned folder: %d files, %d MiB", files, total>>20)
 
 	cacheDir := t.TempDir()
-	args := []string{"--cache-size", "16MiB", "--poll", "1s"}
-	m := e.mount(mountOpt{cacheDir: cacheDir, args: args})
+	// No poller while the pin's requests are counted; it runs after the
+	// remount below.
+	m := e.mount(mountOpt{cacheDir: cacheDir, args: []string{"--cache-size", "16MiB", "--poll", "0"}})
 	before := m.requests()
 	out, err := nimbusCmd(t, 5*time.Minute, "pin", m.path("pinned"))
 	if err != nil {
@@ -140,6 +141,9 @@ func TestPinOfflineAndResume(t *testing.T) {
 	if err := ef.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if s := xattr(t, m.path("pinned/written-offline.txt"), "user.nimbus.state"); s != "dirty" {
+		t.Errorf("state of a file written offline = %q, want dirty", s)
+	}
 	st = m.status()
 	if st.Online {
 		t.Error("status says online while MinIO is stopped")
@@ -158,16 +162,9 @@ func TestPinOfflineAndResume(t *testing.T) {
 			bytes.Equal(objs["pinned/sub0/f000.bin"], edited)
 	})
 
-	// A new remote file under the pinned folder is fetched by the poller.
-	fresh := pattern{seed: 99, size: 300 << 10}
-	e.putStream("pinned/sub2/fresh.bin", fresh.reader(), fresh.size)
-	waitFor(t, 30*time.Second, "a new remote file under a pinned folder becomes pinned", func() bool {
-		return m.status().Cache.Pinned >= total+fresh.size
-	})
-
 	// Pins persist across a remount.
 	m.unmount()
-	m = e.mount(mountOpt{cacheDir: cacheDir, args: args})
+	m = e.mount(mountOpt{cacheDir: cacheDir, args: []string{"--cache-size", "16MiB", "--poll", "1s"}})
 	st = m.status()
 	if len(st.Pins) != 1 || st.Pins[0].Path != "pinned" {
 		t.Errorf("pins after remount: %+v", st.Pins)
@@ -175,6 +172,16 @@ func TestPinOfflineAndResume(t *testing.T) {
 	if st.Cache.Pinned < total {
 		t.Errorf("pinned bytes after remount: %d, want >= %d", st.Cache.Pinned, total)
 	}
+	// A new remote file under the pinned folder is fetched by the poller.
+	fresh := pattern{seed: 99, size: 300 << 10}
+	e.putStream("pinned/sub2/fresh.bin", fresh.reader(), fresh.size)
+	waitFor(t, 30*time.Second, "a new remote file under a pinned folder becomes pinned", func() bool {
+		buf := make([]byte, 32)
+		n, err := unix.Getxattr(m.path("pinned/sub2/fresh.bin"), "user.nimbus.state", buf)
+		return err == nil && string(buf[:n]) == "pinned"
+	})
+
+
 
 	// Unpin: content stays but becomes evictable; free drops it now.
 	if out, err := nimbusCmd(t, time.Minute, "unpin", m.path("pinned")); err != nil {
@@ -215,4 +222,54 @@ func putPatterns(e *env, objs map[string]pattern) {
 		readers[k], sizes[k] = p.reader(), p.size
 	}
 	e.putAll(readers, sizes)
+}
+
+// TestPinThatDoesNotFit: a pin larger than the disk of the cache folder
+// stops with a clear error before filling it, and what was cached before is
+// still there.
+func TestPinThatDoesNotFit(t *testing.T) {
+	e := newEnv(t)
+	objs := make(map[string]pattern)
+	for i := range 12 {
+		objs[fmt.Sprintf("huge/f%02d.bin", i)] = pattern{seed: uint64(500 + i), size: 8 << 20}
+	}
+	putPatterns(e, objs)
+	small := pattern{seed: 9, size: 100 << 10}
+	e.putStream("small.bin", small.reader(), small.size)
+
+	cacheDir := t.TempDir()
+	if err := unix.Mount("tmpfs", cacheDir, "tmpfs", 0, "size=80m"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount a small tmpfs for the cache (needs root): %v", err)
+		}
+		t.Skipf("mount a small tmpfs for the cache (needs root): %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(cacheDir, unix.MNT_DETACH); err != nil {
+			t.Logf("unmount tmpfs: %v", err)
+		}
+	})
+	m := e.mount(mountOpt{cacheDir: cacheDir})
+	if got := fileSHA(t, m.path("small.bin")); got != small.sha256() {
+		t.Fatal("small.bin differs")
+	}
+	out, err := nimbusCmd(t, 2*time.Minute, "pin", m.path("huge"))
+	if err == nil {
+		t.Fatalf("pinning 96 MiB into an 80 MiB disk succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "disk space") {
+		t.Errorf("the error does not say the disk is too small:\n%s", out)
+	}
+	t.Logf("nimbus pin: %s", strings.TrimSpace(out))
+	if s := xattr(t, m.path("small.bin"), "user.nimbus.state"); s != "local" {
+		t.Errorf("small.bin state after the failed pin = %q, want local (still cached)", s)
+	}
+	dropPageCache(t)
+	before := m.requests()
+	if got := fileSHA(t, m.path("small.bin")); got != small.sha256() {
+		t.Fatal("small.bin differs after the failed pin")
+	}
+	if d := delta(before, m.requests()); d["GetObject"] != 0 {
+		t.Errorf("reading small.bin after the failed pin made %d GETs: cached data was lost", d["GetObject"])
+	}
 }

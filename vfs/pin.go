@@ -213,6 +213,8 @@ func (f *FS) pinContent(ctx context.Context, c cache.Content, j *pinJob) error {
 		j.done.Add(c.Size)
 		return nil
 	}
+	// Older versions of the file, pinned by an earlier run, make way.
+	f.cfg.Blocks.Forget(c.Key, c.ETag)
 	err := f.cfg.Blocks.Pin(ctx, c, func(n int64) { j.done.Add(n) })
 	if errors.Is(err, backend.ErrPrecondition) {
 		info, serr := f.cfg.Store.Stat(ctx, c.Key)
