@@ -181,8 +181,6 @@ func TestPinOfflineAndResume(t *testing.T) {
 		return err == nil && string(buf[:n]) == "pinned"
 	})
 
-
-
 	// Unpin: content stays but becomes evictable; free drops it now.
 	if out, err := nimbusCmd(t, time.Minute, "unpin", m.path("pinned")); err != nil {
 		t.Fatalf("nimbus unpin: %v\n%s", err, out)
