@@ -266,6 +266,19 @@ func TestDaemonDirRemote(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("status reports no daemon pid: %+v", st)
 	}
+	// Only the mount's owner can reach its control socket.
+	sock := xattr(t, mp, "user.nimbus.control")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("control socket %s: %v %v, want a socket with mode 0600", sock, fi.Mode(), err)
+	}
+	if fi, err := os.Stat(filepath.Dir(sock)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("control socket folder: %v %v, want 0700", fi.Mode(), err)
+	}
+	// Any path inside the mount finds it; a PATH gives per-entry states.
+	entries := run(t, 10*time.Second, nimbusBin, "status", "--json", filepath.Join(mp, "sub"))
+	if !strings.Contains(string(entries), `"state": "online"`) || !strings.Contains(string(entries), "data.bin") {
+		t.Errorf("nimbus status PATH does not list the entries with their state:\n%s", entries)
+	}
 	t.Cleanup(func() {
 		if syscall.Kill(pid, 0) == nil {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
