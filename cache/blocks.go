@@ -31,7 +31,7 @@ const (
 	// maxRunBytes caps one ranged GET: long enough to amortise the request
 	// latency of a sequential stream, short enough that a failure wastes
 	// little and that several GETs can run in parallel.
-	maxRunBytes = 4 << 20
+	maxRunBytes = 8 << 20
 
 	// fsBlockSize is the granularity at which holes can be punched. Block
 	// sizes are multiples of it so that an evicted block frees exactly its
