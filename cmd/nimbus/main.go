@@ -88,6 +88,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
+// parseCommand parses a command's flags and arguments; -h prints usage
+// and the flags to stdout and returns flag.ErrHelp.
+func parseCommand(fset *flag.FlagSet, args []string, stdout io.Writer, usageLine string) ([]string, error) {
+	fset.SetOutput(io.Discard)
+	pos, err := parseInterleaved(fset, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: "+usageLine)
+		fset.SetOutput(stdout)
+		fset.PrintDefaults()
+	}
+	return pos, err
+}
+
+// optionalPath returns the one optional PATH argument, "." by default.
+func optionalPath(pos []string, what string) (string, error) {
+	switch len(pos) {
+	case 0:
+		return ".", nil
+	case 1:
+		return pos[0], nil
+	}
+	return "", usageError{"give at most one " + what}
+}
+
 // parseInterleaved parses flags that may come before, between or after the
 // positional arguments, and returns the positional ones.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {

@@ -54,7 +54,6 @@ const readyFDEnv = "NIMBUS_READY_FD"
 func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 	var o mountOptions
 	fset := flag.NewFlagSet("mount", flag.ContinueOnError)
-	fset.SetOutput(io.Discard)
 	cacheSize := fset.String("cache-size", "10GiB", "cap on clean cached bytes (512MiB, 2GiB, …)")
 	fset.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint URL; switches to path-style addressing")
 	fset.StringVar(&o.region, "region", "", "region (default: from the AWS config/env, else us-east-1)")
@@ -65,13 +64,7 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 	fset.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
 	fset.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
 	fset.BoolVar(&o.verbose, "v", false, "log debug detail")
-	pos, err := parseInterleaved(fset, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stdout, "usage: nimbus mount [flags] REMOTE MOUNTPOINT")
-		fset.SetOutput(stdout)
-		fset.PrintDefaults()
-		return o, err
-	}
+	pos, err := parseCommand(fset, args, stdout, "nimbus mount [flags] REMOTE MOUNTPOINT")
 	if err != nil {
 		return o, err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -70,17 +69,10 @@ func (m *mountState) free(path string) (any, error) {
 // pathsCommand parses PATH… arguments and their flags.
 func pathsCommand(name string, args []string, stdout io.Writer, flags func(*flag.FlagSet)) ([]string, error) {
 	fset := flag.NewFlagSet(name, flag.ContinueOnError)
-	fset.SetOutput(io.Discard)
 	if flags != nil {
 		flags(fset)
 	}
-	pos, err := parseInterleaved(fset, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(stdout, "usage: nimbus %s PATH…\n", name)
-		fset.SetOutput(stdout)
-		fset.PrintDefaults()
-		return nil, err
-	}
+	pos, err := parseCommand(fset, args, stdout, "nimbus "+name+" PATH…")
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,24 +105,14 @@ func (m *mountState) status() (*statusReport, error) {
 
 func cmdStatus(args []string, stdout io.Writer) error {
 	fset := flag.NewFlagSet("status", flag.ContinueOnError)
-	fset.SetOutput(io.Discard)
 	asJSON := fset.Bool("json", false, "print JSON")
-	pos, err := parseInterleaved(fset, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stdout, "usage: nimbus status [PATH] [--json]")
-		fset.SetOutput(stdout)
-		fset.PrintDefaults()
-		return err
-	}
+	pos, err := parseCommand(fset, args, stdout, "nimbus status [PATH] [--json]")
 	if err != nil {
 		return err
 	}
-	if len(pos) > 1 {
-		return usageError{"give at most one PATH"}
-	}
-	path := "."
-	if len(pos) == 1 {
-		path = pos[0]
+	path, err := optionalPath(pos, "PATH")
+	if err != nil {
+		return err
 	}
 	var rep statusReport
 	if err := callControl(path, "status", &rep); err != nil {

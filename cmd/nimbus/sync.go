@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,24 +27,14 @@ func (m *mountState) sync(timeout time.Duration) (string, error) {
 
 func cmdSync(args []string, stdout io.Writer) error {
 	fset := flag.NewFlagSet("sync", flag.ContinueOnError)
-	fset.SetOutput(io.Discard)
 	timeout := fset.Duration("timeout", 0, "give up after this long (0 = wait until done)")
-	pos, err := parseInterleaved(fset, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stdout, "usage: nimbus sync [MOUNTPOINT] [--timeout DUR]")
-		fset.SetOutput(stdout)
-		fset.PrintDefaults()
-		return err
-	}
+	pos, err := parseCommand(fset, args, stdout, "nimbus sync [MOUNTPOINT] [--timeout DUR]")
 	if err != nil {
 		return err
 	}
-	if len(pos) > 1 {
-		return usageError{"give at most one MOUNTPOINT"}
-	}
-	path := "."
-	if len(pos) == 1 {
-		path = pos[0]
+	path, err := optionalPath(pos, "MOUNTPOINT")
+	if err != nil {
+		return err
 	}
 	var msg string
 	if err := callControlReq(path, controlRequest{Op: "sync", Timeout: *timeout}, &msg); err != nil {
@@ -56,12 +45,9 @@ func cmdSync(args []string, stdout io.Writer) error {
 }
 
 func cmdConflicts(args []string, stdout io.Writer) error {
-	if len(args) > 1 {
-		return usageError{"give at most one MOUNTPOINT"}
-	}
-	path := "."
-	if len(args) == 1 {
-		path = args[0]
+	path, err := optionalPath(args, "MOUNTPOINT")
+	if err != nil {
+		return err
 	}
 	var conflicts []journal.Conflict
 	if err := callControl(path, "conflicts", &conflicts); err != nil {
