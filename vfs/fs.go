@@ -23,11 +23,26 @@
 // Errors travel wrapped (fmt.Errorf with %w) and become an errno in exactly
 // one place, toErrno, which also logs them.
 //
+// # Writes
+//
+// A file being edited has a working copy in the journal's staging folder;
+// close and fsync commit it to the journal before they return, and the
+// journal uploads it with a condition on the version the edit began from.
+// Local changes show in the tree at once (Local entries, tombstones for
+// deletes) and listings do not override them until the journal reports
+// the upload done (FS.Applied). write.go explains the details; pin.go and
+// poll.go cover pinning and background re-listing.
+//
 // # Locking
 //
-// fileNode.mu guards the node's last known Entry. No lock is held across a
-// call to the store. The listing singleflight (FS.listMu) is taken only to
-// find or register a flight, never while listing.
+// LOCK ORDER: FS.localMu, then fileNode.mu. localMu orders local changes
+// (a journal Commit and the tree update that shows it) against the
+// journal's completion reports; fileNode.mu guards a node's entry and
+// working copy. Neither is held across a call to the store; they are held
+// across local disk work (an fsync at commit). The listing singleflight
+// (FS.listMu) and the pin jobs' map are leaf locks. Kernel notifications
+// are sent from goroutines, never while a lock is held or from inside the
+// operation they concern.
 package vfs
 
 import (
