@@ -271,7 +271,9 @@ type statusReport struct {
 	Online   bool             `json:"online"`
 	Requests map[string]int64 `json:"requests"`
 	Uploads  struct {
-		Pending int `json:"pending"`
+		Pending      int       `json:"pending"`
+		PendingBytes int64     `json:"pending_bytes"`
+		Oldest       time.Time `json:"oldest"`
 	} `json:"uploads"`
 	Pins []struct {
 		Path     string `json:"path"`

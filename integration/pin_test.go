@@ -180,6 +180,12 @@ func TestPinOfflineAndResume(t *testing.T) {
 		n, err := unix.Getxattr(m.path("pinned/sub2/fresh.bin"), "user.nimbus.state", buf)
 		return err == nil && string(buf[:n]) == "pinned"
 	})
+	// So is a file created here under the pinned folder, once uploaded.
+	waitFor(t, 30*time.Second, "a file created under a pinned folder becomes pinned", func() bool {
+		buf := make([]byte, 32)
+		n, err := unix.Getxattr(m.path("pinned/written-offline.txt"), "user.nimbus.state", buf)
+		return err == nil && string(buf[:n]) == "pinned"
+	})
 
 	// Unpin: content stays but becomes evictable; free drops it now.
 	if out, err := nimbusCmd(t, time.Minute, "unpin", m.path("pinned")); err != nil {

@@ -272,6 +272,27 @@ func (s *Server) Stop() {
 	s.kill()
 }
 
+// Pause freezes the server (SIGSTOP): it keeps accepting connections but
+// answers nothing, like a network that stops delivering. Requests in flight
+// hang until Resume.
+func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server go on (SIGCONT).
+func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.tb.Helper()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		s.tb.Fatalf("minio: %v to a stopped server", sig)
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil {
+		s.tb.Fatalf("minio: %v: %v", sig, err)
+	}
+}
+
 // Restart starts the server again on the same port and data folder, after
 // stopping it if it is running, and waits until it is ready. Objects written
 // before Stop are still there.
