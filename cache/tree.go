@@ -87,8 +87,18 @@ func childPrefix(dir string) []byte { return entryKey(dir, "") }
 // dirKey gives the root a non-empty key: bbolt refuses empty keys.
 func dirKey(dir string) []byte { return []byte("/" + dir) }
 
-// Lookup returns dir's child name, and whether it is known.
+// Lookup returns dir's child name, and whether it is known. Tombstones
+// (local deletes not yet confirmed) are not.
 func (t *Tree) Lookup(dir, name string) (Entry, bool, error) {
+	e, ok, err := t.Get(dir, name)
+	if err != nil || !ok || e.Gone {
+		return Entry{}, false, err
+	}
+	return e, true, nil
+}
+
+// Get is Lookup with tombstones included.
+func (t *Tree) Get(dir, name string) (Entry, bool, error) {
 	var e Entry
 	var found bool
 	err := t.db.View(func(tx *bolt.Tx) error {
@@ -98,7 +108,7 @@ func (t *Tree) Lookup(dir, name string) (Entry, bool, error) {
 		}
 		var err error
 		e, err = decodeEntry(name, v)
-		found = err == nil && !e.Gone
+		found = err == nil
 		return err
 	})
 	if err != nil {
@@ -491,21 +501,4 @@ func (t *Tree) LocalEntries(fn func(dir string, e Entry) error) error {
 		}
 	}
 	return nil
-}
-
-// LocalEntriesIn calls fn with dir/name if it is a Local entry, tombstones
-// included (Lookup hides those).
-func (t *Tree) LocalEntriesIn(dir, name string, fn func(Entry)) error {
-	return t.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(treeEntries).Get(entryKey(dir, name))
-		if v == nil || len(v) == 0 || v[0]&entryIsLocal == 0 {
-			return nil
-		}
-		e, err := decodeEntry(name, v)
-		if err != nil {
-			return err
-		}
-		fn(e)
-		return nil
-	})
 }

@@ -72,7 +72,7 @@ func (f *FS) Applied(r journal.Result) {
 // so that the store's version shows. An entry of the other kind made since
 // (a folder where a file was) is a newer local change and stays.
 func (f *FS) dropLocal(dir, name string, isDir bool) {
-	if e, ok, err := f.lookupAny(dir, name); err != nil {
+	if e, ok, err := f.cfg.Tree.Get(dir, name); err != nil {
 		f.log.Warn("drop local entry", "dir", dir, "name", name, "err", err)
 	} else if ok && e.Dir == isDir {
 		if err := f.cfg.Tree.RemoveEntry(dir, name); err != nil {
@@ -87,24 +87,13 @@ func (f *FS) dropLocal(dir, name string, isDir bool) {
 // dropTombstone removes the tombstone of a confirmed delete. Anything else
 // there is a newer local change of the name, and stays.
 func (f *FS) dropTombstone(dir, name string) {
-	e, ok, err := f.lookupAny(dir, name)
+	e, ok, err := f.cfg.Tree.Get(dir, name)
 	if err == nil && ok && e.Gone {
 		err = f.cfg.Tree.RemoveEntry(dir, name)
 	}
 	if err != nil {
 		f.log.Warn("forget deleted entry", "dir", dir, "name", name, "err", err)
 	}
-}
-
-// lookupAny finds dir/name in the tree, tombstones included.
-func (f *FS) lookupAny(dir, name string) (cache.Entry, bool, error) {
-	var found cache.Entry
-	var ok bool
-	err := f.cfg.Tree.LocalEntriesIn(dir, name, func(e cache.Entry) { found, ok = e, true })
-	if err != nil || ok {
-		return found, ok, err
-	}
-	return f.cfg.Tree.Lookup(dir, name)
 }
 
 func (f *FS) putEntry(dir string, e cache.Entry) {

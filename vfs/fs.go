@@ -86,7 +86,7 @@ type treeStore interface {
 	MarkStale(dir string) error
 	MoveDir(srcDir, srcName, dstDir, dstName string) error
 	LocalEntries(fn func(dir string, e cache.Entry) error) error
-	LocalEntriesIn(dir, name string, fn func(cache.Entry)) error
+	Get(dir, name string) (cache.Entry, bool, error)
 }
 
 // contentCache is what the vfs needs from the block cache.

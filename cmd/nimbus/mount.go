@@ -20,6 +20,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -273,7 +274,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
 	m.db, err = bolt.Open(filepath.Join(o.cacheDir, "meta.db"), 0o600, &bolt.Options{Timeout: time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("cache folder %s is in use by another nimbus mount: unmount it, or give this one its own --cache-dir", o.cacheDir)
 	}
 	if err != nil {

@@ -42,9 +42,10 @@ func TestParseRemote(t *testing.T) {
 
 func TestRemoteIDIsStableAndDistinct(t *testing.T) {
 	a, _ := parseRemote("s3://bucket/a")
+	again, _ := parseRemote("s3://bucket/a/") // the same remote, written otherwise
 	b, _ := parseRemote("s3://bucket/b")
-	if a.id("") != a.id("") {
-		t.Fatal("id is not stable")
+	if a.id("") != again.id("") {
+		t.Fatal("the same remote gets two cache ids")
 	}
 	if a.id("") == b.id("") || a.id("") == a.id("http://other:9000") {
 		t.Fatal("different remotes or endpoints share a cache id")
