@@ -266,3 +266,28 @@ func TestEditChainedAfterConflictAlsoKeepsRemote(t *testing.T) {
 		t.Errorf("conflicts = %+v", c)
 	}
 }
+
+// TestIsConflictCopyFromMemory: the conflicted copy a conflict made is
+// known at once and after a reopen; other keys are not.
+func TestIsConflictCopyFromMemory(t *testing.T) {
+	r := newRemote(t)
+	orig := r.put("doc.txt", "v0", backend.Cond{}, nil)
+	r.put("doc.txt", "remote edit", backend.Cond{}, nil)
+	m := newMachine(t, r.root, "laptop")
+	m.put("doc.txt", "local edit", Base{Exists: true, ETag: orig.ETag})
+	m.run()
+	m.waitIdle()
+	cs := m.j.Conflicts()
+	if len(cs) != 1 || cs[0].ConflictKey == "" {
+		t.Fatalf("conflicts = %+v, want one with a copy", cs)
+	}
+	if !m.j.IsConflictCopy(cs[0].ConflictKey) || m.j.IsConflictCopy("doc.txt") {
+		t.Errorf("IsConflictCopy: copy %v, original %v; want true, false",
+			m.j.IsConflictCopy(cs[0].ConflictKey), m.j.IsConflictCopy("doc.txt"))
+	}
+	m.kill()
+	m.open()
+	if !m.j.IsConflictCopy(cs[0].ConflictKey) {
+		t.Error("the conflicted copy is forgotten after a reopen")
+	}
+}

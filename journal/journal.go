@@ -292,6 +292,7 @@ type Journal struct {
 	pendingBytes int64              // GUARDED_BY(mu); content bytes of pending PutFiles
 	uploading    int                // GUARDED_BY(mu); attempts in flight
 	conflicts    int                // GUARDED_BY(mu); recorded conflicts
+	copies       map[string]bool    // GUARDED_BY(mu); keys of the conflicted copies made
 	outage       outage             // GUARDED_BY(mu)
 	changed      chan struct{}      // GUARDED_BY(mu); closed and replaced on every change
 	wake         chan struct{}      // capacity 1, never closed: nudges the dispatcher
@@ -362,6 +363,16 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	j.lastSeq = l.lastSeq
 	j.conflicts = l.conflicts
+	recorded, err := readConflicts(cfg.DB)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	j.copies = make(map[string]bool, len(recorded))
+	for _, c := range recorded {
+		if c.ConflictKey != "" {
+			j.copies[c.ConflictKey] = true
+		}
+	}
 	j.writeMu.Lock()
 	j.mu.Lock()
 	for i := range l.records {
@@ -524,6 +535,14 @@ func (j *Journal) Stats() Stats {
 	sortParked(s.Parked)
 	sortRetrying(s.Retrying)
 	return s
+}
+
+// IsConflictCopy reports whether key is a conflicted copy this journal
+// made. It answers from memory: the state of every file asks it.
+func (j *Journal) IsConflictCopy(key string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.copies[key]
 }
 
 // Conflicts returns every recorded conflict, oldest first.

@@ -140,6 +140,9 @@ func (j *Journal) complete(e *entry, rec record, out outcome) {
 	j.removeLocked(e)
 	if out.conflict != nil {
 		j.conflicts++
+		if out.conflict.ConflictKey != "" {
+			j.copies[out.conflict.ConflictKey] = true
+		}
 	}
 	j.storeAnsweredLocked()
 	j.notifyLocked()

@@ -271,10 +271,8 @@ func (n *fileNode) state(dir, name, key string) string {
 		}
 		return stateDirty
 	}
-	for _, c := range n.fsys.cfg.Journal.Conflicts() {
-		if c.ConflictKey == key {
-			return stateConflict
-		}
+	if n.fsys.cfg.Journal.IsConflictCopy(key) {
+		return stateConflict
 	}
 	c := n.content()
 	switch cached := n.fsys.cfg.Blocks.CachedBytes(c); {

@@ -39,7 +39,7 @@ type journalLog interface {
 	Commit(ops ...journal.Op) error
 	Pending(key string) (journal.PendingOp, bool)
 	PendingUnder(prefix string) []journal.PendingOp
-	Conflicts() []journal.Conflict
+	IsConflictCopy(key string) bool
 }
 
 // Object metadata names for what POSIX keeps and S3 does not.
