@@ -217,20 +217,30 @@ func (f *FS) Reconcile() error {
 		if !ok {
 			continue
 		}
+		if newest, _ := f.cfg.Journal.Pending(p.Key); newest.Seq != p.Seq {
+			continue // a later op on the key decides what it shows
+		}
 		dir, name := splitPath(strings.TrimSuffix(rel, "/"))
+		old, known, err := f.cfg.Tree.Get(dir, name)
+		if err != nil {
+			return err
+		}
 		var e cache.Entry
 		switch p.Kind {
 		case journal.PutFile:
+			// The committed size, also when a crash came between the
+			// commit and the tree update that shows it.
 			e = cache.Entry{Name: name, Size: p.Size, Local: true}
+			if known && !old.Dir {
+				e.MTime = old.MTime
+			}
 		case journal.Copy, journal.PutMarker:
+			if known && old.Local && !old.Gone {
+				continue // already shown
+			}
 			e = cache.Entry{Name: name, Dir: p.Kind == journal.PutMarker, Local: true}
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
-		}
-		if old, ok, err := f.cfg.Tree.Lookup(dir, name); err != nil {
-			return err
-		} else if ok && old.Local && p.Kind != journal.Delete {
-			continue // already shown, with its mtime
 		}
 		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
 			return err

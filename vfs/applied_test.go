@@ -1,0 +1,93 @@
+package vfs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
+)
+
+// fakeJournal answers the pending-op queries from a fixed list (seq order).
+type fakeJournal struct{ ops []journal.PendingOp }
+
+func (j *fakeJournal) StagingFile() (*os.File, error) { return nil, os.ErrInvalid }
+func (j *fakeJournal) Commit(ops ...journal.Op) error { return os.ErrInvalid }
+func (j *fakeJournal) IsConflictCopy(string) bool     { return false }
+
+func (j *fakeJournal) Pending(key string) (journal.PendingOp, bool) {
+	var newest journal.PendingOp
+	found := false
+	for _, p := range j.ops {
+		if p.Key == key {
+			newest, found = p, true
+		}
+	}
+	return newest, found
+}
+
+func (j *fakeJournal) PendingUnder(prefix string) []journal.PendingOp {
+	var out []journal.PendingOp
+	for _, p := range j.ops {
+		if strings.HasPrefix(p.Key, prefix) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestReconcileShowsTheJournal: after a crash the tree must show what the
+// journal holds: the size of the newest committed version (the kill may
+// have come between a commit and its tree update), no file whose create
+// was never committed, and tombstones for pending deletes.
+func TestReconcileShowsTheJournal(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	tree, err := cache.OpenTree(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(1700000000, 0)
+	for _, e := range []cache.Entry{
+		{Name: "edited.bin", Size: 31309, MTime: mtime, Local: true}, // shown after an fsync
+		{Name: "ghost.bin", Local: true},                             // created, never closed
+		{Name: "deleted.txt", Size: 5, ETag: "e1"},
+	} {
+		if err := tree.PutEntry("d", e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j := &fakeJournal{ops: []journal.PendingOp{
+		{Seq: 1, Kind: journal.PutFile, Key: "d/edited.bin", Size: 31309},
+		{Seq: 2, Kind: journal.PutFile, Key: "d/edited.bin", Size: 62619}, // the close's commit
+		{Seq: 3, Kind: journal.Delete, Key: "d/deleted.txt"},
+		{Seq: 4, Kind: journal.PutFile, Key: "new/deep/file.txt", Size: 7},
+	}}
+	f := New(Config{Tree: tree, Journal: j})
+	if err := f.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok, _ := tree.Lookup("d", "edited.bin"); !ok || e.Size != 62619 || !e.MTime.Equal(mtime) {
+		t.Errorf("edited.bin = %+v %v; want the newest committed size 62619, mtime kept", e, ok)
+	}
+	if _, ok, _ := tree.Lookup("d", "ghost.bin"); ok {
+		t.Error("a file whose create was never committed is still shown")
+	}
+	if _, ok, _ := tree.Lookup("d", "deleted.txt"); ok {
+		t.Error("a file with a pending delete is shown")
+	}
+	if e, ok, _ := tree.Lookup("new/deep", "file.txt"); !ok || e.Size != 7 {
+		t.Errorf("new/deep/file.txt = %+v %v", e, ok)
+	}
+	if e, ok, _ := tree.Lookup("new", "deep"); !ok || !e.Dir {
+		t.Errorf("parent folder new/deep not shown: %+v %v", e, ok)
+	}
+}
