@@ -146,11 +146,12 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	// The working copy is made by the first write or truncate: the kernel
 	// sends O_TRUNC as a separate truncate to 0, which needs no download.
 	if flags&syscall.O_TRUNC != 0 {
-		if err := n.ensureWork(ctx, true); err != nil {
+		if err := n.lockWork(ctx, true, false); err != nil {
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}
+	} else {
+		n.mu.Lock()
 	}
-	n.mu.Lock()
 	defer n.mu.Unlock()
 	if flags&syscall.O_TRUNC != 0 && n.work.size > 0 {
 		w, err := n.forWritingLocked()

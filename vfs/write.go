@@ -199,6 +199,29 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 	return nil
 }
 
+// lockWork makes sure n has a working copy and returns with n.mu held
+// (after n.fsys.localMu, when local is set) and n.work set. A finished
+// upload may release an unchanged copy (FS.settle) between ensureWork and
+// the lock; then the copy is made again.
+func (n *fileNode) lockWork(ctx context.Context, truncate, local bool) error {
+	for {
+		if err := n.ensureWork(ctx, truncate); err != nil {
+			return err
+		}
+		if local {
+			n.fsys.localMu.Lock()
+		}
+		n.mu.Lock()
+		if n.work != nil {
+			return nil
+		}
+		n.mu.Unlock()
+		if local {
+			n.fsys.localMu.Unlock()
+		}
+	}
+}
+
 // forWriting returns n's working copy ready to be written: a committed
 // copy is copied first. Called with n.mu held; the copy is local disk I/O.
 func (n *fileNode) forWritingLocked() (*workFile, error) {
@@ -259,10 +282,9 @@ func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 		return 0, syscall.EBADF // opened read-only
 	}
 	// The first write makes the working copy, with the current content.
-	if err := n.ensureWork(ctx, false); err != nil {
+	if err := n.lockWork(ctx, false, false); err != nil {
 		return 0, toErrno(n.fsys.log, "write", err)
 	}
-	n.mu.Lock()
 	defer n.mu.Unlock()
 	w, err := n.forWritingLocked()
 	if err != nil {
@@ -313,13 +335,14 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 	}
 	if hasSize {
 		// Only the bytes that stay are needed: none for a truncate to 0.
-		if err := n.ensureWork(ctx, size == 0); err != nil {
+		if err := n.lockWork(ctx, size == 0, true); err != nil {
 			return toErrno(n.fsys.log, "truncate", err)
 		}
+	} else {
+		n.fsys.localMu.Lock()
+		n.mu.Lock()
 	}
-	n.fsys.localMu.Lock()
 	defer n.fsys.localMu.Unlock()
-	n.mu.Lock()
 	defer n.mu.Unlock()
 	if hasMode {
 		n.mode = mode & 0o7777
