@@ -163,6 +163,26 @@ type Op struct {
 	// moves each file as its own copy-then-delete pair, in parallel). It
 	// must be in [0, number of ops of the Commit).
 	Group int
+	// Delta (PutFile, optional) says which bytes of Staged are unchanged
+	// from an existing version of Key, so that a store able to copy ranges
+	// server-side re-sends only the changed parts. Nil: send everything.
+	Delta *Delta
+}
+
+// Delta describes a PutFile's content relative to a version of its key.
+type Delta struct {
+	// SrcETag is the version of Key the ranges refer to. The delta is
+	// used only while the upload's If-Match condition is this same ETag;
+	// otherwise the whole content is sent.
+	SrcETag string
+	// Same are the ranges, sorted and disjoint, where the staged content
+	// holds exactly the bytes SrcETag has at the same offsets.
+	Same []Range
+}
+
+// Range is the byte range [Off, Off+Len).
+type Range struct {
+	Off, Len int64
 }
 
 // PendingOp is a committed op that has not completed.
