@@ -120,6 +120,13 @@ func (f *FS) settle(rel string, r journal.Result) {
 			// uploaded. (This runs while the journal still lists the op,
 			// so a commit racing with it is chained by the journal.)
 			n.work.base = journal.Base{Exists: true, ETag: r.Info.ETag}
+			// Its content is that version only if nothing changed since
+			// the commit just uploaded.
+			if p, ok := f.cfg.Journal.Pending(f.fileKey(rel)); !n.work.dirty && ok && p.Seq == r.Seq {
+				n.work.changes = copiedFrom(n.work.size)
+			} else {
+				n.work.changes.forget()
+			}
 		}
 	} else {
 		// The store's version kept the name. The working copy keeps its

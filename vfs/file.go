@@ -162,6 +162,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}
 		w.size, w.dirty = 0, true
+		w.changes.truncate(0)
 		n.mtime = time.Now()
 	}
 	n.writers++

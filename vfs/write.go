@@ -58,6 +58,8 @@ type workFile struct {
 	committed bool
 	// base is the remote version the edit chain began from.
 	base journal.Base
+	// changes are the bytes that may differ from base's content.
+	changes changes
 }
 
 func (w *workFile) close() {
@@ -179,6 +181,9 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		h := n.fsys.cfg.Blocks.Open(c)
 		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
 		h.Close()
+		if err == nil && c.Key == key && c.ETag != "" && c.ETag == e.ETag {
+			w.changes = copiedFrom(c.Size)
+		}
 	}
 	if err != nil {
 		return err
@@ -194,6 +199,7 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		// Our own upload finished while the content was fetched: the
 		// edit is based on it (same bytes), not on the version before.
 		w.base = remoteBase(n.entry)
+		w.changes.forget()
 	}
 	n.work = w
 	return nil
@@ -233,6 +239,7 @@ func (n *fileNode) forWritingLocked() (*workFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	nw.changes = w.changes
 	w.close()
 	n.work = nw
 	return nw, nil
@@ -263,7 +270,8 @@ func (n *fileNode) commitLocked() error {
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("fsync working copy of %q: %w", key, err)
 	}
-	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta}
+	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta,
+		Delta: w.changes.delta(w.base, w.size)}
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
@@ -295,6 +303,7 @@ func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 		return uint32(written), toErrno(n.fsys.log, "write", err)
 	}
 	w.size = max(w.size, off+int64(written))
+	w.changes.write(off, int64(written))
 	w.dirty = true
 	n.mtime = time.Now()
 	return uint32(written), 0
@@ -359,6 +368,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 			return toErrno(n.fsys.log, "truncate", err)
 		}
 		w.size, w.dirty = int64(size), true
+		w.changes.truncate(int64(size))
 		if !hasMTime {
 			n.mtime = time.Now()
 		}
@@ -721,6 +731,7 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 		node.entry.Local = true
 		if node.work != nil {
 			node.work.base = dstBase
+			node.work.changes.forget() // they were relative to the old key
 			node.work.dirty = false // its content is journaled under the new name
 		}
 		node.mu.Unlock()
@@ -896,6 +907,7 @@ func resetMoved(ino *fs.Inode) {
 			fn.ownETag = ""
 			if fn.work != nil {
 				fn.work.base = journal.Base{}
+				fn.work.changes.forget()
 			}
 			fn.mu.Unlock()
 		} else {
