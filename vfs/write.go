@@ -732,7 +732,7 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 		if node.work != nil {
 			node.work.base = dstBase
 			node.work.changes.forget() // they were relative to the old key
-			node.work.dirty = false // its content is journaled under the new name
+			node.work.dirty = false    // its content is journaled under the new name
 		}
 		node.mu.Unlock()
 	}
