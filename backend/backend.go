@@ -13,6 +13,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -123,4 +124,86 @@ type Presigner interface {
 // later: the store was unreachable or a concurrent operation was in progress.
 func Retryable(err error) bool {
 	return errors.Is(err, ErrOffline) || errors.Is(err, ErrConflict)
+}
+
+// Range is the byte range [Off, Off+Len) of an object.
+type Range struct {
+	Off, Len int64
+}
+
+// End is the offset just past the range.
+func (r Range) End() int64 { return r.Off + r.Len }
+
+// CheckRanges returns an error unless ranges are sorted, disjoint (they may
+// touch), each at least one byte long, and within [0, size).
+func CheckRanges(ranges []Range, size int64) error {
+	var end int64
+	for i, r := range ranges {
+		switch {
+		case r.Off < 0 || r.Len <= 0:
+			return fmt.Errorf("range %d [%d, +%d) is empty or negative", i, r.Off, r.Len)
+		case r.Off < end:
+			return fmt.Errorf("range %d [%d, +%d) starts before the end of the one before (%d): ranges must be sorted and disjoint", i, r.Off, r.Len, end)
+		case r.Len > size-r.Off:
+			return fmt.Errorf("range %d [%d, +%d) ends past the object's %d bytes", i, r.Off, r.Len, size)
+		}
+		end = r.End()
+	}
+	return nil
+}
+
+// DeltaResult reports what a PutDelta did.
+type DeltaResult struct {
+	// Info is the new object (at least Key, Size and ETag); zero when
+	// PutDelta fails.
+	Info ObjectInfo
+	// Sent is how many bytes of the body were sent to the store, and
+	// Copied how many the store copied from the base version without them
+	// crossing the network, in CopyParts requests. They count requests
+	// made, so a PutDelta that fails reports what it did before failing.
+	Sent, Copied int64
+	CopyParts    int
+}
+
+// DeltaPutter is implemented by stores that can build a new version of an
+// object partly from ranges of its current version, server-side (S3
+// UploadPartCopy), so that a small edit of a large file does not send the
+// whole file again. It is optional: a store that is not a DeltaPutter is
+// sent everything with Put (see PutDelta).
+type DeltaPutter interface {
+	// PutDelta stores size bytes under key, atomically, as Put does: the
+	// bytes of body (read with ReadAt; offset 0 is the object's first
+	// byte), except that the ranges in same (see CheckRanges) may instead
+	// be copied from the version of key whose ETag is base, at the same
+	// offsets. The caller promises that body holds exactly those bytes
+	// there. The store decides what it copies and what it sends, and may
+	// send everything.
+	//
+	// The write is conditional on base, as Put with Cond{IfMatch: base}:
+	// it succeeds only if key still has ETag base when the new object
+	// becomes visible, and fails with ErrPrecondition otherwise, an absent
+	// key included. So the bytes copied are always those of base. A
+	// multipart upload vanished under it (aborted elsewhere) is
+	// ErrConflict; meta, the returned info and the other errors are Put's.
+	// An empty base or malformed ranges fail with a plain error before
+	// any request.
+	PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []Range) (DeltaResult, error)
+}
+
+// PutDelta is b's PutDelta when b is a DeltaPutter; otherwise it sends the
+// whole body with a Put conditioned on If-Match base. Decorators forward the
+// optional interface with it.
+func PutDelta(ctx context.Context, b Backend, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []Range) (DeltaResult, error) {
+	if d, ok := b.(DeltaPutter); ok {
+		return d.PutDelta(ctx, key, body, size, meta, base, same)
+	}
+	if base == "" {
+		return DeltaResult{}, fmt.Errorf("put %q: a delta needs the ETag of its base version", key)
+	}
+	if err := CheckRanges(same, size); err != nil {
+		return DeltaResult{}, fmt.Errorf("put %q: %w", key, err)
+	}
+	info, err := b.Put(ctx, key, io.NewSectionReader(body, 0, size), size, meta, Cond{IfMatch: base})
+	// A failed Put has sent its body too, or most of it.
+	return DeltaResult{Info: info, Sent: size}, err
 }

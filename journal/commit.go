@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/nimbus-fs/nimbus/backend"
 )
 
 // stagedPattern names staged files in Config.Dir.
@@ -53,9 +55,11 @@ type preparedOp struct {
 //
 // While an earlier op on the same key is pending, a new op is chained to it
 // (see the package doc), and may supersede it: a PutFile replaces a waiting
-// PutFile and keeps its base; a Delete replaces a waiting PutFile, or
-// cancels it when the key never existed remotely (then neither is
-// recorded). Ops of one call run one after the other, in order.
+// PutFile and keeps its base (but its own Delta, or none); a Delete
+// replaces a waiting PutFile, or cancels it when the key never existed
+// remotely (then neither is recorded). Ops of one call run one after the
+// other, in order. A PutFile's Delta must be sorted, disjoint, non-empty
+// ranges within its staged content, with a SrcETag, else Commit fails.
 func (j *Journal) Commit(ops ...Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -163,6 +167,9 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 		if err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
+		if err := checkDelta(op.Delta, out[i].size); err != nil {
+			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
 	}
 	if len(seen) == 0 {
 		return out, nil
@@ -211,6 +218,23 @@ func validate(op Op) error {
 	}
 	if op.Kind != PutFile && op.Staged != "" {
 		return fmt.Errorf("%s takes no staged file", op.Kind)
+	}
+	if op.Kind != PutFile && op.Delta != nil {
+		return fmt.Errorf("%s takes no delta", op.Kind)
+	}
+	return nil
+}
+
+// checkDelta checks a PutFile's delta against its staged content's size.
+func checkDelta(d *Delta, size int64) error {
+	if d == nil {
+		return nil
+	}
+	if d.SrcETag == "" {
+		return errors.New("delta without the ETag of the version it refers to")
+	}
+	if err := backend.CheckRanges(newDelta(d).ranges(), size); err != nil {
+		return fmt.Errorf("delta of the %d staged bytes: %w", size, err)
 	}
 	return nil
 }
@@ -406,6 +430,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			SrcETag:   op.SrcETag,
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
+			Delta:     newDelta(op.Delta),
 			Committed: now,
 		})
 		if prev := v.newestWriter(op.Key); prev != nil {
@@ -450,7 +475,8 @@ func cancellable(prev *entry) bool {
 // inherit makes e continue the edit chain of prev, which it supersedes: the
 // same base (the remote state the chain started on), the same commit
 // groups (so e keeps prev's place in them), the hashes that may already be
-// on the store, and the time of the oldest change.
+// on the store, and the time of the oldest change. e keeps its own Delta,
+// or none: prev's describes content that e replaces.
 func inherit(e, prev *entry) {
 	e.rec.Base = prev.rec.Base
 	for _, g := range prev.rec.Groups {

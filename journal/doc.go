@@ -24,10 +24,12 @@
 // the op (kind as a name: "put", "marker", "copy", "delete"), the staged
 // file's base name in Config.Dir, its size and SHA-256, the base the write
 // is conditioned on, the commit groups it belongs to, the hashes of earlier
-// versions it superseded that may have reached the store, and, once decided,
-// the time and reason of a conflict (so that a replay after a crash reuses
-// the same conflict name). Staged files are named "staged-*" in Config.Dir;
-// the folder belongs to one journal.
+// versions it superseded that may have reached the store, the PutFile's
+// delta if it has one (the ETag it refers to and the unchanged ranges, as
+// [offset, length] pairs; optional, so older records read as "no delta"),
+// and, once decided, the time and reason of a conflict (so that a replay
+// after a crash reuses the same conflict name). Staged files are named
+// "staged-*" in Config.Dir; the folder belongs to one journal.
 //
 // # Ordering
 //
@@ -70,9 +72,11 @@
 // A PutFile committed while the newest pending op on its key is a PutFile
 // that is not uploading supersedes it: the earlier record is removed in the
 // same transaction (its staged file afterwards) and the new op keeps the
-// earlier base and commit groups, since the edit chain started there. A
-// Delete likewise replaces a waiting PutFile, or cancels it outright when the
-// key never existed remotely and the PutFile cannot have reached the store.
+// earlier base and commit groups, since the edit chain started there, but
+// its own Delta (which the caller computes against that same base), or
+// none. A Delete likewise replaces a waiting PutFile, or cancels it outright
+// when the key never existed remotely and the PutFile cannot have reached
+// the store.
 // An op is superseded only while it is the last op of its key and of its
 // groups, so no other op was ordered after it. Because a superseded attempt
 // may have reached the store before failing (a lost response), the new op
@@ -89,6 +93,17 @@
 // conflictName(key, host, time). Deletes are conditional too, and a remote
 // edit always survives a local delete. See the Kind constants for each op's
 // rules.
+//
+// # Delta uploads
+//
+// A PutFile may carry a Delta: the ranges of its content that are unchanged
+// from a version of its key. It is used only by an upload whose If-Match is
+// that very version, through a store that is a backend.DeltaPutter (on S3,
+// the unchanged parts are copied server-side). Every other upload of the op
+// (a re-creation after a remote delete, a base resolved from a chained op,
+// the conflicted copy) sends the whole content. The nimbus-sha256 metadata
+// is the hash of the whole content either way, so a replay recognises a
+// delta upload like any other.
 //
 // # Failures
 //

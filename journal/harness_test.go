@@ -31,9 +31,10 @@ type call struct {
 	Op      string // faulty.OpPut, …
 	Key     string
 	Cond    backend.Cond
-	IfMatch string // Delete
-	Src     string // Copy
-	SrcETag string // Copy
+	IfMatch string          // Delete
+	Src     string          // Copy
+	SrcETag string          // Copy
+	Same    []backend.Range // PutDelta
 }
 
 func (c call) String() string {
@@ -48,6 +49,12 @@ func (c call) String() string {
 		s += " if-none-match"
 	case c.IfMatch != "":
 		s += " if-match " + c.IfMatch
+	}
+	if c.Op == faulty.OpPutDelta {
+		s += " same"
+		for _, r := range c.Same {
+			s += fmt.Sprintf(" %d+%d", r.Off, r.Len)
+		}
 	}
 	return s
 }
@@ -64,7 +71,10 @@ type hookStore struct {
 	after  func(ctx context.Context, c call, err error) error
 }
 
-var _ Store = (*hookStore)(nil)
+var (
+	_ Store               = (*hookStore)(nil)
+	_ backend.DeltaPutter = (*hookStore)(nil)
+)
 
 func (s *hookStore) setHooks(before func(context.Context, call) error, after func(context.Context, call, error) error) {
 	s.mu.Lock()
@@ -127,6 +137,16 @@ func (s *hookStore) Put(ctx context.Context, key string, body io.ReadSeeker, siz
 		return err
 	})
 	return info, err
+}
+
+// PutDelta is recorded with the base as its If-Match. The faulty store below
+// forwards it to the dir store, which is sent the whole body.
+func (s *hookStore) PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []backend.Range) (res backend.DeltaResult, err error) {
+	err = s.do(ctx, call{Op: faulty.OpPutDelta, Key: key, Cond: backend.Cond{IfMatch: base}, Same: same}, func() error {
+		res, err = backend.PutDelta(ctx, s.inner, key, body, size, meta, base, same)
+		return err
+	})
+	return res, err
 }
 
 func (s *hookStore) Copy(ctx context.Context, src, srcETag, dst string, cond backend.Cond) (info backend.ObjectInfo, err error) {

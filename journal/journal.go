@@ -18,7 +18,9 @@ import (
 )
 
 // Store is what the journal needs from the object store. backend.Backend
-// satisfies it; the methods keep the contracts documented there.
+// satisfies it; the methods keep the contracts documented there. A Store
+// that is also a backend.DeltaPutter uploads the PutFiles that carry a
+// Delta (see PutFile).
 type Store interface {
 	Stat(ctx context.Context, key string) (backend.ObjectInfo, error)
 	Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string, cond backend.Cond) (backend.ObjectInfo, error)
@@ -89,7 +91,11 @@ const (
 	// Base.Exists, else If-None-Match. A failed precondition is resolved
 	// by a Stat: our own earlier upload (same nimbus-sha256) is done, an
 	// absent object is re-created, anything else is a conflict and our
-	// content goes to a conflicted copy.
+	// content goes to a conflicted copy. When the op has a Delta whose
+	// SrcETag is the If-Match ETag, and the store is a
+	// backend.DeltaPutter, the upload goes through PutDelta, which may
+	// copy the unchanged ranges server-side; every other upload (another
+	// condition, the conflicted copy) sends the whole content.
 	PutFile Kind = iota + 1
 	// PutMarker creates the directory marker Op.Key ("dir/"), empty,
 	// If-None-Match; one that exists already counts as done.
@@ -201,9 +207,11 @@ type PendingOp struct {
 	// Base is the condition the op will be uploaded with. While Chained,
 	// it is what the caller passed, and is replaced by the result of the
 	// earlier pending op on Key when that completes.
-	Base      Base
-	Chained   bool
-	Meta      map[string]string
+	Base    Base
+	Chained bool
+	Meta    map[string]string
+	// Delta (PutFile) is the op's Delta, nil when it has none; a copy.
+	Delta     *Delta
 	Committed time.Time // when the oldest change this op carries was committed
 	Uploading bool
 	Parked    bool
@@ -517,6 +525,7 @@ func (j *Journal) pendingOpLocked(e *entry) PendingOp {
 		Base:       r.Base.public(),
 		Chained:    r.Base.After != 0,
 		Meta:       cloneMeta(r.Meta),
+		Delta:      r.Delta.public(),
 		Committed:  r.Committed,
 		Uploading:  e.state == stateUploading,
 		Parked:     e.state == stateParked,

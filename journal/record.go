@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/nimbus-fs/nimbus/backend"
 )
 
 // The journal's bbolt buckets. Only this file reads or writes them.
@@ -40,9 +42,12 @@ type record struct {
 	Base     base   `json:"base"`
 	// Prior are hashes of superseded versions of this key's content that
 	// may have reached the store (see "Coalescing" in the package doc).
-	Prior     []string          `json:"prior,omitempty"`
-	Meta      map[string]string `json:"meta,omitempty"`
-	Committed time.Time         `json:"committed"`
+	Prior []string          `json:"prior,omitempty"`
+	Meta  map[string]string `json:"meta,omitempty"`
+	// Delta (PutFile, optional) is Op.Delta. Records written before it
+	// existed have none, and are uploaded whole.
+	Delta     *delta    `json:"delta,omitempty"`
+	Committed time.Time `json:"committed"`
 	// ConflictTime and ConflictReason are set once the uploader decided
 	// that this op conflicts, before it uploads the conflicted copy, so
 	// that a replay picks the same name.
@@ -61,6 +66,46 @@ type base struct {
 }
 
 func (b base) public() Base { return Base{Exists: b.Exists, ETag: b.ETag} }
+
+// delta is the persisted form of Delta, its ranges as [offset, length]
+// pairs.
+type delta struct {
+	SrcETag string     `json:"src_etag"`
+	Same    [][2]int64 `json:"same,omitempty"`
+}
+
+// newDelta returns the persisted form of d (nil for nil).
+func newDelta(d *Delta) *delta {
+	if d == nil {
+		return nil
+	}
+	out := &delta{SrcETag: d.SrcETag, Same: make([][2]int64, len(d.Same))}
+	for i, r := range d.Same {
+		out.Same[i] = [2]int64{r.Off, r.Len}
+	}
+	return out
+}
+
+// public returns the Delta d records, a copy the caller may keep.
+func (d *delta) public() *Delta {
+	if d == nil {
+		return nil
+	}
+	out := &Delta{SrcETag: d.SrcETag, Same: make([]Range, len(d.Same))}
+	for i, r := range d.Same {
+		out.Same[i] = Range{Off: r[0], Len: r[1]}
+	}
+	return out
+}
+
+// ranges returns d's ranges for the store.
+func (d *delta) ranges() []backend.Range {
+	out := make([]backend.Range, len(d.Same))
+	for i, r := range d.Same {
+		out[i] = backend.Range{Off: r[0], Len: r[1]}
+	}
+	return out
+}
 
 // seqKey encodes a sequence number as a bbolt key that sorts numerically.
 func seqKey(seq uint64) []byte {

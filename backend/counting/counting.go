@@ -5,7 +5,8 @@
 //
 // Counts are of Backend calls, not HTTP requests: requests a store makes
 // internally (the S3 store's HeadObject before a conditional Delete or a
-// Copy, SDK retries) are not seen here.
+// Copy, SDK retries) are not seen here. The exception is PutDelta, whose
+// store reports the parts it copied server-side and the bytes it sent.
 package counting
 
 import (
@@ -21,14 +22,16 @@ import (
 
 // Counter names in Snapshot.
 const (
-	ListObjectsV2 = "ListObjectsV2" // one per page delivered (List and ListFlat)
-	HeadObject    = "HeadObject"    // Stat
-	GetObject     = "GetObject"     // Get
-	PutObject     = "PutObject"     // Put
-	CopyObject    = "CopyObject"    // Copy
-	DeleteObject  = "DeleteObject"  // Delete
-	BytesIn       = "bytes_in"      // bytes read by callers from Get bodies
-	BytesOut      = "bytes_out"     // sizes given to Put
+	ListObjectsV2  = "ListObjectsV2"  // one per page delivered (List and ListFlat)
+	HeadObject     = "HeadObject"     // Stat
+	GetObject      = "GetObject"      // Get
+	PutObject      = "PutObject"      // Put and PutDelta
+	UploadPartCopy = "UploadPartCopy" // parts PutDelta copied server-side
+	CopyObject     = "CopyObject"     // Copy
+	DeleteObject   = "DeleteObject"   // Delete
+	BytesIn        = "bytes_in"       // bytes read by callers from Get bodies
+	BytesOut       = "bytes_out"      // bytes uploaded: Put's size, PutDelta's bytes sent
+	BytesCopied    = "bytes_copied"   // bytes PutDelta had copied server-side instead
 )
 
 // Counting wraps a Backend and counts its use. It is safe for concurrent use.
@@ -36,12 +39,14 @@ type Counting struct {
 	inner backend.Backend
 
 	list, head, get, put, copy, del atomic.Int64
-	bytesIn, bytesOut               atomic.Int64
+	copyPart                        atomic.Int64
+	bytesIn, bytesOut, bytesCopied  atomic.Int64
 }
 
 var (
-	_ backend.Backend   = (*Counting)(nil)
-	_ backend.Presigner = (*Counting)(nil)
+	_ backend.Backend     = (*Counting)(nil)
+	_ backend.Presigner   = (*Counting)(nil)
+	_ backend.DeltaPutter = (*Counting)(nil)
 )
 
 // New returns a counting decorator around b, with all counts at zero.
@@ -57,14 +62,16 @@ func (c *Counting) Unwrap() backend.Backend { return c.inner }
 // not one instant.
 func (c *Counting) Snapshot() map[string]int64 {
 	return map[string]int64{
-		ListObjectsV2: c.list.Load(),
-		HeadObject:    c.head.Load(),
-		GetObject:     c.get.Load(),
-		PutObject:     c.put.Load(),
-		CopyObject:    c.copy.Load(),
-		DeleteObject:  c.del.Load(),
-		BytesIn:       c.bytesIn.Load(),
-		BytesOut:      c.bytesOut.Load(),
+		ListObjectsV2:  c.list.Load(),
+		HeadObject:     c.head.Load(),
+		GetObject:      c.get.Load(),
+		PutObject:      c.put.Load(),
+		UploadPartCopy: c.copyPart.Load(),
+		CopyObject:     c.copy.Load(),
+		DeleteObject:   c.del.Load(),
+		BytesIn:        c.bytesIn.Load(),
+		BytesOut:       c.bytesOut.Load(),
+		BytesCopied:    c.bytesCopied.Load(),
 	}
 }
 
@@ -128,6 +135,19 @@ func (c *Counting) Put(ctx context.Context, key string, body io.ReadSeeker, size
 	c.put.Add(1)
 	c.bytesOut.Add(size)
 	return c.inner.Put(ctx, key, body, size, meta, cond)
+}
+
+// PutDelta counts one PutObject, and what the store reports it did, whether
+// or not it succeeds: the bytes it sent, and the parts and bytes it copied
+// server-side. A store that is not a backend.DeltaPutter is sent the whole
+// body with Put (see backend.PutDelta), which counts as Put does.
+func (c *Counting) PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []backend.Range) (backend.DeltaResult, error) {
+	c.put.Add(1)
+	res, err := backend.PutDelta(ctx, c.inner, key, body, size, meta, base, same)
+	c.bytesOut.Add(res.Sent)
+	c.bytesCopied.Add(res.Copied)
+	c.copyPart.Add(int64(res.CopyParts))
+	return res, err
 }
 
 // Copy counts one CopyObject.

@@ -29,6 +29,7 @@ func wantCounts(t *testing.T, c *Counting, want map[string]int64) {
 	full := map[string]int64{
 		ListObjectsV2: 0, HeadObject: 0, GetObject: 0, PutObject: 0,
 		CopyObject: 0, DeleteObject: 0, BytesIn: 0, BytesOut: 0,
+		UploadPartCopy: 0, BytesCopied: 0,
 	}
 	maps.Copy(full, want)
 	if got := c.Snapshot(); !maps.Equal(got, full) {
@@ -197,4 +198,56 @@ func TestPresignGet(t *testing.T) {
 	if c.String() != p.String() {
 		t.Fatalf("String() = %q; want the inner %q", c.String(), p.String())
 	}
+}
+
+// deltaStore is a DeltaPutter that reports a canned result (and err).
+type deltaStore struct {
+	backend.Backend
+	res   backend.DeltaResult
+	err   error
+	calls int
+}
+
+func (d *deltaStore) PutDelta(context.Context, string, io.ReaderAt, int64, map[string]string, string, []backend.Range) (backend.DeltaResult, error) {
+	d.calls++
+	return d.res, d.err
+}
+
+func TestPutDeltaCounts(t *testing.T) {
+	ctx := context.Background()
+	c := newCounting(t)
+	if err := putString(t, c.Unwrap(), "f", "0123456789", backend.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Unwrap().Stat(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Over a store that cannot copy ranges (dir), the whole body is Put.
+	same := []backend.Range{{Off: 0, Len: 5}}
+	res, err := c.PutDelta(ctx, "f", strings.NewReader("abcdefghij"), 10, nil, info.ETag, same)
+	if err != nil || res.Sent != 10 || res.CopyParts != 0 {
+		t.Fatalf("PutDelta over dir = %+v, %v; want the whole body sent", res, err)
+	}
+	// Conditional on the base, which has changed now.
+	if _, err := c.PutDelta(ctx, "f", strings.NewReader("ABCDEFGHIJ"), 10, nil, info.ETag, same); !errors.Is(err, backend.ErrPrecondition) {
+		t.Fatalf("PutDelta on a stale base over dir = %v; want ErrPrecondition", err)
+	}
+	wantCounts(t, c, map[string]int64{PutObject: 2, BytesOut: 20})
+
+	// Over a DeltaPutter, what it reports, failures included.
+	inner := &deltaStore{Backend: c.Unwrap(), res: backend.DeltaResult{Sent: 5 << 20, Copied: 100 << 20, CopyParts: 2}}
+	c = New(inner)
+	if _, err := c.PutDelta(ctx, "f", strings.NewReader(""), 105<<20, nil, "e", nil); err != nil {
+		t.Fatal(err)
+	}
+	inner.res, inner.err = backend.DeltaResult{Sent: 1, Copied: 2, CopyParts: 1}, backend.ErrPrecondition
+	if _, err := c.PutDelta(ctx, "f", strings.NewReader(""), 105<<20, nil, "e", nil); !errors.Is(err, backend.ErrPrecondition) {
+		t.Fatalf("PutDelta = %v; want the inner store's error", err)
+	}
+	if inner.calls != 2 {
+		t.Fatalf("the inner PutDelta was called %d times; want 2", inner.calls)
+	}
+	wantCounts(t, c, map[string]int64{PutObject: 2, BytesOut: 5<<20 + 1, BytesCopied: 100<<20 + 2, UploadPartCopy: 3})
 }

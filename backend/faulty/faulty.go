@@ -27,12 +27,13 @@ const (
 	OpStat     = "Stat"
 	OpGet      = "Get"
 	OpPut      = "Put"
+	OpPutDelta = "PutDelta"
 	OpCopy     = "Copy"
 	OpDelete   = "Delete"
 )
 
 var knownOps = map[string]bool{
-	OpList: true, OpListFlat: true, OpStat: true, OpGet: true, OpPut: true, OpCopy: true, OpDelete: true,
+	OpList: true, OpListFlat: true, OpStat: true, OpGet: true, OpPut: true, OpPutDelta: true, OpCopy: true, OpDelete: true,
 }
 
 // Faulty wraps a Backend and misbehaves on request. It is safe for
@@ -55,8 +56,9 @@ type failure struct {
 }
 
 var (
-	_ backend.Backend   = (*Faulty)(nil)
-	_ backend.Presigner = (*Faulty)(nil)
+	_ backend.Backend     = (*Faulty)(nil)
+	_ backend.Presigner   = (*Faulty)(nil)
+	_ backend.DeltaPutter = (*Faulty)(nil)
 )
 
 // New returns a decorator around b that behaves like b until told otherwise.
@@ -232,6 +234,15 @@ func (f *Faulty) Put(ctx context.Context, key string, r io.ReadSeeker, size int6
 		return backend.ObjectInfo{}, err
 	}
 	return f.inner.Put(ctx, key, r, size, meta, cond)
+}
+
+// PutDelta implements backend.DeltaPutter: the decorated store's PutDelta,
+// or its Put of the whole body when it has none (see backend.PutDelta).
+func (f *Faulty) PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []backend.Range) (backend.DeltaResult, error) {
+	if err := f.before(ctx, OpPutDelta, key); err != nil {
+		return backend.DeltaResult{}, err
+	}
+	return backend.PutDelta(ctx, f.inner, key, body, size, meta, base, same)
 }
 
 // Copy implements backend.Backend.

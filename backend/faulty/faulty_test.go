@@ -41,7 +41,8 @@ func read(t *testing.T, b backend.Backend, key string) (string, error) {
 	return string(data), err
 }
 
-// ops calls every Backend method once and returns their errors by name.
+// ops calls every Backend and DeltaPutter method once and returns their
+// errors by name.
 func ops(f *Faulty) map[string]error {
 	ctx := context.Background()
 	nop := func(backend.Page) error { return nil }
@@ -51,6 +52,11 @@ func ops(f *Faulty) map[string]error {
 	_, errs[OpStat] = f.Stat(ctx, "k")
 	_, errs[OpGet] = f.Get(ctx, "k", 0, -1, "")
 	errs[OpPut] = put(f, "new")
+	base := "absent" // when the Put failed; PutDelta must fail before it matters
+	if info, err := f.Unwrap().Stat(ctx, "new"); err == nil {
+		base = info.ETag
+	}
+	_, errs[OpPutDelta] = f.PutDelta(ctx, "new", strings.NewReader("y"), 1, nil, base, nil)
 	_, errs[OpCopy] = f.Copy(ctx, "k", "", "copy", backend.Cond{})
 	errs[OpDelete] = f.Delete(ctx, "k", "")
 	return errs

@@ -183,7 +183,10 @@ func (c *Checker) Prober(ctx context.Context) {
 	}
 }
 
-var _ backend.Backend = (*Checker)(nil)
+var (
+	_ backend.Backend     = (*Checker)(nil)
+	_ backend.DeltaPutter = (*Checker)(nil)
+)
 
 func (c *Checker) List(ctx context.Context, prefix string, fn func(backend.Page) error) error {
 	return c.call(func() error { return c.inner.List(ctx, prefix, fn) })
@@ -206,6 +209,14 @@ func (c *Checker) Get(ctx context.Context, key string, off, n int64, ifMatch str
 func (c *Checker) Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string, cond backend.Cond) (info backend.ObjectInfo, err error) {
 	err = c.call(func() error { info, err = c.inner.Put(ctx, key, body, size, meta, cond); return err })
 	return info, err
+}
+
+// PutDelta forwards to the wrapped store's PutDelta, or sends the whole
+// body with its Put when it has none (see backend.PutDelta); while offline
+// it fails at once, like every call.
+func (c *Checker) PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []backend.Range) (res backend.DeltaResult, err error) {
+	err = c.call(func() error { res, err = backend.PutDelta(ctx, c.inner, key, body, size, meta, base, same); return err })
+	return res, err
 }
 
 func (c *Checker) Copy(ctx context.Context, src, srcETag, dst string, cond backend.Cond) (info backend.ObjectInfo, err error) {

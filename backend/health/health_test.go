@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +40,10 @@ func (f *flakyStore) List(ctx context.Context, prefix string, fn func(backend.Pa
 		return err
 	}
 	return fn(backend.Page{})
+}
+
+func (f *flakyStore) PutDelta(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, same []backend.Range) (backend.DeltaResult, error) {
+	return backend.DeltaResult{Sent: size}, f.result()
 }
 
 func (f *flakyStore) Get(ctx context.Context, key string, off, n int64, ifMatch string) (io.ReadCloser, error) {
@@ -111,5 +116,32 @@ func TestOtherErrorsMeanOnline(t *testing.T) {
 	c.MarkOffline(errors.New("boot without network"))
 	if st := c.State(); st.Online || st.Error == "" {
 		t.Fatalf("MarkOffline: %+v", st)
+	}
+}
+
+// TestPutDeltaFailsFastOffline: PutDelta reaches the store's own PutDelta
+// while online, marks the store offline like any call, and then fails at
+// once.
+func TestPutDeltaFailsFastOffline(t *testing.T) {
+	inner := &flakyStore{}
+	c := New(inner)
+	ctx := context.Background()
+	body := strings.NewReader("0123456789")
+	res, err := c.PutDelta(ctx, "k", body, 10, nil, "e", nil)
+	if err != nil || res.Sent != 10 || inner.calls.Load() != 1 {
+		t.Fatalf("PutDelta = %+v, %v after %d calls; want the store's own answer", res, err, inner.calls.Load())
+	}
+	inner.fail(fmt.Errorf("dial: %w", backend.ErrOffline))
+	if _, err := c.PutDelta(ctx, "k", body, 10, nil, "e", nil); !errors.Is(err, backend.ErrOffline) {
+		t.Fatalf("PutDelta to an unreachable store = %v; want ErrOffline", err)
+	}
+	if c.Online() {
+		t.Fatal("still online after PutDelta failed with ErrOffline")
+	}
+	if _, err := c.PutDelta(ctx, "k", body, 10, nil, "e", nil); !errors.Is(err, backend.ErrOffline) {
+		t.Fatalf("PutDelta while offline = %v; want ErrOffline", err)
+	}
+	if got := inner.calls.Load(); got != 2 {
+		t.Fatalf("%d calls reached the store; want 2 (none while offline)", got)
 	}
 }

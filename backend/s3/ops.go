@@ -108,14 +108,14 @@ func (s *Store) Stat(ctx context.Context, key string) (backend.ObjectInfo, error
 	return info, nil
 }
 
-// head is a HeadObject, with If-Match when ifMatch is set. Errors are the
-// SDK's, unwrapped.
-func (s *Store) head(ctx context.Context, key, ifMatch string) (backend.ObjectInfo, error) {
+// head is a HeadObject, with If-Match when ifMatch is set, and opts added
+// to the client's options. Errors are the SDK's, unwrapped.
+func (s *Store) head(ctx context.Context, key, ifMatch string, opts ...func(*awss3.Options)) (backend.ObjectInfo, error) {
 	in := &awss3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)}
 	if ifMatch != "" {
 		in.IfMatch = quoteETag(ifMatch)
 	}
-	out, err := s.client.HeadObject(ctx, in)
+	out, err := s.client.HeadObject(ctx, in, opts...)
 	if err != nil {
 		return backend.ObjectInfo{}, err
 	}

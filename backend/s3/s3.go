@@ -27,7 +27,9 @@
 // upload (multipart.go): parts are read from the body in parallel and the
 // write condition is checked when the upload is completed, so the object
 // still appears atomically and conditionally. Copy is a single CopyObject
-// (at most 5 GiB); multipart copy comes with the write path.
+// (at most 5 GiB); multipart copy comes with the write path. PutDelta
+// (delta.go) sends a new version of a large object as a multipart upload
+// whose unchanged parts are copied server-side from the current version.
 package s3
 
 import (

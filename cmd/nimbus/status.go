@@ -177,8 +177,12 @@ func printStatus(w io.Writer, r *statusReport) {
 		ops = append(ops, fmt.Sprintf("%s %d", op, n))
 	}
 	sort.Strings(ops)
-	fmt.Fprintf(tw, "requests:\t%s; %s in, %s out\n", strings.Join(ops, ", "),
-		formatSize(r.Requests["bytes_in"]), formatSize(r.Requests["bytes_out"]))
+	bytes := fmt.Sprintf("%s in, %s out", formatSize(r.Requests["bytes_in"]), formatSize(r.Requests["bytes_out"]))
+	if c := r.Requests["bytes_copied"]; c > 0 {
+		// Unchanged parts of edited files, copied by the store itself.
+		bytes += fmt.Sprintf(", %s copied server-side", formatSize(c))
+	}
+	fmt.Fprintf(tw, "requests:\t%s; %s\n", strings.Join(ops, ", "), bytes)
 	if len(r.Skipped) > 0 {
 		fmt.Fprintf(tw, "skipped:\t%d keys that cannot be shown as files:\n", len(r.Skipped))
 		for _, s := range r.Skipped {
