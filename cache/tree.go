@@ -37,6 +37,12 @@ type Entry struct {
 	// Local): Lookup and Children do not show it, and a listing that still
 	// has the object does not bring it back.
 	Gone bool
+	// Attrs marks MTime and Mode as the ones stored with version ETag (as
+	// object metadata) rather than the store's modification time: a
+	// listing, which carries no metadata, keeps them while the ETag stays.
+	Attrs bool
+	// Mode holds the permission bits; 0 means the default.
+	Mode uint32
 }
 
 // DirState records when a directory was last listed completely.
@@ -176,6 +182,10 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(treeEntries)
+		// A listing writes one directory's run of keys in order: pages
+		// split at bbolt's default half-full would double the database,
+		// and its mapped pages count in the mount's resident memory.
+		b.FillPercent = listingFillPercent
 		prefix := childPrefix(dir)
 		// Collect stale children first: a cursor must not see its own
 		// deletes. Local entries are neither stale nor overwritten.
@@ -197,6 +207,10 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 				i++
 			}
 			listed := i < len(sorted) && sorted[i].Name == name
+			if listed && old.Attrs && !old.Dir && sorted[i].ETag == old.ETag && !sorted[i].Attrs {
+				// The same version: its metadata still holds.
+				sorted[i].Attrs, sorted[i].MTime, sorted[i].Mode = true, old.MTime, old.Mode
+			}
 			if !listed || (old.Dir && !sorted[i].Dir) {
 				// Gone remotely, or a dir that became a file: drop the
 				// entry and any subtree.
@@ -233,6 +247,9 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 	}
 	return nil
 }
+
+// listingFillPercent is how full ReplaceDir packs the pages it splits.
+const listingFillPercent = 0.9
 
 // PutEntry records one child of dir, as a HEAD reported it.
 func (t *Tree) PutEntry(dir string, e Entry) error {
@@ -340,6 +357,7 @@ const (
 	entryIsDir   = 1
 	entryIsLocal = 2
 	entryIsGone  = 4
+	entryAttrs   = 8
 )
 
 // encodeEntry packs an entry compactly: flags, size, mtime, etag. The name
@@ -356,6 +374,9 @@ func encodeEntry(e Entry) []byte {
 	if e.Gone {
 		flags |= entryIsGone
 	}
+	if e.Attrs {
+		flags |= entryAttrs
+	}
 	buf = append(buf, flags)
 	buf = binary.AppendVarint(buf, e.Size)
 	var mtime int64
@@ -364,7 +385,11 @@ func encodeEntry(e Entry) []byte {
 	}
 	buf = binary.AppendVarint(buf, mtime)
 	buf = binary.AppendUvarint(buf, uint64(len(e.ETag)))
-	return append(buf, e.ETag...)
+	buf = append(buf, e.ETag...)
+	if e.Mode != 0 {
+		buf = binary.AppendUvarint(buf, uint64(e.Mode)) // absent in older records
+	}
+	return buf
 }
 
 var errCorruptEntry = errors.New("corrupt tree entry")
@@ -377,6 +402,7 @@ func decodeEntry(name string, v []byte) (Entry, error) {
 	e.Dir = v[0]&entryIsDir != 0
 	e.Local = v[0]&entryIsLocal != 0
 	e.Gone = v[0]&entryIsGone != 0
+	e.Attrs = v[0]&entryAttrs != 0
 	v = v[1:]
 	size, n := binary.Varint(v)
 	if n <= 0 {
@@ -396,6 +422,13 @@ func decodeEntry(name string, v []byte) (Entry, error) {
 		return e, errCorruptEntry
 	}
 	e.ETag = string(v[n : n+int(l)])
+	if v = v[n+int(l):]; len(v) > 0 {
+		mode, n := binary.Uvarint(v)
+		if n <= 0 {
+			return e, errCorruptEntry
+		}
+		e.Mode = uint32(mode)
+	}
 	return e, nil
 }
 

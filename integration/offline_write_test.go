@@ -179,6 +179,13 @@ func TestOfflineWrites(t *testing.T) {
 // uploads and loses none of them; a later mount on the same cache folder
 // shows them at once and uploads them.
 func TestUnmountWithPendingUploads(t *testing.T) {
+	// nimbus unmount, and Ctrl-C or a service manager's stop.
+	for _, how := range []string{"unmount", "SIGINT", "SIGTERM"} {
+		t.Run(how, func(t *testing.T) { testUnmountWithPendingUploads(t, how) })
+	}
+}
+
+func testUnmountWithPendingUploads(t *testing.T, how string) {
 	e := newEnv(t)
 	e.put("existing.txt", []byte("existing"))
 	cacheDir := t.TempDir()
@@ -212,7 +219,7 @@ func TestUnmountWithPendingUploads(t *testing.T) {
 		t.Errorf("no pending uploads after offline writes: %+v", st.Uploads)
 	}
 
-	offlineUnmount(t, m, time.Minute)
+	offlineUnmount(t, m, how, time.Minute)
 
 	e.minio.Restart()
 	// The store is up but nothing is mounted: nothing was uploaded
@@ -411,28 +418,41 @@ func offlineStatusOf(t *testing.T, m *mount) offlineStatus {
 
 // offlineUnmount runs nimbus unmount, which must return within d, and
 // waits for the daemon to exit.
-func offlineUnmount(t *testing.T, m *mount, d time.Duration) {
+func offlineUnmount(t *testing.T, m *mount, how string, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, nimbusBin, "unmount", m.dir).CombinedOutput()
-	if ctx.Err() != nil {
-		t.Fatalf("nimbus unmount with pending uploads and the store down: still running after %v", d)
-	}
-	if err != nil {
-		t.Fatalf("nimbus unmount with pending uploads and the store down: %v: %s", err, out)
+	switch how {
+	case "unmount":
+		out, err := exec.CommandContext(ctx, nimbusBin, "unmount", m.dir).CombinedOutput()
+		if ctx.Err() != nil {
+			t.Fatalf("nimbus unmount with pending uploads and the store down: still running after %v", d)
+		}
+		if err != nil {
+			t.Fatalf("nimbus unmount with pending uploads and the store down: %v: %s", err, out)
+		}
+	case "SIGINT":
+		if err := m.cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	case "SIGTERM":
+		if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unknown way to unmount %q", how)
 	}
 	select {
 	case <-m.exited:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("daemon still running 20s after nimbus unmount")
+		t.Fatalf("daemon still running 20s after %s", how)
 	}
 	if isMounted(m.dir) {
-		t.Fatalf("%s still mounted after nimbus unmount", m.dir)
+		t.Fatalf("%s still mounted after %s", m.dir, how)
 	}
 	if code := m.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("nimbus mount exited with status %d after nimbus unmount", code)
+		t.Errorf("nimbus mount exited with status %d after %s", code, how)
 	}
-	t.Logf("unmounted in %v with the store down", time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: unmounted in %v with the store down", how, time.Since(start).Round(time.Millisecond))
 }

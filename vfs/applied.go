@@ -4,6 +4,7 @@ import (
 	"path"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 
@@ -22,6 +23,7 @@ func (f *FS) Applied(r journal.Result) {
 	}
 	dir, name := splitPath(strings.TrimSuffix(rel, "/"))
 	var notify []string // paths whose kernel entries changed
+	var stored cache.Entry // the entry of an uploaded or copied file
 
 	f.localMu.Lock()
 	// Pending still lists the op being reported: only a newer one counts.
@@ -40,10 +42,15 @@ func (f *FS) Applied(r journal.Result) {
 		f.putEntry(dir, cache.Entry{Name: name, Dir: true})
 	default: // PutFile, Copy
 		e := cache.Entry{Name: name, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime}
-		if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && !old.MTime.IsZero() {
-			e.MTime = old.MTime // the local mtime, also stored as metadata
+		if r.Op.Kind == journal.PutFile && r.Op.Meta != nil {
+			attrsFromMeta(r.Op.Meta, &e) // what was stored with it
+		} else if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && !old.MTime.IsZero() {
+			// A copy carries its source's metadata, which the entry
+			// shown for it has.
+			e.MTime, e.Mode, e.Attrs = old.MTime, old.Mode, old.Attrs
 		}
 		f.putEntry(dir, e)
+		stored = e
 	}
 	if r.Conflict != nil && r.Conflict.ConflictKey != "" {
 		if crel, ok := f.relPath(r.Conflict.ConflictKey); ok {
@@ -55,7 +62,7 @@ func (f *FS) Applied(r journal.Result) {
 	// The live node changes in the same critical section as the tree: a
 	// delete or rename reading it cannot see one without the other.
 	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {
-		f.settle(rel, r)
+		f.settle(rel, r, stored)
 	}
 	f.localMu.Unlock()
 
@@ -105,7 +112,7 @@ func (f *FS) putEntry(dir string, e cache.Entry) {
 // settle lets a live node with no unsaved change read the uploaded version
 // from the store from now on, releasing its working copy. Called with
 // f.localMu held.
-func (f *FS) settle(rel string, r journal.Result) {
+func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 	n := f.liveFile(rel)
 	if n == nil {
 		return
@@ -114,6 +121,7 @@ func (f *FS) settle(rel string, r journal.Result) {
 	defer n.mu.Unlock()
 	if r.Conflict == nil && !r.Dropped {
 		n.entry.ETag, n.entry.Size, n.entry.Local = r.Info.ETag, r.Info.Size, false
+		n.entry.MTime, n.entry.Mode, n.entry.Attrs = stored.MTime, stored.Mode, stored.Attrs
 		n.ownETag = r.Info.ETag
 		if n.work != nil {
 			// The next commit of this working copy edits what was just
@@ -137,6 +145,10 @@ func (f *FS) settle(rel string, r journal.Result) {
 	if n.work != nil && !n.work.dirty && n.writers == 0 {
 		n.work.close()
 		n.work = nil
+		if r.Conflict == nil && !r.Dropped {
+			// The entry holds the mode and mtime that were uploaded.
+			n.mode, n.mtime = 0, time.Time{}
+		}
 	}
 }
 

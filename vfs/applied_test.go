@@ -31,6 +31,17 @@ func (j *fakeJournal) Pending(key string) (journal.PendingOp, bool) {
 	return newest, found
 }
 
+func (j *fakeJournal) PendingBefore(key string, seq uint64) (journal.PendingOp, bool) {
+	var newest journal.PendingOp
+	found := false
+	for _, p := range j.ops {
+		if p.Key == key && p.Seq < seq {
+			newest, found = p, true
+		}
+	}
+	return newest, found
+}
+
 func (j *fakeJournal) PendingUnder(prefix string) []journal.PendingOp {
 	var out []journal.PendingOp
 	for _, p := range j.ops {

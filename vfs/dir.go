@@ -51,13 +51,13 @@ func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr)
 		}
 		return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	}
-	n.fsys.fillFileAttr(e, out)
 	if ch := n.GetChild(e.Name); ch != nil && !ch.IsDir() {
 		if fn, ok := ch.Operations().(*fileNode); ok {
-			fn.setEntry(e)
+			fn.refresh(e, out)
 			return ch
 		}
 	}
+	n.fsys.fillFileAttr(e, out)
 	return n.NewInode(ctx, newFileNode(n.fsys, e), fs.StableAttr{Mode: syscall.S_IFREG})
 }
 

@@ -50,6 +50,18 @@ func (n *fileNode) setEntry(e cache.Entry) {
 	n.mu.Unlock()
 }
 
+// refresh gives the live node the entry a listing or lookup found, unless
+// it has local content, which is newer until uploaded, and describes the
+// file as this machine sees it.
+func (n *fileNode) refresh(e cache.Entry, out *fuse.Attr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.work == nil && !n.entry.Local {
+		n.entry = e
+	}
+	n.fillAttrLocked(out)
+}
+
 func (n *fileNode) getEntry() cache.Entry {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -68,12 +80,22 @@ func (n *fileNode) location() (dir, name, key string) {
 
 // content is the store's version of the file that reads should see. A file
 // renamed locally whose server-side copy is still pending is read from its
-// source: same bytes, and its cached blocks (offline too).
+// source: same bytes, and its cached blocks (offline too). A file renamed
+// twice before the first copy is done reads the first source.
 func (n *fileNode) content() cache.Content {
 	_, _, key := n.location()
 	e := n.getEntry()
-	if p, ok := n.fsys.cfg.Journal.Pending(key); ok && p.Kind == journal.Copy && !p.SrcChained {
-		return cache.Content{Key: p.Src, ETag: p.SrcETag, Size: e.Size}
+	k, before := key, uint64(0)
+	for range 16 { // rename chains are short; the bound guards against a cycle
+		p, ok := n.fsys.pendingBefore(k, before)
+		if !ok || p.Kind != journal.Copy {
+			break
+		}
+		if !p.SrcChained {
+			return cache.Content{Key: p.Src, ETag: p.SrcETag, Size: e.Size}
+		}
+		// Its version is the one the op on Src before it leaves.
+		k, before = p.Src, p.Seq
 	}
 	return cache.Content{Key: key, ETag: e.ETag, Size: e.Size}
 }
@@ -225,7 +247,8 @@ func (n *fileNode) revalidate(ctx context.Context) error {
 	}
 	old := n.getEntry()
 	e := cache.Entry{Name: name, Size: info.Size, ETag: info.ETag, MTime: info.ModTime}
-	if e.ETag == old.ETag && e.Size == old.Size && e.MTime.Equal(old.MTime) {
+	attrsFromMeta(info.Meta, &e)
+	if e.ETag == old.ETag && e.Size == old.Size && e.MTime.Equal(old.MTime) && e.Mode == old.Mode {
 		return nil
 	}
 	n.setEntry(e)
@@ -333,15 +356,39 @@ func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	if res, ok, errno := fh.readLocal(dest, off); ok {
 		return res, errno
 	}
-	h, c := fh.blocks()
-	if off >= c.Size {
-		return fuse.ReadResultData(nil), 0
+	for attempt := 1; ; attempt++ {
+		h, c := fh.blocks()
+		if off >= c.Size {
+			return fuse.ReadResultData(nil), 0
+		}
+		nread, err := h.ReadAt(ctx, dest, off)
+		if err == nil || errors.Is(err, io.EOF) {
+			return fuse.ReadResultData(dest[:nread]), 0
+		}
+		if attempt >= maxResolve || !isGone(err) || !fh.follow(c) {
+			return nil, toErrno(fh.fsys.log, "read", err)
+		}
 	}
-	nread, err := h.ReadAt(ctx, dest, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, toErrno(fh.fsys.log, "read", err)
+}
+
+// follow moves a handle that read c to where the same bytes are now, after
+// reading c failed because it is gone: a renamed file's server-side copy
+// completed and its source was deleted. A version replaced by a different
+// one is not followed: the handle keeps failing rather than mix versions.
+// It reports whether the handle moved.
+func (fh *fileHandle) follow(c cache.Content) bool {
+	now := fh.node.content()
+	if now.Key == c.Key {
+		return false
 	}
-	return fuse.ReadResultData(dest[:nread]), 0
+	fh.mu.Lock()
+	defer fh.mu.Unlock()
+	if fh.content != c {
+		return true // moved meanwhile by another read
+	}
+	fh.h.Close()
+	fh.content, fh.h = now, fh.fsys.cfg.Blocks.Open(now)
+	return true
 }
 
 // readLocal reads the node's working copy, if it has one (ok).

@@ -301,6 +301,9 @@ func (f *FS) fillDirAttr(out *fuse.Attr) {
 // fillFileAttr describes a file from its entry.
 func (f *FS) fillFileAttr(e cache.Entry, out *fuse.Attr) {
 	out.Mode = syscall.S_IFREG | 0o644
+	if e.Mode != 0 {
+		out.Mode = syscall.S_IFREG | e.Mode
+	}
 	out.Nlink = 1
 	out.Size = uint64(e.Size)
 	out.Blocks = (uint64(e.Size) + 511) / 512

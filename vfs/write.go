@@ -38,6 +38,7 @@ type journalLog interface {
 	StagingFile() (*os.File, error)
 	Commit(ops ...journal.Op) error
 	Pending(key string) (journal.PendingOp, bool)
+	PendingBefore(key string, seq uint64) (journal.PendingOp, bool)
 	PendingUnder(prefix string) []journal.PendingOp
 	IsConflictCopy(key string) bool
 }
@@ -47,6 +48,27 @@ const (
 	metaMTime = "nimbus-mtime" // modification time, Unix nanoseconds
 	metaMode  = "nimbus-mode"  // permission bits, octal
 )
+
+// attrMeta is the object metadata that keeps a file's mode (0: the
+// default) and mtime.
+func attrMeta(mode uint32, mtime time.Time) map[string]string {
+	meta := map[string]string{metaMTime: strconv.FormatInt(mtime.UnixNano(), 10)}
+	if mode != 0 {
+		meta[metaMode] = strconv.FormatUint(uint64(mode), 8)
+	}
+	return meta
+}
+
+// attrsFromMeta sets e's mtime and mode from object metadata that has them
+// (written by attrMeta, here or on another machine).
+func attrsFromMeta(meta map[string]string, e *cache.Entry) {
+	if ns, err := strconv.ParseInt(meta[metaMTime], 10, 64); err == nil {
+		e.MTime, e.Attrs = time.Unix(0, ns), true
+	}
+	if m, err := strconv.ParseUint(meta[metaMode], 8, 32); err == nil && m != 0 && m <= 0o7777 {
+		e.Mode, e.Attrs = uint32(m), true
+	}
+}
 
 // workFile is the local content of a file.
 type workFile struct {
@@ -115,20 +137,32 @@ func removeQuietly(path string) {
 // when the store does not have it yet: a pending upload of key, or of the
 // source of a pending copy to key (a file renamed before its upload ended).
 func (f *FS) pendingContent(key string) (staged string, size int64, ok bool) {
+	before := uint64(0)
 	for range 16 { // rename chains are short; the bound guards against a cycle
-		p, pending := f.cfg.Journal.Pending(key)
+		p, pending := f.pendingBefore(key, before)
 		switch {
 		case !pending:
 			return "", 0, false
 		case p.Kind == journal.PutFile:
 			return p.Staged, p.Size, true
 		case p.Kind == journal.Copy && p.SrcChained:
-			key = p.Src
+			// The source's content is what its op before the copy
+			// leaves (the rename's own delete of it comes after).
+			key, before = p.Src, p.Seq
 		default:
 			return "", 0, false
 		}
 	}
 	return "", 0, false
+}
+
+// pendingBefore returns the newest pending op on key committed before op
+// seq; seq 0 means the newest of all.
+func (f *FS) pendingBefore(key string, seq uint64) (journal.PendingOp, bool) {
+	if seq == 0 {
+		return f.cfg.Journal.Pending(key)
+	}
+	return f.cfg.Journal.PendingBefore(key, seq)
 }
 
 // blockReaderAt reads a remote version through the block cache.
@@ -156,37 +190,24 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		n.mu.Unlock()
 		return nil
 	}
-	e := n.entry
 	n.mu.Unlock()
 
-	_, _, key := n.location()
 	var w *workFile
-	var err error
-	if truncate {
-		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
-	} else if staged, size, ok := n.fsys.pendingContent(key); ok {
-		// Content committed but not uploaded yet: start from it. Once
-		// uploaded, the journal removes it: then read the store's version,
-		// which Applied has recorded by then.
-		var sf *os.File
-		if sf, err = os.Open(staged); err == nil {
-			w, err = n.fsys.newWorkFile(ctx, sf, size, remoteBase(e))
-			sf.Close()
-		} else if errors.Is(err, os.ErrNotExist) {
-			e, err = n.getEntry(), nil
+	var e cache.Entry
+	for attempt := 1; ; attempt++ {
+		var src string
+		var err error
+		w, e, src, err = n.copyContent(ctx, truncate)
+		if err == nil {
+			break
 		}
-	}
-	if w == nil && err == nil {
-		c := n.content() // a pending rename reads its source
-		h := n.fsys.cfg.Blocks.Open(c)
-		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
-		h.Close()
-		if err == nil && c.Key == key && c.ETag != "" && c.ETag == e.ETag {
-			w.changes = copiedFrom(c.Size)
+		// The content can move while it is copied: an upload finishes and
+		// its staged file goes, a renamed file's copy completes and its
+		// source is deleted. Then it is found again where it went.
+		if attempt >= maxResolve || !isGone(err) || n.contentSource() == src {
+			return err
 		}
-	}
-	if err != nil {
-		return err
+		time.Sleep(time.Duration(attempt) * time.Millisecond) // the journal is mid-step
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -203,6 +224,64 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 	}
 	n.work = w
 	return nil
+}
+
+// maxResolve bounds how often a read follows content that moved.
+const maxResolve = 8
+
+// isGone reports whether err says the content read was not where it was
+// looked for.
+func isGone(err error) bool {
+	return errors.Is(err, backend.ErrNotFound) || errors.Is(err, os.ErrNotExist) || errors.Is(err, backend.ErrPrecondition)
+}
+
+// contentSource names where n's current content is: a staged file of the
+// journal, or a version of an object. Two calls that return the same name
+// would read the same bytes.
+func (n *fileNode) contentSource() string {
+	_, _, key := n.location()
+	if staged, _, ok := n.fsys.pendingContent(key); ok {
+		return "staged " + staged
+	}
+	c := n.content()
+	return "object " + c.Key + " " + c.ETag
+}
+
+// copyContent makes a new working copy of n's current content (an empty
+// one when truncate is set). It returns the entry the copy was based on and
+// the contentSource it read.
+func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile, e cache.Entry, src string, err error) {
+	e = n.getEntry()
+	if truncate {
+		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
+		return w, e, "", err
+	}
+	_, _, key := n.location()
+	if staged, size, ok := n.fsys.pendingContent(key); ok {
+		// Content committed but not uploaded yet: start from it. The
+		// journal removes it once uploaded, after Applied has recorded
+		// the new version: then that is read from the store.
+		src = "staged " + staged
+		sf, err := os.Open(staged)
+		if err == nil {
+			defer sf.Close()
+			w, err = n.fsys.newWorkFile(ctx, sf, size, remoteBase(e))
+			return w, e, src, err
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, e, src, err
+		}
+		e = n.getEntry()
+	}
+	c := n.content() // a pending rename reads its source
+	src = "object " + c.Key + " " + c.ETag
+	h := n.fsys.cfg.Blocks.Open(c)
+	defer h.Close()
+	w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
+	if err == nil && c.Key == key && c.ETag != "" && c.ETag == e.ETag {
+		w.changes = copiedFrom(c.Size)
+	}
+	return w, e, src, err
 }
 
 // lockWork makes sure n has a working copy and returns with n.mu held
@@ -263,10 +342,11 @@ func (n *fileNode) commitLocked() error {
 	if n.mtime.IsZero() {
 		n.mtime = time.Now()
 	}
-	meta := map[string]string{metaMTime: strconv.FormatInt(n.mtime.UnixNano(), 10)}
-	if n.mode != 0 {
-		meta[metaMode] = strconv.FormatUint(uint64(n.mode), 8)
+	mode := n.mode
+	if mode == 0 {
+		mode = n.entry.Mode // an edit keeps the mode the file had
 	}
+	meta := attrMeta(mode, n.mtime)
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("fsync working copy of %q: %w", key, err)
 	}
@@ -276,7 +356,7 @@ func (n *fileNode) commitLocked() error {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
 	w.dirty, w.committed = false, true
-	n.entry = cache.Entry{Name: name, Size: w.size, MTime: n.mtime, ETag: n.entry.ETag, Local: true}
+	n.entry = cache.Entry{Name: name, Size: w.size, MTime: n.mtime, Mode: mode, Attrs: true, ETag: n.entry.ETag, Local: true}
 	if err := n.fsys.cfg.Tree.PutEntry(dir, n.entry); err != nil {
 		n.fsys.log.Warn("record local change", "key", key, "err", err)
 	}
@@ -342,12 +422,20 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 			return toErrno(n.fsys.log, "setattr", err)
 		}
 	}
-	if hasSize {
+	switch {
+	case hasSize:
 		// Only the bytes that stay are needed: none for a truncate to 0.
 		if err := n.lockWork(ctx, size == 0, true); err != nil {
 			return toErrno(n.fsys.log, "truncate", err)
 		}
-	} else {
+	case hasMode || hasMTime:
+		// Mode and mtime travel as metadata with the content, so they
+		// are uploaded with it. A store that copies ranges server-side
+		// gets only the metadata (journal.Delta covers every byte).
+		if err := n.lockWork(ctx, false, true); err != nil {
+			return toErrno(n.fsys.log, "setattr", err)
+		}
+	default:
 		n.fsys.localMu.Lock()
 		n.mu.Lock()
 	}
@@ -372,17 +460,20 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		if !hasMTime {
 			n.mtime = time.Now()
 		}
-	} else if (hasMode || hasMTime) && n.work != nil {
-		// Carried as metadata with the content: a committed copy is the
-		// journal's, so the change needs a copy of its own.
+	} else if hasMode || hasMTime {
+		// A committed copy is the journal's: the change needs a copy of
+		// its own.
 		w, err := n.forWritingLocked()
 		if err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
 		}
 		w.dirty = true
 	}
-	// Without an open handle no close will follow: journal it now.
-	if n.writers == 0 {
+	// Without an open handle no close will follow: journal it now. A
+	// truncate(2) by path is journaled even while handles are open: the
+	// kernel releases a closed handle asynchronously, so a count above
+	// zero may be a file closed just before.
+	if fh == nil || n.writers == 0 {
 		if err := n.commitLocked(); err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
 		}
@@ -400,10 +491,10 @@ func (n *fileNode) fillAttrLocked(out *fuse.Attr) {
 	if !n.mtime.IsZero() {
 		e.MTime = n.mtime
 	}
-	n.fsys.fillFileAttr(e, out)
 	if n.mode != 0 {
-		out.Mode = syscall.S_IFREG | n.mode
+		e.Mode = n.mode
 	}
+	n.fsys.fillFileAttr(e, out)
 }
 
 // --- directory operations ---
@@ -684,41 +775,52 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		}
 		return nil
 	}
+	return f.renameFile(srcDir, name, dstDir, newName, live, liveDst)
+}
+
+// renameFile journals the move of one file and updates the tree.
+func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.Inode) error {
+	srcKey := f.fileKey(cache.JoinPath(srcDir, name))
+	dstKey := f.fileKey(cache.JoinPath(dstDir, newName))
 	var node *fileNode
 	if live != nil {
 		node, _ = live.Operations().(*fileNode)
 	}
-	return f.renameFile(srcDir, name, dstDir, newName, src, old, exists, node)
-}
-
-// renameFile journals the move of one file and updates the tree.
-func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Entry, dstExists bool, node *fileNode) error {
-	srcKey := f.fileKey(cache.JoinPath(srcDir, name))
-	dstKey := f.fileKey(cache.JoinPath(dstDir, newName))
+	// The local content is copied first, without the lock: it is disk I/O.
+	w, err := f.copyLocalContent(srcKey, node)
+	if err != nil {
+		return err
+	}
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	// Both versions are read again under the lock of the commit: an upload
+	// of either that finished since is then seen, and one still running
+	// is chained onto by the journal. A base read earlier could name the
+	// version before our own upload, and the delete or overwrite would
+	// then look like a conflict with ourselves.
+	src, ok, err := f.shownEntry(srcDir, name, live)
+	if err == nil && !ok {
+		err = syscall.ENOENT
+	}
+	old, dstExists, err2 := f.shownEntry(dstDir, newName, liveDst)
+	if err = errors.Join(err, err2); err != nil {
+		if w != nil {
+			removeQuietly(w.f.Name())
+		}
+		return err
+	}
 	dstBase := journal.Base{}
 	if dstExists {
 		dstBase = remoteBase(old)
 	}
 	var first journal.Op
 	size := src.Size
-	w, err := f.copyLocalContent(srcKey, node, dstBase)
-	if err != nil {
-		return err
-	}
 	if w != nil {
 		// Local content: upload it under the new name.
 		size = w.size
-		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase}
+		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(src.Mode, src.MTime)}
 	} else {
 		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
-	}
-	f.localMu.Lock()
-	defer f.localMu.Unlock()
-	if src.ETag == "" {
-		// Shown before its upload finished, which may have finished since.
-		if e, ok, err := f.cfg.Tree.Lookup(srcDir, name); err == nil && ok {
-			src.ETag = e.ETag
-		}
 	}
 	del := journal.Op{Kind: journal.Delete, Key: srcKey, Base: remoteBase(src)}
 	if err := f.cfg.Journal.Commit(first, del); err != nil {
@@ -741,19 +843,19 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, src, old cache.Ent
 	}
 	// The source's cached blocks stay: the file is read from them until
 	// the server-side copy is done.
-	return f.cfg.Tree.PutEntry(dstDir, cache.Entry{Name: newName, Size: size, MTime: src.MTime, Local: true})
+	return f.cfg.Tree.PutEntry(dstDir, cache.Entry{Name: newName, Size: size, MTime: src.MTime, Mode: src.Mode, Attrs: src.Attrs, Local: true})
 }
 
 // copyLocalContent copies the content of a file that exists only locally
 // or has local changes (the live node's working copy, read through its open
 // descriptor, or the journal's staged file) into a new staging file, closed
 // and ready to commit. It returns nil when the store has the current content.
-func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*workFile, error) {
+func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 	if node != nil {
 		node.mu.Lock()
 		defer node.mu.Unlock() // local disk I/O only
 		if node.work != nil {
-			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, base)
+			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, journal.Base{})
 			if err != nil {
 				return nil, err
 			}
@@ -773,7 +875,7 @@ func (f *FS) copyLocalContent(key string, node *fileNode, base journal.Base) (*w
 		return nil, fmt.Errorf("pending content of %q: %w", key, err)
 	}
 	defer staged.Close()
-	w, err := f.newWorkFile(context.Background(), staged, size, base)
+	w, err := f.newWorkFile(context.Background(), staged, size, journal.Base{})
 	if err != nil {
 		return nil, err
 	}
@@ -800,6 +902,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	var ops []journal.Op
 	var staged []string
 	var shown []cache.Entry // entries to show under the new folder, Name = path below it
+	var settle []int        // deletes of keys that had pending ops: indexes in ops
 	moveKey := func(key, etag string, size int64) error {
 		rest := key[len(srcPrefix):]
 		newKey := dstPrefix + rest
@@ -808,7 +911,8 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 		del := journal.Op{Kind: journal.Delete, Key: key, Base: journal.Base{Exists: etag != "", ETag: etag}}
 		var move journal.Op
-		if p, ok := pending[key]; ok {
+		p, hadPending := pending[key]
+		if hadPending {
 			delete(pending, key)
 			switch p.Kind {
 			case journal.Delete:
@@ -816,21 +920,24 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 			case journal.PutMarker:
 				move = journal.Op{Kind: journal.PutMarker, Key: newKey}
 			case journal.PutFile:
-				content, err := os.Open(p.Staged)
-				if err != nil {
+				w, err := f.copyStaged(ctx, p)
+				switch {
+				case errors.Is(err, os.ErrNotExist):
+					// Uploaded meanwhile: copy it like the pending
+					// copy below.
+					move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key}
+				case err != nil:
 					return err
+				default:
+					staged = append(staged, w.f.Name())
+					size = p.Size
+					move = journal.Op{Kind: journal.PutFile, Key: newKey, Staged: w.f.Name(), Meta: p.Meta}
 				}
-				w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{})
-				content.Close()
-				if err != nil {
-					return err
-				}
-				w.close()
-				staged = append(staged, w.f.Name())
-				size = p.Size
-				move = journal.Op{Kind: journal.PutFile, Key: newKey, Staged: w.f.Name(), Meta: p.Meta}
 			case journal.Copy:
-				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: p.Src, SrcETag: p.SrcETag}
+				// Copied from the pending copy's result, which the
+				// journal chains onto: its own source goes away with
+				// the rename that made it.
+				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key}
 			}
 		} else if strings.HasSuffix(key, "/") {
 			move = journal.Op{Kind: journal.PutMarker, Key: newKey}
@@ -842,6 +949,9 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 		group := len(ops) / 2
 		move.Group, del.Group = group, group
+		if hadPending {
+			settle = append(settle, len(ops)+1) // its base is set under the commit's lock
+		}
 		ops = append(ops, move, del)
 		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
 			shown = append(shown, cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true})
@@ -870,6 +980,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
 	if err == nil {
+		f.settleMovedBases(ops, settle)
 		err = f.cfg.Journal.Commit(ops...)
 	}
 	if err != nil {
@@ -895,6 +1006,49 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 	}
 	return nil
+}
+
+// settleMovedBases sets the condition of the deletes ops[i], i in idx, of
+// keys that had local ops pending when a folder rename was prepared. Called
+// with f.localMu held, so that FS.applied cannot run until the commit. The
+// newest version of such a key is this machine's: an op still pending has
+// a Local tree entry and cannot finish before the commit (its Applied waits
+// for the lock), and the journal chains the delete onto it; one that
+// finished meanwhile left its ETag in the tree.
+func (f *FS) settleMovedBases(ops []journal.Op, idx []int) {
+	for _, i := range idx {
+		del := &ops[i]
+		del.Base = journal.Base{}
+		if strings.HasSuffix(del.Key, "/") {
+			del.Base = journal.Base{Exists: true} // markers go whatever their ETag
+			continue
+		}
+		rel, ok := f.relPath(del.Key)
+		if !ok {
+			continue
+		}
+		dir, name := splitPath(rel)
+		if e, ok, err := f.cfg.Tree.Get(dir, name); err == nil && ok && !e.Local {
+			del.Base = remoteBase(e)
+		}
+	}
+}
+
+// copyStaged copies the content of pending PutFile p into a new staging
+// file, closed and ready to commit. os.ErrNotExist: p was uploaded and its
+// content removed.
+func (f *FS) copyStaged(ctx context.Context, p journal.PendingOp) (*workFile, error) {
+	content, err := os.Open(p.Staged)
+	if err != nil {
+		return nil, err
+	}
+	defer content.Close()
+	w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{})
+	if err != nil {
+		return nil, err
+	}
+	w.close()
+	return w, nil
 }
 
 // resetMoved forgets the remote versions live nodes below ino knew under
