@@ -23,6 +23,7 @@ func (n *dirNode) path() string { return n.Path(nil) }
 var _ = (fs.NodeLookuper)((*dirNode)(nil))
 
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.fsys.inodes.touch(n)
 	dir := n.path()
 	// A name the store cannot hold gets the errno that says why.
 	if err := checkKey(n.fsys.fileKey(cache.JoinPath(dir, name))); err != nil {
@@ -64,6 +65,7 @@ func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr)
 var _ = (fs.NodeReaddirer)((*dirNode)(nil))
 
 func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	n.fsys.inodes.touch(n)
 	dir := n.path()
 	if err := n.fsys.ensureListed(ctx, dir); err != nil {
 		return nil, toErrno(n.fsys.log, "readdir", err)

@@ -141,8 +141,9 @@ type FS struct {
 
 	root *dirNode // set by Root
 
-	watched watchSet // directories to poll
-	pinJobs pinJobs  // the latest pin job of each pinned path
+	watched watchSet    // directories to poll
+	pinJobs pinJobs     // the latest pin job of each pinned path
+	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
 
 	// bgCtx is the context of background work (pin jobs); Stop ends it.
 	bgCtx  context.Context

@@ -268,6 +268,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	setSoftMemoryLimit()
+	startProfiling(log)
 
 	m := &mountState{opts: o, log: log, started: time.Now(), unmountC: make(chan struct{}, 1)}
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
