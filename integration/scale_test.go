@@ -71,7 +71,7 @@ func TestScaleMillionKeys(t *testing.T) {
 	mem := logMemory(t, pid, "after the second find")
 	// The file-backed part is mostly the tree's bbolt file, mapped: page
 	// cache the kernel can reclaim, bounded by the database's size.
-	if fi, err := os.Stat(filepath.Join(cacheDir, "meta.db")); err == nil {
+	if fi, err := os.Stat(filepath.Join(cacheDir, "tree.db")); err == nil {
 		t.Logf("tree database: %s for %d keys", mib(fi.Size()), keys)
 	}
 	if mem.hwm >= scaleRSSLimit {

@@ -283,8 +283,20 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		return fmt.Errorf("open cache database in %s: %w", o.cacheDir, err)
 	}
 	defer m.db.Close()
-	if m.tree, err = cache.OpenTree(m.db); err != nil {
+	treeDB, err := cache.OpenTreeDB(filepath.Join(o.cacheDir, "tree.db"), log)
+	if err != nil {
 		return err
+	}
+	defer func() {
+		if cerr := treeDB.Close(); cerr != nil {
+			log.Error("close tree database", "err", cerr)
+		}
+	}()
+	if m.tree, err = cache.OpenTree(treeDB.DB); err != nil {
+		return err
+	}
+	if err := cache.RemoveTree(m.db); err != nil { // kept there by earlier versions
+		return fmt.Errorf("open cache database in %s: %w", o.cacheDir, err)
 	}
 	if m.pins, err = cache.OpenPins(m.db); err != nil {
 		return err
