@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -15,78 +14,157 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
-// BenchmarkWritePath measures the write path against raw S3 in one run:
-//
-//   - 1,000 new 4 KiB files: until the last close() returns, and until
-//     nimbus sync says all are uploaded, vs 1,000 raw PUTs (16 in parallel);
-//   - a 1 GiB sequential write: until close(), and until uploaded, vs a raw
-//     multipart upload of the same bytes (16 MiB parts, 8 in parallel).
-//
-// Run it with scripts/bench (it runs every Benchmark of the package).
-func BenchmarkWritePath(b *testing.B) {
-	for range b.N {
-		benchWritePath(b)
-	}
+// writePrefix is where a system writes: a folder of its own, so that the
+// systems' writes never meet, and never show in the listed tree.
+func (s subject) writePrefix() string { return "w-" + s.system + "/" }
+
+func (s subject) makeWriteDir(ctx context.Context, lap func(outcome)) error {
+	return os.MkdirAll(s.m.path(s.writePrefix()+"small"), 0o755)
 }
 
-func benchWritePath(b *testing.B) {
-	e := newEnv(b)
-	var rows []benchRow
-	add := func(r benchRow) *benchRow { rows = append(rows, r); return &rows[len(rows)-1] }
-	small := bytes.Repeat([]byte("n"), 4096)
-
-	start := time.Now()
-	rawPuts(b, e, "raw-small/", 1000, small)
-	rawSmall := add(benchRow{workload: "1000 x 4 KiB creates", system: "raw PUT x16", took: time.Since(start), bytes: 1000 * 4096})
-
-	m := e.mount(mountOpt{})
-	if err := os.Mkdir(m.path("small"), 0o755); err != nil {
-		b.Fatal(err)
-	}
-	start = time.Now()
-	for i := range 1000 {
-		if err := os.WriteFile(m.path(fmt.Sprintf("small/f%04d", i)), small, 0o644); err != nil {
-			b.Fatal(err)
+// createSmall writes 1,000 new 4 KiB files, one after the other, as an
+// untar or a build would. The first lap is when the last close() returns;
+// the second when the bucket holds all of them.
+func (s subject) createSmall(ctx context.Context, lap func(outcome)) error {
+	data := bytes.Repeat([]byte("n"), smallSize)
+	prefix := s.writePrefix() + "small/"
+	for i := range smallFiles {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := os.WriteFile(s.m.path(fmt.Sprintf("%sf%04d", prefix, i)), data, 0o644); err != nil {
+			return err
 		}
 	}
-	add(benchRow{workload: "1000 x 4 KiB creates", system: "nimbus close()", took: time.Since(start), bytes: 1000 * 4096, limit: rawSmall})
-	m.sync(10 * time.Minute)
-	add(benchRow{workload: "1000 x 4 KiB creates", system: "nimbus uploaded", took: time.Since(start), bytes: 1000 * 4096, limit: rawSmall})
-
-	big := pattern{seed: 51, size: bigSize}
-	local := filepath.Join(b.TempDir(), "big.bin")
-	writeLocal(b, local, big)
-	start = time.Now()
-	rawMultipart(b, e, "raw-big.bin", local)
-	rawBig := add(benchRow{workload: "1 GiB sequential write", system: "raw multipart", took: time.Since(start), bytes: big.size})
-
-	start = time.Now()
-	f, err := os.Create(m.path("big.bin"))
-	if err != nil {
-		b.Fatal(err)
+	lap(outcome{ops: smallFiles, unit: "files/s"})
+	if err := s.m.flush(ctx); err != nil {
+		return err
 	}
+	if err := s.waitObjects(ctx, prefix, smallFiles, smallSize); err != nil {
+		return err
+	}
+	lap(outcome{ops: smallFiles, unit: "files/s"})
+	return nil
+}
+
+// writeBig writes a 1 GiB file in 1 MiB writes, as cp would. The first lap
+// is when close() returns; the second when the bucket holds it.
+func (s subject) writeBig(ctx context.Context, lap func(outcome)) error {
+	key := s.writePrefix() + bigKey
+	f, err := os.Create(s.m.path(key))
+	if err != nil {
+		return err
+	}
+	content := bigWriteContent()
 	buf := make([]byte, 1<<20)
-	for off := int64(0); off < big.size; off += int64(len(buf)) {
-		n, _ := big.ReadAt(buf, off)
-		if _, err := f.Write(buf[:n]); err != nil {
-			b.Fatal(err)
+	for off := int64(0); off < bigSize; off += int64(len(buf)) {
+		if err := ctx.Err(); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := content.ReadAt(buf, off); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s at %d: %w", key, off, err)
 		}
 	}
 	if err := f.Close(); err != nil {
-		b.Fatal(err)
+		return fmt.Errorf("close %s: %w", key, err)
 	}
-	add(benchRow{workload: "1 GiB sequential write", system: "nimbus close()", took: time.Since(start), bytes: big.size, limit: rawBig})
-	m.sync(10 * time.Minute)
-	add(benchRow{workload: "1 GiB sequential write", system: "nimbus uploaded", took: time.Since(start), bytes: big.size, limit: rawBig})
+	lap(outcome{bytes: bigSize})
+	if err := s.m.flush(ctx); err != nil {
+		return err
+	}
+	if err := s.waitObjects(ctx, key, 1, bigSize); err != nil {
+		return err
+	}
+	lap(outcome{bytes: bigSize})
+	return nil
+}
 
-	printBenchTable(b, rows)
+// rawCreates is the limit of createSmall: 1,000 PUTs, 16 at a time. A PUT
+// is uploaded when it returns, so both laps are the same run.
+func (s subject) rawCreates(ctx context.Context, lap func(outcome)) error {
+	if err := rawPuts(ctx, s.s3, s.e.bucket, s.writePrefix()+"small/", smallFiles, bytes.Repeat([]byte("n"), smallSize)); err != nil {
+		return err
+	}
+	lap(outcome{ops: smallFiles, unit: "files/s"})
+	lap(outcome{ops: smallFiles, unit: "files/s"})
+	return nil
+}
+
+// rawWrite is the limit of writeBig: the SDK's multipart upload.
+func (s subject) rawWrite(ctx context.Context, lap func(outcome)) error {
+	if err := rawMultipart(ctx, s.s3, s.e.bucket, s.writePrefix()+bigKey, io.NewSectionReader(bigWriteContent(), 0, bigSize)); err != nil {
+		return err
+	}
+	lap(outcome{bytes: bigSize})
+	lap(outcome{bytes: bigSize})
+	return nil
+}
+
+// bigWriteContent is what the 1 GiB writes write: 16 MiB of pattern over
+// and over, made once, so that making it costs no time inside the workload.
+// None of the systems compresses or deduplicates.
+func bigWriteContent() io.ReaderAt {
+	bigWriteOnce.Do(func() { bigWriteChunk = pattern{seed: 51, size: 16 << 20}.bytes(0, 16<<20) })
+	return cyclic(bigWriteChunk)
+}
+
+var (
+	bigWriteOnce  sync.Once
+	bigWriteChunk []byte
+)
+
+// cyclic is an endless repetition of its bytes.
+type cyclic []byte
+
+func (c cyclic) ReadAt(p []byte, off int64) (int, error) {
+	for n := 0; n < len(p); {
+		i := (off + int64(n)) % int64(len(c))
+		n += copy(p[n:], c[i:])
+	}
+	return len(p), nil
+}
+
+// waitObjects polls the bucket (straight at MinIO, so the polls are not
+// counted) until n objects of size bytes are under prefix.
+func (s subject) waitObjects(ctx context.Context, prefix string, n int, size int64) error {
+	for {
+		got, err := countObjects(ctx, s.e.s3, s.e.bucket, prefix, size)
+		if err == nil && got == n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d objects under %s uploaded (%v): %w", got, n, prefix, err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func countObjects(ctx context.Context, client *awss3.Client, bucket, prefix string, size int64) (int, error) {
+	p := awss3.NewListObjectsV2Paginator(client, &awss3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
+	n := 0
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			return n, err
+		}
+		for _, o := range out.Contents {
+			if aws.ToInt64(o.Size) == size {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 // rawPuts stores n objects of data under prefix, 16 at a time.
-func rawPuts(tb testing.TB, e *env, prefix string, n int, data []byte) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+func rawPuts(ctx context.Context, client *awss3.Client, bucket, prefix string, n int, data []byte) error {
 	keys := make(chan string)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -94,7 +172,7 @@ func rawPuts(tb testing.TB, e *env, prefix string, n int, data []byte) {
 	for range 16 {
 		wg.Go(func() {
 			for k := range keys {
-				_, err := e.s3.PutObject(ctx, &awss3.PutObjectInput{Bucket: &e.bucket, Key: aws.String(k), Body: bytes.NewReader(data)})
+				_, err := client.PutObject(ctx, &awss3.PutObjectInput{Bucket: &bucket, Key: aws.String(k), Body: bytes.NewReader(data)})
 				if err != nil {
 					mu.Lock()
 					firstErr = err
@@ -108,23 +186,13 @@ func rawPuts(tb testing.TB, e *env, prefix string, n int, data []byte) {
 	}
 	close(keys)
 	wg.Wait()
-	if firstErr != nil {
-		tb.Fatal(firstErr)
-	}
+	return firstErr
 }
 
-// rawMultipart uploads a local file with the SDK's transfer manager.
-func rawMultipart(tb testing.TB, e *env, key, path string) {
-	tb.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	up := manager.NewUploader(e.s3, func(u *manager.Uploader) { u.PartSize = 16 << 20; u.Concurrency = 8 })
-	if _, err := up.Upload(ctx, &awss3.PutObjectInput{Bucket: &e.bucket, Key: aws.String(key), Body: f}); err != nil {
-		tb.Fatal(err)
-	}
+// rawMultipart uploads body with the SDK's transfer manager: 16 MiB parts,
+// 8 at a time.
+func rawMultipart(ctx context.Context, client *awss3.Client, bucket, key string, body io.Reader) error {
+	up := manager.NewUploader(client, func(u *manager.Uploader) { u.PartSize = 16 << 20; u.Concurrency = 8 })
+	_, err := up.Upload(ctx, &awss3.PutObjectInput{Bucket: &bucket, Key: aws.String(key), Body: body})
+	return err
 }

@@ -166,6 +166,7 @@ type mount struct {
 type mountOpt struct {
 	cacheDir string
 	args     []string
+	endpoint string // "" = the MinIO server; else, e.g., a counting proxy in front of it
 }
 
 // mount starts nimbus in the foreground on a fresh mountpoint and waits
@@ -175,7 +176,11 @@ func (e *env) mount(opt mountOpt) *mount {
 	if opt.cacheDir == "" {
 		opt.cacheDir = e.t.TempDir()
 	}
-	args := append([]string{"mount", "--endpoint", e.minio.Endpoint, "--cache-dir", opt.cacheDir}, opt.args...)
+	endpoint := e.minio.Endpoint
+	if opt.endpoint != "" {
+		endpoint = opt.endpoint
+	}
+	args := append([]string{"mount", "--endpoint", endpoint, "--cache-dir", opt.cacheDir}, opt.args...)
 	args = append(args, "s3://"+e.bucket)
 	return startMount(e.t, e.minio.Env(), opt.cacheDir, args)
 }
