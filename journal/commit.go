@@ -284,7 +284,8 @@ func (j *Journal) hashAndSync(path string) (int64, string, error) {
 		return 0, "", fmt.Errorf("staged file %s is not a regular file", path)
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	// 1 MiB reads (os.File's WriteTo would use 32 KiB ones).
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
 	if err != nil {
 		return 0, "", fmt.Errorf("hash staged file: %w", err)
 	}
