@@ -144,6 +144,7 @@ var _ = (fs.NodeOpener)((*fileNode)(nil))
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	write := flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0
 	if write {
+		ctx = uninterrupted(ctx)
 		if err := n.fsys.writable(); err != nil {
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}

@@ -91,6 +91,14 @@ func (w *workFile) close() {
 	}
 }
 
+// uninterrupted detaches a change from the kernel's interrupts. The kernel
+// interrupts a request when its caller gets any signal, and Go programs get
+// SIGURG all the time (goroutine preemption); an abandoned change would
+// fail with EINTR, which few programs retry, possibly halfway (a listing
+// done, nothing journaled). A fatal signal still ends the caller's wait in
+// the kernel, and an unreachable store fails fast (backend/health).
+func uninterrupted(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
 // errReadOnly is returned for changes to a --read-only mount.
 var errReadOnly = fmt.Errorf("read-only mount: %w", syscall.EROFS)
 
@@ -366,6 +374,7 @@ func (n *fileNode) commitLocked() error {
 var _ = (fs.NodeWriter)((*fileNode)(nil))
 
 func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	if h, ok := fh.(*fileHandle); !ok || !h.writable {
 		return 0, syscall.EBADF // opened read-only
 	}
@@ -414,6 +423,7 @@ var _ = (fs.NodeSetattrer)((*fileNode)(nil))
 
 // Setattr handles truncate, chmod and utimens.
 func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	size, hasSize := in.GetSize()
 	mode, hasMode := in.GetMode()
 	mtime, hasMTime := in.GetMTime()
@@ -502,6 +512,7 @@ func (n *fileNode) fillAttrLocked(out *fuse.Attr) {
 var _ = (fs.NodeCreater)((*dirNode)(nil))
 
 func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	dir := n.path()
 	key := n.fsys.fileKey(cache.JoinPath(dir, name))
 	if err := n.checkNew(ctx, dir, key); err != nil {
@@ -549,6 +560,7 @@ func (n *dirNode) checkNew(ctx context.Context, dir, key string) error {
 var _ = (fs.NodeMkdirer)((*dirNode)(nil))
 
 func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	dir := n.path()
 	path := cache.JoinPath(dir, name)
 	key := n.fsys.fileKey(path) + "/"
@@ -579,6 +591,7 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 var _ = (fs.NodeUnlinker)((*dirNode)(nil))
 
 func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	dir := n.path()
 	if err := n.fsys.writable(); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
@@ -657,6 +670,7 @@ func (f *FS) removeLocally(dir, name string, isDir bool) error {
 var _ = (fs.NodeRmdirer)((*dirNode)(nil))
 
 func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	dir := n.path()
 	path := cache.JoinPath(dir, name)
 	if err := n.fsys.writable(); err != nil {
@@ -700,6 +714,7 @@ var _ = (fs.NodeRenamer)((*dirNode)(nil))
 // re-uploaded under the new name; clean files are copied server-side; the
 // old key is deleted on the condition that it did not change remotely.
 func (n *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	if flags&^uint32(unixRenameNoReplace) != 0 {
 		return syscall.EINVAL // RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
 	}
