@@ -59,6 +59,13 @@ func (f *FS) Applied(r journal.Result) {
 			notify = append(notify, crel)
 		}
 	}
+	f.applied[dir]++ // a listing running now may predate this
+	if r.Conflict != nil && r.Conflict.ConflictKey != "" {
+		if crel, ok := f.relPath(r.Conflict.ConflictKey); ok {
+			cdir, _ := splitPath(crel)
+			f.applied[cdir]++
+		}
+	}
 	// The live node changes in the same critical section as the tree: a
 	// delete or rename reading it cannot see one without the other.
 	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {

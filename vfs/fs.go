@@ -138,6 +138,10 @@ type FS struct {
 	// so that a report never lands between the two. It is held for local
 	// disk work only. LOCK ORDER: localMu before fileNode.mu.
 	localMu sync.Mutex
+	// applied counts, per directory, the completed uploads recorded in the
+	// tree (FS.Applied), so that a listing that started before one of them
+	// does not undo it. GUARDED_BY(localMu)
+	applied map[string]uint64
 
 	root *dirNode // set by Root
 
@@ -171,6 +175,7 @@ func New(cfg Config) *FS {
 		gid:     uint32(os.Getgid()),
 		start:   time.Now(),
 		listing: make(map[string]*listFlight),
+		applied: make(map[string]uint64),
 	}
 }
 
@@ -269,28 +274,49 @@ func (f *FS) listShared(ctx context.Context, dir string) error {
 
 // listDir lists dir from the store and records the result.
 func (f *FS) listDir(ctx context.Context, dir string) error {
-	prefix := f.dirKeyPrefix(dir)
-	started := time.Now()
-	var pages []backend.Page
-	err := f.cfg.Store.List(ctx, prefix, func(p backend.Page) error {
-		pages = append(pages, p)
+	// A listing may miss an upload that completed while it ran, whose
+	// Applied already showed it; recording such a listing would hide the
+	// file until the next one. Then the directory is listed again.
+	for attempt := 1; ; attempt++ {
+		f.localMu.Lock()
+		gen := f.applied[dir]
+		f.localMu.Unlock()
+		prefix := f.dirKeyPrefix(dir)
+		started := time.Now()
+		var pages []backend.Page
+		err := f.cfg.Store.List(ctx, prefix, func(p backend.Page) error {
+			pages = append(pages, p)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list %q: %w", prefix, err)
+		}
+		entries, skipped := listingToEntries(prefix, pages)
+		f.localMu.Lock()
+		overtaken := f.applied[dir] != gen
+		if !overtaken || attempt == maxRelist {
+			// The listing time is when it started: changes made during
+			// it may be missing, so its freshness must not be overstated.
+			err = f.cfg.Tree.ReplaceDir(dir, entries, prefix, skipped, started)
+		}
+		f.localMu.Unlock()
+		if overtaken && attempt < maxRelist {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, s := range skipped {
+			f.log.Warn("key cannot be shown, skipped", "key", s.Key, "reason", s.Reason)
+		}
+		f.log.Debug("listed", "dir", dir, "entries", len(entries), "pages", len(pages), "took", time.Since(started), "attempts", attempt)
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list %q: %w", prefix, err)
 	}
-	entries, skipped := listingToEntries(prefix, pages)
-	for _, s := range skipped {
-		f.log.Warn("key cannot be shown, skipped", "key", s.Key, "reason", s.Reason)
-	}
-	// The listing time is when it started: changes made during it may be
-	// missing, so its freshness must not be overstated.
-	if err := f.cfg.Tree.ReplaceDir(dir, entries, prefix, skipped, started); err != nil {
-		return err
-	}
-	f.log.Debug("listed", "dir", dir, "entries", len(entries), "pages", len(pages), "took", time.Since(started))
-	return nil
 }
+
+// maxRelist bounds the listings of a directory that uploads keep
+// overtaking; the last one is recorded anyway.
+const maxRelist = 4
 
 // fillDirAttr describes a directory.
 func (f *FS) fillDirAttr(out *fuse.Attr) {
