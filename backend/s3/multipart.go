@@ -143,8 +143,31 @@ func (s *Store) putError(ctx context.Context, key string, cond backend.Cond, err
 		return s.opErrorAs(ctx, "put", key, backend.ErrConflict, err)
 	case cond.IfMatch != "" && errors.Is(classify(err), backend.ErrNotFound):
 		return s.opErrorAs(ctx, "put", key, backend.ErrPrecondition, err)
+	case (cond.IfMatch != "" || cond.IfNoneMatch) && errors.Is(classify(err), backend.ErrOffline) && s.condFails(ctx, key, cond):
+		// A store that refuses a conditional write early answers 412 and
+		// closes the connection while the body is still being sent (MinIO
+		// does): the client sees a reset, not the answer. Our write lost
+		// either way; a write that landed but whose answer was lost shows
+		// as a changed object too, which the caller recognises as its own.
+		return s.opErrorAs(ctx, "put", key, backend.ErrPrecondition, err)
 	default:
 		return s.opError(ctx, "put", key, err)
+	}
+}
+
+// condFails reports whether the store's current object under key fails
+// cond, by a HEAD; false when that cannot be known.
+func (s *Store) condFails(ctx context.Context, key string, cond backend.Cond) bool {
+	info, err := s.Stat(ctx, key)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		return cond.IfMatch != ""
+	case err != nil:
+		return false
+	case cond.IfNoneMatch:
+		return true
+	default:
+		return info.ETag != cond.IfMatch
 	}
 }
 
