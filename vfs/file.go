@@ -32,6 +32,11 @@ type fileNode struct {
 	work *workFile
 	// writers counts open writable handles. GUARDED_BY(mu)
 	writers int
+	// unclosed counts the writable handles not closed yet (no Flush): a
+	// close will journal their changes. The kernel releases a closed
+	// handle later, asynchronously, so writers may still count it.
+	// GUARDED_BY(mu)
+	unclosed int
 	// mode and mtime set locally (0 and zero: from the store). GUARDED_BY(mu)
 	mode  uint32
 	mtime time.Time
@@ -120,7 +125,8 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 		h.mu.Unlock()
 		if opened {
 			// An open handle describes the version it reads.
-			n.fsys.fillFileAttr(cache.Entry{Size: size, MTime: n.getEntry().MTime}, &out.Attr)
+			e := n.getEntry()
+			n.fsys.fillFileAttr(cache.Entry{Size: size, MTime: e.MTime, Mode: e.Mode}, &out.Attr)
 			return 0
 		}
 	}
@@ -189,6 +195,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		n.mtime = time.Now()
 	}
 	n.writers++
+	n.unclosed++
 	n.openedETag = ""
 	return &fileHandle{fsys: n.fsys, node: n, writable: true}, 0, 0
 }
@@ -332,6 +339,8 @@ type fileHandle struct {
 	fsys     *FS
 	node     *fileNode
 	writable bool
+	// closed: a writable handle had its first Flush. GUARDED_BY(node.mu)
+	closed bool
 
 	mu sync.Mutex
 	// content and h: the store's version this handle reads, opened at the
@@ -413,6 +422,15 @@ func (fh *fileHandle) readLocal(dest []byte, off int64) (res fuse.ReadResult, ok
 	return fuse.ReadResultData(dest[:nread]), true, 0
 }
 
+// markClosedLocked records the close of a writable handle. Called with
+// fh.node.mu held.
+func (fh *fileHandle) markClosedLocked() {
+	if fh.writable && !fh.closed {
+		fh.closed = true
+		fh.node.unclosed--
+	}
+}
+
 var _ = (fs.FileReleaser)((*fileHandle)(nil))
 
 func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
@@ -425,6 +443,7 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 		n := fh.node
 		n.mu.Lock()
 		n.writers--
+		fh.markClosedLocked()
 		n.mu.Unlock()
 	}
 	return 0

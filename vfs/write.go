@@ -406,6 +406,9 @@ func (n *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 	defer n.fsys.localMu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if h, ok := fh.(*fileHandle); ok {
+		h.markClosedLocked()
+	}
 	return toErrno(n.fsys.log, "flush", n.commitLocked())
 }
 
@@ -479,11 +482,10 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		}
 		w.dirty = true
 	}
-	// Without an open handle no close will follow: journal it now. A
-	// truncate(2) by path is journaled even while handles are open: the
-	// kernel releases a closed handle asynchronously, so a count above
-	// zero may be a file closed just before.
-	if fh == nil || n.writers == 0 {
+	// Unless a writable handle is still open, whose close will journal
+	// it, no close will follow: journal it now. (Counted by closes, not
+	// releases: the kernel releases a closed handle asynchronously.)
+	if n.unclosed == 0 {
 		if err := n.commitLocked(); err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
 		}
@@ -537,7 +539,7 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		return nil, nil, 0, toErrno(n.fsys.log, "create", err)
 	}
 	node := newFileNode(n.fsys, e)
-	node.work, node.mtime, node.writers = w, now, 1
+	node.work, node.mtime, node.writers, node.unclosed = w, now, 1, 1
 	if m := mode & 0o7777; m != 0o644 {
 		node.mode = m
 	}
