@@ -22,7 +22,7 @@ func (f *FS) Applied(r journal.Result) {
 		return
 	}
 	dir, name := splitPath(strings.TrimSuffix(rel, "/"))
-	var notify []string // paths whose kernel entries changed
+	var notify []string    // paths whose kernel entries changed
 	var stored cache.Entry // the entry of an uploaded or copied file
 
 	f.localMu.Lock()
