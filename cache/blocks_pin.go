@@ -308,7 +308,7 @@ func (p *pinFetch) reserveSpace(missing int64) error {
 	} else if others := s.pinPending; missing+others+pinSpareBytes > free {
 		return fmt.Errorf("%w: pinning needs %s, the file system of %s has %s free"+
 			" (%s of it taken by other pins in progress, %s kept spare): free some space or pin less",
-			ErrNoSpace, formatBytes(missing), s.dir, formatBytes(free), formatBytes(others), formatBytes(pinSpareBytes))
+			ErrNoSpace, FormatBytes(missing), s.dir, FormatBytes(free), FormatBytes(others), FormatBytes(pinSpareBytes))
 	}
 	s.pinPending += missing
 	p.pending = missing
@@ -473,8 +473,8 @@ func (p *pinFetch) await(ctx context.Context, w pinWait) error {
 	return nil
 }
 
-// formatBytes renders n for people: 1.5 GiB, 300 MiB, 12 KiB, 17 B.
-func formatBytes(n int64) string {
+// FormatBytes renders n for people: 1.5 GiB, 300 MiB, 12 KiB, 17 B.
+func FormatBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/cache"
 )
 
 func TestParseRemote(t *testing.T) {
@@ -70,8 +72,8 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) succeeded", in)
 		}
 	}
-	if got := formatSize(3 << 29); got != "1.5 GiB" {
-		t.Errorf("formatSize = %q", got)
+	if got := cache.FormatBytes(3 << 29); got != "1.5 GiB" {
+		t.Errorf("cache.FormatBytes = %q", got)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/vfs"
 )
 
@@ -63,7 +64,7 @@ func (m *mountState) free(path string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fmt.Sprintf("freed %s under %s", formatSize(freed), path), nil
+	return fmt.Sprintf("freed %s under %s", cache.FormatBytes(freed), path), nil
 }
 
 // pathsCommand parses PATH… arguments and their flags.
@@ -186,7 +187,7 @@ func progressLine(path string, p *vfs.PinProgress, elapsed time.Duration) string
 		state = "stopped"
 	}
 	return fmt.Sprintf("%s [%s] %d/%d files, %s/%s, %s/s, %s", path, bar, p.FilesDone, p.Files,
-		formatSize(p.BytesDone), formatSize(p.Bytes), formatSize(int64(rate)), state)
+		cache.FormatBytes(p.BytesDone), cache.FormatBytes(p.Bytes), cache.FormatBytes(int64(rate)), state)
 }
 
 func isTerminal(w io.Writer) bool {
