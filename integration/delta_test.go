@@ -5,16 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/nimbus-fs/nimbus/integration/s3proxy"
 )
 
 const (
@@ -30,17 +27,20 @@ const (
 // holding the byte, or two if it straddled a boundary) and has MinIO copy
 // the rest from the current version (UploadPartCopy), and the object ends
 // up exactly the edited content. The bytes are counted twice: by nimbus
-// (status --json) and, as the server sees them, by a proxy in front of
-// MinIO.
+// (status --json) and, as the server sees them, by the counting proxy
+// in front of MinIO (integration/s3proxy).
 func TestDeltaUpload(t *testing.T) {
 	e := newEnv(t)
 	orig := pattern{seed: 55, size: deltaFileSize}
 	e.putStream("big.bin", orig.reader(), orig.size)
-	tally := startUploadTally(t, e.minio.Endpoint)
-	cacheDir := t.TempDir()
-	m := startMount(t, e.minio.Env(), cacheDir,
-		[]string{"mount", "--endpoint", tally.url, "--cache-dir", cacheDir, "s3://" + e.bucket})
+	proxy, err := s3proxy.Start(e.minio.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	m := e.mount(mountOpt{endpoint: proxy.URL})
 	before := m.requests()
+	atServer := proxy.Snapshot()
 
 	// In the middle, and not on a part boundary.
 	const at = deltaFileSize/2 + 12345
@@ -58,8 +58,10 @@ func TestDeltaUpload(t *testing.T) {
 	})
 	m.sync(10 * time.Minute)
 	got := delta(before, m.requests())
+	server := proxy.Snapshot().Sub(atServer)
+	uploaded, copyParts := server.PutBytes, server.Requests[s3proxy.OpCopyPart]
 	t.Logf("requests for the edit: %v; server saw %d body bytes uploaded and %d UploadPartCopy",
-		got, tally.uploaded.Load(), tally.copyParts.Load())
+		got, uploaded, copyParts)
 
 	// The content first: a cheap upload of the wrong bytes is no success.
 	want := sha256.New()
@@ -77,15 +79,15 @@ func TestDeltaUpload(t *testing.T) {
 
 	const limit = 2 * s3PartSize
 	hint := "the whole file was sent again: is the vfs giving the journal an Op.Delta for files edited in place, and is it used?"
-	if n := tally.uploaded.Load(); n > limit {
+	if n := uploaded; n > limit {
 		t.Errorf("the server received %d MiB of uploaded bodies for a 1-byte edit; want at most %d MiB (2 parts): %s", n>>20, limit>>20, hint)
 	}
 	if n := got["bytes_out"]; n > limit {
 		t.Errorf("nimbus reports %d MiB uploaded (bytes_out) for a 1-byte edit; want at most %d MiB: %s", n>>20, limit>>20, hint)
 	}
-	if tally.copyParts.Load() == 0 || got["UploadPartCopy"] == 0 {
+	if copyParts == 0 || got["UploadPartCopy"] == 0 {
 		t.Errorf("no part was copied server-side (server saw %d UploadPartCopy, nimbus reports %d): %s",
-			tally.copyParts.Load(), got["UploadPartCopy"], hint)
+			copyParts, got["UploadPartCopy"], hint)
 	}
 	if n := got["bytes_copied"]; n < deltaFileSize-limit {
 		t.Errorf("nimbus reports %d MiB copied server-side; want the unchanged %d MiB at least", n>>20, (deltaFileSize-limit)>>20)
@@ -124,53 +126,4 @@ func (e *env) objectSHA256(key string) ([]byte, int64) {
 		e.t.Fatalf("read %q: %v", key, err)
 	}
 	return h.Sum(nil), n
-}
-
-// uploadTally is a reverse proxy in front of an S3 endpoint that counts,
-// as the server sees them, the request body bytes of uploads (PutObject,
-// UploadPart) and the UploadPartCopy requests. It forwards the Host header
-// the client sent, which SigV4 signed.
-type uploadTally struct {
-	url       string
-	uploaded  atomic.Int64
-	copyParts atomic.Int64
-}
-
-func startUploadTally(t *testing.T, endpoint string) *uploadTally {
-	t.Helper()
-	target, err := url.Parse(endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// NewSingleHostReverseProxy rewrites the URL, not the Host header.
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	tl := &uploadTally{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPut {
-			switch {
-			case r.Header.Get("X-Amz-Copy-Source") != "":
-				if r.URL.Query().Has("partNumber") {
-					tl.copyParts.Add(1)
-				}
-			case r.Body != nil:
-				r.Body = &tallyBody{ReadCloser: r.Body, n: &tl.uploaded}
-			}
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	tl.url = srv.URL
-	return tl
-}
-
-// tallyBody counts the bytes read from a request body.
-type tallyBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *tallyBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
 }
