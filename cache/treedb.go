@@ -88,10 +88,11 @@ func trusted(prev, boot string) bool {
 	return prev == "clean" || (boot != "" && prev == "open "+boot)
 }
 
-// writeSynced replaces the file at path with content, durably.
+// writeSynced writes content to the file at path and fsyncs it. It is
+// rewritten in place: a state file torn or lost by a crash reads as
+// anything but a trusted state, and the database is then started afresh.
 func writeSynced(path, content string) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -99,32 +100,7 @@ func writeSynced(path, content string) error {
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDirOf(path)
-	}
-	return err
-}
-
-func syncDirOf(path string) error {
-	d, err := os.Open(dirOf(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-func dirOf(path string) string {
-	if i := strings.LastIndexByte(path, '/'); i > 0 {
-		return path[:i]
-	}
-	return "."
+	return errors.Join(err, f.Close())
 }
 
 // bootID identifies the running boot ("" if unknown, which makes every
