@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -479,15 +480,7 @@ func (j *Journal) Close() error {
 
 // Pending returns the newest pending op whose Key is key.
 func (j *Journal) Pending(key string) (PendingOp, bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	q := j.keyQ[key]
-	for i := len(q) - 1; i >= 0; i-- {
-		if q[i].rec.Key == key {
-			return j.pendingOpLocked(q[i]), true
-		}
-	}
-	return PendingOp{}, false
+	return j.PendingBefore(key, math.MaxUint64)
 }
 
 // PendingUnder returns, for every key starting with prefix that has pending

@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,14 +22,7 @@ func (j *fakeJournal) Commit(ops ...journal.Op) error { return os.ErrInvalid }
 func (j *fakeJournal) IsConflictCopy(string) bool     { return false }
 
 func (j *fakeJournal) Pending(key string) (journal.PendingOp, bool) {
-	var newest journal.PendingOp
-	found := false
-	for _, p := range j.ops {
-		if p.Key == key {
-			newest, found = p, true
-		}
-	}
-	return newest, found
+	return j.PendingBefore(key, math.MaxUint64)
 }
 
 func (j *fakeJournal) PendingBefore(key string, seq uint64) (journal.PendingOp, bool) {

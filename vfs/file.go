@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"syscall"
@@ -90,9 +91,10 @@ func (n *fileNode) location() (dir, name, key string) {
 func (n *fileNode) content() cache.Content {
 	_, _, key := n.location()
 	e := n.getEntry()
-	k, before := key, uint64(0)
+	// Any op at first; then the op on a source before the copy from it.
+	k, before := key, uint64(math.MaxUint64)
 	for range 16 { // rename chains are short; the bound guards against a cycle
-		p, ok := n.fsys.pendingBefore(k, before)
+		p, ok := n.fsys.cfg.Journal.PendingBefore(k, before)
 		if !ok || p.Kind != journal.Copy {
 			break
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -145,9 +146,10 @@ func removeQuietly(path string) {
 // when the store does not have it yet: a pending upload of key, or of the
 // source of a pending copy to key (a file renamed before its upload ended).
 func (f *FS) pendingContent(key string) (staged string, size int64, ok bool) {
-	before := uint64(0)
+	// Any op at first; then the op on a source before the copy from it.
+	before := uint64(math.MaxUint64)
 	for range 16 { // rename chains are short; the bound guards against a cycle
-		p, pending := f.pendingBefore(key, before)
+		p, pending := f.cfg.Journal.PendingBefore(key, before)
 		switch {
 		case !pending:
 			return "", 0, false
@@ -162,15 +164,6 @@ func (f *FS) pendingContent(key string) (staged string, size int64, ok bool) {
 		}
 	}
 	return "", 0, false
-}
-
-// pendingBefore returns the newest pending op on key committed before op
-// seq; seq 0 means the newest of all.
-func (f *FS) pendingBefore(key string, seq uint64) (journal.PendingOp, bool) {
-	if seq == 0 {
-		return f.cfg.Journal.Pending(key)
-	}
-	return f.cfg.Journal.PendingBefore(key, seq)
 }
 
 // blockReaderAt reads a remote version through the block cache.
