@@ -1,6 +1,8 @@
 package vfs
 
 import (
+	"slices"
+
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
@@ -48,7 +50,7 @@ func (c *changes) write(off, n int64) {
 		r = journal.Range{Off: lo, Len: hi - lo}
 		j++
 	}
-	c.touched = append(c.touched[:i], append([]journal.Range{r}, c.touched[j:]...)...)
+	c.touched = slices.Replace(c.touched, i, j, r)
 	if len(c.touched) > maxTouched {
 		c.forget()
 	}

@@ -196,7 +196,7 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 	var w *workFile
 	var e cache.Entry
 	for attempt := 1; ; attempt++ {
-		var src string
+		var src source
 		var err error
 		w, e, src, err = n.copyContent(ctx, truncate)
 		if err == nil {
@@ -205,7 +205,7 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		// The content can move while it is copied: an upload finishes and
 		// its staged file goes, a renamed file's copy completes and its
 		// source is deleted. Then it is found again where it went.
-		if attempt >= maxResolve || !isGone(err) || n.contentSource() == src {
+		if attempt >= maxResolve || !isGone(err) || n.source() == src {
 			return err
 		}
 		time.Sleep(time.Duration(attempt) * time.Millisecond) // the journal is mid-step
@@ -236,49 +236,55 @@ func isGone(err error) bool {
 	return errors.Is(err, backend.ErrNotFound) || errors.Is(err, os.ErrNotExist) || errors.Is(err, backend.ErrPrecondition)
 }
 
-// contentSource names where n's current content is: a staged file of the
-// journal, or a version of an object. Two calls that return the same name
-// would read the same bytes.
-func (n *fileNode) contentSource() string {
+// source is where a file's current content is: a staged file of the
+// journal (its path and size), else a version of an object. Two equal
+// sources hold the same bytes.
+type source struct {
+	staged string
+	size   int64
+	object cache.Content
+}
+
+// source finds where n's current content is.
+func (n *fileNode) source() source {
 	_, _, key := n.location()
-	if staged, _, ok := n.fsys.pendingContent(key); ok {
-		return "staged " + staged
+	if staged, size, ok := n.fsys.pendingContent(key); ok {
+		return source{staged: staged, size: size}
 	}
-	c := n.content()
-	return "object " + c.Key + " " + c.ETag
+	return source{object: n.content()} // a pending rename reads its source
 }
 
 // copyContent makes a new working copy of n's current content (an empty
 // one when truncate is set). It returns the entry the copy was based on and
-// the contentSource it read.
-func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile, e cache.Entry, src string, err error) {
+// the source it read.
+func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile, e cache.Entry, src source, err error) {
 	e = n.getEntry()
 	if truncate {
 		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
-		return w, e, "", err
+		return w, e, src, err
 	}
-	_, _, key := n.location()
-	if staged, size, ok := n.fsys.pendingContent(key); ok {
+	src = n.source()
+	if src.staged != "" {
 		// Content committed but not uploaded yet: start from it. The
 		// journal removes it once uploaded, after Applied has recorded
 		// the new version: then that is read from the store.
-		src = "staged " + staged
-		sf, err := os.Open(staged)
+		sf, err := os.Open(src.staged)
 		if err == nil {
 			defer sf.Close()
-			w, err = n.fsys.newWorkFile(ctx, sf, size, remoteBase(e))
+			w, err = n.fsys.newWorkFile(ctx, sf, src.size, remoteBase(e))
 			return w, e, src, err
 		}
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, e, src, err
 		}
 		e = n.getEntry()
+		src = source{object: n.content()}
 	}
-	c := n.content() // a pending rename reads its source
-	src = "object " + c.Key + " " + c.ETag
+	c := src.object
 	h := n.fsys.cfg.Blocks.Open(c)
 	defer h.Close()
 	w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
+	_, _, key := n.location()
 	if err == nil && c.Key == key && c.ETag != "" && c.ETag == e.ETag {
 		w.changes = copiedFrom(c.Size)
 	}
