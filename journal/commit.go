@@ -163,8 +163,11 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name))
+		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name), op.Partial)
 		if err != nil {
+			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+		if err := checkPartial(op.Partial, out[i].size); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
 		if err := checkDelta(op.Delta, out[i].size); err != nil {
@@ -222,6 +225,24 @@ func validate(op Op) error {
 	if op.Kind != PutFile && op.Delta != nil {
 		return fmt.Errorf("%s takes no delta", op.Kind)
 	}
+	if op.Kind != PutFile && op.Partial != nil {
+		return fmt.Errorf("%s takes no partial content", op.Kind)
+	}
+	return nil
+}
+
+// checkPartial checks a PutFile's partial content against its staged
+// file's size.
+func checkPartial(p *Partial, size int64) error {
+	if p == nil {
+		return nil
+	}
+	if p.From == "" || p.FromETag == "" {
+		return errors.New("partial content without the object and ETag that hold the rest")
+	}
+	if err := backend.CheckRanges(newPartial(p).ranges(), size); err != nil {
+		return fmt.Errorf("missing ranges of the %d staged bytes: %w", size, err)
+	}
 	return nil
 }
 
@@ -269,8 +290,11 @@ func (j *Journal) adopt(path string) (name, from string, err error) {
 }
 
 // hashAndSync returns the size and hex SHA-256 of the file at path, and
-// fsyncs it.
-func (j *Journal) hashAndSync(path string) (int64, string, error) {
+// fsyncs it. For partial content the hash covers the bytes the file holds,
+// the missing ranges and the version holding them: not the content's hash,
+// but as unique to this version, which is all a replay needs to recognise
+// its own upload.
+func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, "", fmt.Errorf("staged file: %w", err)
@@ -284,8 +308,13 @@ func (j *Journal) hashAndSync(path string) (int64, string, error) {
 		return 0, "", fmt.Errorf("staged file %s is not a regular file", path)
 	}
 	h := sha256.New()
-	// 1 MiB reads (os.File's WriteTo would use 32 KiB ones).
-	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
+	n := fi.Size()
+	if p == nil {
+		// 1 MiB reads (os.File's WriteTo would use 32 KiB ones).
+		n, err = io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
+	} else {
+		err = hashPartial(h, f, n, p)
+	}
 	if err != nil {
 		return 0, "", fmt.Errorf("hash staged file: %w", err)
 	}
@@ -293,6 +322,29 @@ func (j *Journal) hashAndSync(path string) (int64, string, error) {
 		return 0, "", fmt.Errorf("sync staged file: %w", err)
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// hashPartial hashes what a partial staged file of size bytes holds, and
+// what it lacks.
+func hashPartial(h io.Writer, f io.ReaderAt, size int64, p *Partial) error {
+	fmt.Fprintf(h, "nimbus partial content\x00%d\x00%s\x00%s\x00", size, p.From, p.FromETag)
+	pos := int64(0)
+	buf := make([]byte, 1<<20)
+	held := func(end int64) error {
+		if end <= pos {
+			return nil
+		}
+		_, err := io.CopyBuffer(h, io.NewSectionReader(f, pos, end-pos), buf)
+		return err
+	}
+	for _, r := range p.Missing {
+		if err := held(r.Off); err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "\x00missing %d %d\x00", r.Off, r.Len)
+		pos = r.Off + r.Len
+	}
+	return held(size)
 }
 
 // plan is what a Commit will change.
@@ -432,6 +484,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),
+			Partial:   newPartial(op.Partial),
 			Committed: now,
 		})
 		if prev := v.newestWriter(op.Key); prev != nil {

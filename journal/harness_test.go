@@ -131,6 +131,14 @@ func (s *hookStore) Stat(ctx context.Context, key string) (info backend.ObjectIn
 	return info, err
 }
 
+func (s *hookStore) Get(ctx context.Context, key string, off, n int64, ifMatch string) (body io.ReadCloser, err error) {
+	err = s.do(ctx, call{Op: faulty.OpGet, Key: key}, func() error {
+		body, err = s.inner.Get(ctx, key, off, n, ifMatch)
+		return err
+	})
+	return body, err
+}
+
 func (s *hookStore) Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string, cond backend.Cond) (info backend.ObjectInfo, err error) {
 	err = s.do(ctx, call{Op: faulty.OpPut, Key: key, Cond: cond}, func() error {
 		info, err = s.inner.Put(ctx, key, body, size, meta, cond)

@@ -27,6 +27,8 @@ type Store interface {
 	Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string, cond backend.Cond) (backend.ObjectInfo, error)
 	Copy(ctx context.Context, src, srcETag, dst string, cond backend.Cond) (backend.ObjectInfo, error)
 	Delete(ctx context.Context, key, ifMatch string) error
+	// Get reads what a partial staged file lacks (see Partial).
+	Get(ctx context.Context, key string, off, n int64, ifMatch string) (io.ReadCloser, error)
 }
 
 var _ Store = (backend.Backend)(nil)
@@ -174,6 +176,22 @@ type Op struct {
 	// from an existing version of Key, so that a store able to copy ranges
 	// server-side re-sends only the changed parts. Nil: send everything.
 	Delta *Delta
+	// Partial (PutFile, optional) says that Staged lacks some of the
+	// content, which another object holds. Nil: Staged is complete.
+	Partial *Partial
+}
+
+// Partial describes a staged file that holds only part of the content: a
+// large file edited without downloading it. The rest is in an object the
+// caller made for the purpose (a server-side copy of the version the edit
+// began from) and keeps until no pending op refers to it.
+type Partial struct {
+	// From and FromETag name that object; its bytes at the Missing
+	// offsets are the content's.
+	From, FromETag string
+	// Missing are the ranges, sorted and disjoint, that the staged file
+	// lacks (it reads zeros there).
+	Missing []Range
 }
 
 // Delta describes a PutFile's content relative to a version of its key.
@@ -191,6 +209,9 @@ type Delta struct {
 type Range struct {
 	Off, Len int64
 }
+
+// End is the offset just past the range.
+func (r Range) End() int64 { return r.Off + r.Len }
 
 // PendingOp is a committed op that has not completed.
 type PendingOp struct {
@@ -212,7 +233,9 @@ type PendingOp struct {
 	Chained bool
 	Meta    map[string]string
 	// Delta (PutFile) is the op's Delta, nil when it has none; a copy.
-	Delta     *Delta
+	Delta *Delta
+	// Partial (PutFile) is the op's Partial, nil when it has none; a copy.
+	Partial   *Partial
 	Committed time.Time // when the oldest change this op carries was committed
 	Uploading bool
 	Parked    bool
@@ -519,6 +542,7 @@ func (j *Journal) pendingOpLocked(e *entry) PendingOp {
 		Chained:    r.Base.After != 0,
 		Meta:       cloneMeta(r.Meta),
 		Delta:      r.Delta.public(),
+		Partial:    r.Partial.public(),
 		Committed:  r.Committed,
 		Uploading:  e.state == stateUploading,
 		Parked:     e.state == stateParked,

@@ -46,7 +46,9 @@ type record struct {
 	Meta  map[string]string `json:"meta,omitempty"`
 	// Delta (PutFile, optional) is Op.Delta. Records written before it
 	// existed have none, and are uploaded whole.
-	Delta     *delta    `json:"delta,omitempty"`
+	Delta *delta `json:"delta,omitempty"`
+	// Partial (PutFile, optional) is Op.Partial.
+	Partial   *partial  `json:"partial,omitempty"`
 	Committed time.Time `json:"committed"`
 	// ConflictTime and ConflictReason are set once the uploader decided
 	// that this op conflicts, before it uploads the conflicted copy, so
@@ -102,6 +104,47 @@ func (d *delta) public() *Delta {
 func (d *delta) ranges() []backend.Range {
 	out := make([]backend.Range, len(d.Same))
 	for i, r := range d.Same {
+		out[i] = backend.Range{Off: r[0], Len: r[1]}
+	}
+	return out
+}
+
+// partial is the persisted form of Partial, its ranges as [offset, length]
+// pairs.
+type partial struct {
+	From     string     `json:"from"`
+	FromETag string     `json:"from_etag"`
+	Missing  [][2]int64 `json:"missing"`
+}
+
+// newPartial returns the persisted form of p (nil for nil).
+func newPartial(p *Partial) *partial {
+	if p == nil {
+		return nil
+	}
+	out := &partial{From: p.From, FromETag: p.FromETag, Missing: make([][2]int64, len(p.Missing))}
+	for i, r := range p.Missing {
+		out.Missing[i] = [2]int64{r.Off, r.Len}
+	}
+	return out
+}
+
+// public returns the Partial p records, a copy the caller may keep.
+func (p *partial) public() *Partial {
+	if p == nil {
+		return nil
+	}
+	out := &Partial{From: p.From, FromETag: p.FromETag, Missing: make([]Range, len(p.Missing))}
+	for i, r := range p.Missing {
+		out.Missing[i] = Range{Off: r[0], Len: r[1]}
+	}
+	return out
+}
+
+// ranges returns p's missing ranges for the store.
+func (p *partial) ranges() []backend.Range {
+	out := make([]backend.Range, len(p.Missing))
+	for i, r := range p.Missing {
 		out[i] = backend.Range{Off: r[0], Len: r[1]}
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
@@ -195,7 +196,7 @@ func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFol
 
 // opOf rebuilds the Op of a record, for Result.
 func (j *Journal) opOf(r *record) Op {
-	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public()}
+	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public(), Partial: r.Partial.public()}
 	if r.Staged != "" {
 		op.Staged = j.stagedPath(r.Staged)
 	}
@@ -230,18 +231,27 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 		meta = map[string]string{}
 	}
 	meta[shaMeta] = rec.SHA256
+	// The content: the staged file, completed from the object holding
+	// what a partial one lacks, read only where it is sent.
+	var body io.ReaderAt = f
+	if p := rec.Partial; p != nil {
+		body = &filled{ctx: ctx, store: j.store, staged: f, from: p.From, fromETag: p.FromETag, missing: p.ranges()}
+	}
 	put := func(key string, c backend.Cond) (backend.ObjectInfo, error) {
 		if d := rec.Delta; d != nil && key == rec.Key && c.IfMatch != "" && c.IfMatch == d.SrcETag {
 			if dp, ok := j.store.(backend.DeltaPutter); ok {
 				// The ranges describe the content relative to the
 				// very version the write replaces: they may be
 				// copied from it.
-				res, err := dp.PutDelta(ctx, key, f, rec.Size, meta, d.SrcETag, d.ranges())
+				res, err := dp.PutDelta(ctx, key, body, rec.Size, meta, d.SrcETag, d.ranges())
 				if err == nil {
 					j.log.Debug("uploaded as a delta", "key", key, "seq", rec.Seq, "sent", res.Sent, "copied", res.Copied)
 				}
 				return res.Info, err
 			}
+		}
+		if rec.Partial != nil {
+			return j.store.Put(ctx, key, io.NewSectionReader(body, 0, rec.Size), rec.Size, meta, c)
 		}
 		if _, err := f.Seek(0, 0); err != nil {
 			return backend.ObjectInfo{}, fmt.Errorf("rewind staged content of %q: %w", rec.Key, err)

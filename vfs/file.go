@@ -194,6 +194,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 		w.size, w.dirty = 0, true
 		w.changes.truncate(0)
+		n.fsys.truncated(w, 0)
 		n.mtime = time.Now()
 	}
 	n.writers++
@@ -212,7 +213,7 @@ func (n *fileNode) openLocal() (*fileHandle, bool) {
 		return &fileHandle{fsys: n.fsys, node: n}, true
 	}
 	_, _, key := n.location()
-	staged, size, ok := n.fsys.pendingContent(key)
+	staged, size, part, ok := n.fsys.pendingContent(key)
 	if !ok {
 		return nil, false
 	}
@@ -220,7 +221,7 @@ func (n *fileNode) openLocal() (*fileHandle, bool) {
 	if err != nil {
 		return nil, false // uploaded meanwhile: read the store's version
 	}
-	n.work = &workFile{f: f, size: size, committed: true, base: remoteBase(n.entry)}
+	n.work = &workFile{f: f, size: size, committed: true, base: remoteBase(n.entry), partial: n.fsys.holding(part)}
 	n.openedETag = ""
 	return &fileHandle{fsys: n.fsys, node: n}, true
 }
@@ -365,7 +366,7 @@ func (fh *fileHandle) blocks() (*cache.Handle, cache.Content) {
 var _ = (fs.FileReader)((*fileHandle)(nil))
 
 func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if res, ok, errno := fh.readLocal(dest, off); ok {
+	if res, ok, errno := fh.readLocal(ctx, dest, off); ok {
 		return res, errno
 	}
 	for attempt := 1; ; attempt++ {
@@ -403,8 +404,10 @@ func (fh *fileHandle) follow(c cache.Content) bool {
 	return true
 }
 
-// readLocal reads the node's working copy, if it has one (ok).
-func (fh *fileHandle) readLocal(dest []byte, off int64) (res fuse.ReadResult, ok bool, errno syscall.Errno) {
+// readLocal reads the node's working copy, if it has one (ok). What a
+// partial one lacks is read from the store, under the node's lock: a write
+// cannot change those bytes meanwhile.
+func (fh *fileHandle) readLocal(ctx context.Context, dest []byte, off int64) (res fuse.ReadResult, ok bool, errno syscall.Errno) {
 	n := fh.node
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -420,6 +423,11 @@ func (fh *fileHandle) readLocal(dest []byte, off int64) (res fuse.ReadResult, ok
 	nread, err := n.work.f.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, true, toErrno(fh.fsys.log, "read", err)
+	}
+	if p := n.work.partial; p != nil {
+		if err := p.read(ctx, fh.fsys.cfg.Blocks, dest[:nread], off); err != nil {
+			return nil, true, toErrno(fh.fsys.log, "read", err)
+		}
 	}
 	return fuse.ReadResultData(dest[:nread]), true, 0
 }

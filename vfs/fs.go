@@ -120,6 +120,12 @@ type Config struct {
 	// CLI finds the mount's daemon from any path inside it.
 	ControlSocket string
 	Logger        *slog.Logger
+	// MountID names this mount's snapshots (partial.go) apart from other
+	// mounts' of the same bucket; stable across remounts of one cache.
+	MountID string
+	// PartialMin is the size from which a file not all cached is edited
+	// without downloading it first (partial.go); 0 turns that off.
+	PartialMin int64
 }
 
 // FS is a mounted Nimbus tree.
@@ -148,6 +154,7 @@ type FS struct {
 	watched watchSet    // directories to poll
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
+	snaps   snapshots   // snapshots of files edited without download (partial.go)
 
 	// bgCtx is the context of background work (pin jobs); Stop ends it.
 	bgCtx  context.Context
@@ -166,7 +173,7 @@ func New(cfg Config) *FS {
 		log = slog.Default()
 	}
 	bgCtx, bgStop := context.WithCancel(context.Background())
-	return &FS{
+	f := &FS{
 		bgCtx:   bgCtx,
 		bgStop:  bgStop,
 		cfg:     cfg,
@@ -177,6 +184,10 @@ func New(cfg Config) *FS {
 		listing: make(map[string]*listFlight),
 		applied: make(map[string]uint64),
 	}
+	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
+		go f.keepSweeping()
+	}
+	return f
 }
 
 // Stop ends background work (pin jobs); the mount is being torn down.

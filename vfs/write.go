@@ -83,9 +83,15 @@ type workFile struct {
 	base journal.Base
 	// changes are the bytes that may differ from base's content.
 	changes changes
+	// partial, when set, says which bytes the file lacks and where they
+	// are (partial.go).
+	partial *partial
 }
 
 func (w *workFile) close() {
+	if w.partial != nil {
+		w.partial.drop()
+	}
 	if err := w.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		// Read-only use or content already committed: nothing is lost.
 		_ = err
@@ -111,15 +117,15 @@ func (f *FS) writable() error {
 }
 
 // newWorkFile makes a working copy holding size bytes read from src (nil:
-// empty).
-func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base journal.Base) (*workFile, error) {
+// empty). When src is partial (p), so is the copy: it copies what src holds.
+func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base journal.Base, p *partial) (*workFile, error) {
 	file, err := f.cfg.Journal.StagingFile()
 	if err != nil {
 		return nil, fmt.Errorf("staging file: %w", err)
 	}
 	w := &workFile{f: file, base: base}
 	if src != nil && size > 0 {
-		n, err := io.CopyBuffer(io.NewOffsetWriter(file, 0), io.NewSectionReader(src, 0, size), make([]byte, 1<<20))
+		n, err := copyHeld(file, src, size, p)
 		if err != nil {
 			w.close()
 			removeQuietly(file.Name())
@@ -131,6 +137,7 @@ func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base 
 			return nil, ctx.Err()
 		}
 		w.size = n
+		w.partial = f.holding(p)
 	}
 	return w, nil
 }
@@ -145,25 +152,26 @@ func removeQuietly(path string) {
 // pendingContent finds the staged file holding the newest content of key
 // when the store does not have it yet: a pending upload of key, or of the
 // source of a pending copy to key (a file renamed before its upload ended).
-func (f *FS) pendingContent(key string) (staged string, size int64, ok bool) {
+// part is what the staged file lacks, if anything.
+func (f *FS) pendingContent(key string) (staged string, size int64, part *partial, ok bool) {
 	// Any op at first; then the op on a source before the copy from it.
 	before := uint64(math.MaxUint64)
 	for range 16 { // rename chains are short; the bound guards against a cycle
 		p, pending := f.cfg.Journal.PendingBefore(key, before)
 		switch {
 		case !pending:
-			return "", 0, false
+			return "", 0, nil, false
 		case p.Kind == journal.PutFile:
-			return p.Staged, p.Size, true
+			return p.Staged, p.Size, f.fromJournal(p.Partial, p.Size), true
 		case p.Kind == journal.Copy && p.SrcChained:
 			// The source's content is what its op before the copy
 			// leaves (the rename's own delete of it comes after).
 			key, before = p.Src, p.Seq
 		default:
-			return "", 0, false
+			return "", 0, nil, false
 		}
 	}
-	return "", 0, false
+	return "", 0, nil, false
 }
 
 // blockReaderAt reads a remote version through the block cache.
@@ -205,7 +213,7 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		// The content can move while it is copied: an upload finishes and
 		// its staged file goes, a renamed file's copy completes and its
 		// source is deleted. Then it is found again where it went.
-		if attempt >= maxResolve || !isGone(err) || n.source() == src {
+		if attempt >= maxResolve || !isGone(err) || n.source().place == src.place {
 			return err
 		}
 		time.Sleep(time.Duration(attempt) * time.Millisecond) // the journal is mid-step
@@ -237,9 +245,14 @@ func isGone(err error) bool {
 }
 
 // source is where a file's current content is: a staged file of the
-// journal (its path and size), else a version of an object. Two equal
-// sources hold the same bytes.
+// journal (its path and size, and what it lacks), else a version of an
+// object. Two sources of equal place hold the same bytes.
 type source struct {
+	place
+	part *partial
+}
+
+type place struct {
 	staged string
 	size   int64
 	object cache.Content
@@ -248,10 +261,10 @@ type source struct {
 // source finds where n's current content is.
 func (n *fileNode) source() source {
 	_, _, key := n.location()
-	if staged, size, ok := n.fsys.pendingContent(key); ok {
-		return source{staged: staged, size: size}
+	if staged, size, part, ok := n.fsys.pendingContent(key); ok {
+		return source{place: place{staged: staged, size: size}, part: part}
 	}
-	return source{object: n.content()} // a pending rename reads its source
+	return source{place: place{object: n.content()}} // a pending rename reads its source
 }
 
 // copyContent makes a new working copy of n's current content (an empty
@@ -260,7 +273,7 @@ func (n *fileNode) source() source {
 func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile, e cache.Entry, src source, err error) {
 	e = n.getEntry()
 	if truncate {
-		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e))
+		w, err = n.fsys.newWorkFile(ctx, nil, 0, remoteBase(e), nil)
 		return w, e, src, err
 	}
 	src = n.source()
@@ -271,20 +284,25 @@ func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile,
 		sf, err := os.Open(src.staged)
 		if err == nil {
 			defer sf.Close()
-			w, err = n.fsys.newWorkFile(ctx, sf, src.size, remoteBase(e))
+			w, err = n.fsys.newWorkFile(ctx, sf, src.size, remoteBase(e), src.part)
 			return w, e, src, err
 		}
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, e, src, err
 		}
 		e = n.getEntry()
-		src = source{object: n.content()}
+		src = source{place: place{object: n.content()}}
 	}
 	c := src.object
-	h := n.fsys.cfg.Blocks.Open(c)
-	defer h.Close()
-	w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e))
 	_, _, key := n.location()
+	if n.fsys.partialEdit(c, key) {
+		// A large file not cached: nothing is downloaded now.
+		w, err = n.fsys.snapshotWork(ctx, c, remoteBase(e))
+	} else {
+		h := n.fsys.cfg.Blocks.Open(c)
+		defer h.Close()
+		w, err = n.fsys.newWorkFile(ctx, blockReaderAt{ctx, h}, c.Size, remoteBase(e), nil)
+	}
 	if err == nil && c.Key == key && c.ETag != "" && c.ETag == e.ETag {
 		w.changes = copiedFrom(c.Size)
 	}
@@ -321,7 +339,7 @@ func (n *fileNode) forWritingLocked() (*workFile, error) {
 	if !w.committed {
 		return w, nil
 	}
-	nw, err := n.fsys.newWorkFile(context.Background(), w.f, w.size, w.base)
+	nw, err := n.fsys.newWorkFile(context.Background(), w.f, w.size, w.base, w.partial)
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +376,7 @@ func (n *fileNode) commitLocked() error {
 		return fmt.Errorf("fsync working copy of %q: %w", key, err)
 	}
 	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta,
-		Delta: w.changes.delta(w.base, w.size)}
+		Delta: w.changes.delta(w.base, w.size), Partial: w.partial.describe()}
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
@@ -392,6 +410,9 @@ func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 	}
 	w.size = max(w.size, off+int64(written))
 	w.changes.write(off, int64(written))
+	if err := n.fsys.written(ctx, w, off, int64(written)); err != nil {
+		return 0, toErrno(n.fsys.log, "write", err)
+	}
 	w.dirty = true
 	n.mtime = time.Now()
 	return uint32(written), 0
@@ -469,6 +490,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		}
 		w.size, w.dirty = int64(size), true
 		w.changes.truncate(int64(size))
+		n.fsys.truncated(w, int64(size))
 		if !hasMTime {
 			n.mtime = time.Now()
 		}
@@ -522,7 +544,7 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	base := journal.Base{}
 	// A stale tombstone or a name the listing missed: If-None-Match
 	// decides at upload time, and a clash becomes a conflicted copy.
-	w, err := n.fsys.newWorkFile(ctx, nil, 0, base)
+	w, err := n.fsys.newWorkFile(ctx, nil, 0, base, nil)
 	if err != nil {
 		return nil, nil, 0, toErrno(n.fsys.log, "create", err)
 	}
@@ -834,7 +856,7 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.
 	if w != nil {
 		// Local content: upload it under the new name.
 		size = w.size
-		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(src.Mode, src.MTime)}
+		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(src.Mode, src.MTime), Partial: w.partial.describe()}
 	} else {
 		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
 	}
@@ -871,7 +893,7 @@ func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 		node.mu.Lock()
 		defer node.mu.Unlock() // local disk I/O only
 		if node.work != nil {
-			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, journal.Base{})
+			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, journal.Base{}, node.work.partial)
 			if err != nil {
 				return nil, err
 			}
@@ -879,7 +901,7 @@ func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 			return w, nil
 		}
 	}
-	path, size, ok := f.pendingContent(key)
+	path, size, part, ok := f.pendingContent(key)
 	if !ok {
 		return nil, nil
 	}
@@ -891,7 +913,7 @@ func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 		return nil, fmt.Errorf("pending content of %q: %w", key, err)
 	}
 	defer staged.Close()
-	w, err := f.newWorkFile(context.Background(), staged, size, journal.Base{})
+	w, err := f.newWorkFile(context.Background(), staged, size, journal.Base{}, part)
 	if err != nil {
 		return nil, err
 	}
@@ -947,7 +969,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 				default:
 					staged = append(staged, w.f.Name())
 					size = p.Size
-					move = journal.Op{Kind: journal.PutFile, Key: newKey, Staged: w.f.Name(), Meta: p.Meta}
+					move = journal.Op{Kind: journal.PutFile, Key: newKey, Staged: w.f.Name(), Meta: p.Meta, Partial: w.partial.describe()}
 				}
 			case journal.Copy:
 				// Copied from the pending copy's result, which the
@@ -1059,7 +1081,7 @@ func (f *FS) copyStaged(ctx context.Context, p journal.PendingOp) (*workFile, er
 		return nil, err
 	}
 	defer content.Close()
-	w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{})
+	w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{}, f.fromJournal(p.Partial, p.Size))
 	if err != nil {
 		return nil, err
 	}

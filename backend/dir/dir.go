@@ -184,10 +184,18 @@ func checkName(seg string) error {
 		return fmt.Errorf("key has a %q segment: %w", seg, backend.ErrInvalidKey)
 	case len(seg) > maxNameLen:
 		return fmt.Errorf("key segment is %d bytes, more than %d: %w", len(seg), maxNameLen, backend.ErrInvalidKey)
-	case strings.HasPrefix(seg, reservedPrefix):
-		return fmt.Errorf("names starting with %q are reserved: %w", reservedPrefix, backend.ErrInvalidKey)
+	case isInternal(seg):
+		return fmt.Errorf("%q is a name this store uses for itself: %w", seg, backend.ErrInvalidKey)
 	}
 	return nil
+}
+
+// isInternal reports whether name is one of this package's own files.
+// Other names starting with reservedPrefix are ordinary keys: the vfs keeps
+// its own hidden objects (".nimbus-attrs") in the store like any other.
+func isInternal(name string) bool {
+	return name == lockName || name == markerName ||
+		strings.HasPrefix(name, reservedPrefix+"tmp-") || strings.HasPrefix(name, sidecarPrefix)
 }
 
 // truncate shortens very long keys for messages.

@@ -106,7 +106,7 @@ func TestInvalidKeys(t *testing.T) {
 	s := newStore(t)
 	for _, key := range []string{
 		"/abs", "a//b", "./a", "a/./b", "../a", "a/..", "a/../b", "//",
-		".nimbus-lock", "a/.nimbus-tmp-1", strings.Repeat("n", 256), "a/" + strings.Repeat("n", 256) + "/b",
+		".nimbus-lock", "a/.nimbus-tmp-1", "a/.nimbus-marker", "a/.nimbus-meta-x", strings.Repeat("n", 256), "a/" + strings.Repeat("n", 256) + "/b",
 		"nul\x00byte",
 	} {
 		if err := tryPut(s, key, ""); !errors.Is(err, backend.ErrInvalidKey) {
@@ -172,13 +172,10 @@ func TestInternalFilesHidden(t *testing.T) {
 	if _, err := s.Put(context.Background(), "d/f", strings.NewReader("x"), 1, map[string]string{"k": "v"}, backend.Cond{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{".nimbus-tmp-stale", "d/.nimbus-tmp-stale", ".nimbus-other"} {
+	for _, p := range []string{".nimbus-tmp-stale", "d/.nimbus-tmp-stale", "d/.nimbus-marker"} {
 		if err := os.WriteFile(filepath.Join(s.root, p), []byte("junk"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := os.Mkdir(filepath.Join(s.root, ".nimbus-dir"), 0o755); err != nil {
-		t.Fatal(err)
 	}
 	// Make the lock file exist.
 	if err := s.Delete(context.Background(), "nothing", ""); err != nil {
@@ -645,5 +642,26 @@ func TestFoldersFollowS3Semantics(t *testing.T) {
 	}
 	if len(prefixes) != 0 {
 		t.Errorf("root still lists %q", prefixes)
+	}
+}
+
+// Names that merely start like this package's own files are ordinary keys:
+// the vfs stores its hidden objects under them.
+func TestOtherDotNimbusNamesAreKeys(t *testing.T) {
+	s := newStore(t)
+	for _, key := range []string{".nimbus-attrs", "d/.nimbus-attrs", ".nimbus-snapshots/m/1"} {
+		if err := tryPut(s, key, "x"); err != nil {
+			t.Errorf("Put(%q) = %v", key, err)
+		}
+	}
+	var keys []string
+	all, _ := listAll(t, s, "", true)
+	for _, k := range all {
+		if !strings.HasSuffix(k, "/") {
+			keys = append(keys, k)
+		}
+	}
+	if want := []string{".nimbus-attrs", ".nimbus-snapshots/m/1", "d/.nimbus-attrs"}; !equal(keys, want) {
+		t.Errorf("ListFlat = %q; want %q", keys, want)
 	}
 }

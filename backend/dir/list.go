@@ -140,7 +140,7 @@ func (s *Store) readDir(dirPath, dirKey, namePrefix string) ([]entry, error) {
 	entries := make([]entry, 0, len(des))
 	for _, de := range des {
 		name := de.Name()
-		if strings.HasPrefix(name, reservedPrefix) || !strings.HasPrefix(name, namePrefix) {
+		if isInternal(name) || !strings.HasPrefix(name, namePrefix) {
 			continue
 		}
 		if !utf8.ValidString(name) {

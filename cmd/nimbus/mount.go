@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,6 +43,7 @@ type mountOptions struct {
 	region     string
 	cacheDir   string
 	cacheSize  int64
+	partialMin int64
 	dirTTL     time.Duration
 	poll       time.Duration
 	daemon     bool
@@ -56,6 +59,7 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 	var o mountOptions
 	fset := flag.NewFlagSet("mount", flag.ContinueOnError)
 	cacheSize := fset.String("cache-size", "10GiB", "cap on clean cached bytes (512MiB, 2GiB, …)")
+	partialMin := fset.String("partial-edit-min", "32MiB", "edit files this large that are not cached without downloading them first (0 = always download)")
 	fset.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint URL; switches to path-style addressing")
 	fset.StringVar(&o.region, "region", "", "region (default: from the AWS config/env, else us-east-1)")
 	fset.StringVar(&o.cacheDir, "cache-dir", "", "cache folder (default $XDG_CACHE_HOME/nimbus/<id of the remote>)")
@@ -80,6 +84,9 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 	}
 	if o.cacheSize < 1<<20 {
 		return o, usageError{"--cache-size must be at least 1MiB"}
+	}
+	if o.partialMin, err = parseSize(*partialMin); err != nil {
+		return o, usageError{"--partial-edit-min: " + err.Error()}
 	}
 	if o.dirTTL < 0 || o.poll < 0 {
 		return o, usageError{"--dir-ttl and --poll cannot be negative"}
@@ -359,6 +366,10 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	mountID, err := cacheMountID(o.cacheDir)
+	if err != nil {
+		return err
+	}
 	fsys = vfs.New(vfs.Config{
 		Store:         m.health,
 		Health:        m.health,
@@ -371,6 +382,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		DirTTL:        o.dirTTL,
 		ControlSocket: m.socket,
 		Logger:        log,
+		MountID:       mountID,
+		PartialMin:    o.partialMin,
 	})
 	m.fsys = fsys
 	defer fsys.Stop()
@@ -419,7 +432,36 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	}()
 	m.server.Wait()
 	log.Info("unmounted", "mountpoint", o.mountpoint)
+	// No file is open any more: snapshots no pending upload needs can go.
+	sweepCtx, stopSweep := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stopSweep()
+	if err := fsys.SweepSnapshots(sweepCtx); err != nil {
+		log.Info("snapshots left for the next mount to delete", "err", err)
+	}
 	return nil
+}
+
+// cacheMountID returns the id of the mount that uses cache folder dir,
+// made at its first use. It keeps this mount's snapshots apart from other
+// mounts' of the same bucket.
+func cacheMountID(dir string) (string, error) {
+	path := filepath.Join(dir, "mount-id")
+	b, err := os.ReadFile(path)
+	if id := strings.TrimSpace(string(b)); err == nil && id != "" {
+		return id, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("mount id: %w", err)
+	}
+	raw := make([]byte, 8)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("mount id: %w", err)
+	}
+	id := hex.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("mount id: %w", err)
+	}
+	return id, nil
 }
 
 // kernelReadaheadKB is the kernel's read-ahead for the mount. FUSE starts at
