@@ -69,11 +69,39 @@ type base struct {
 
 func (b base) public() Base { return Base{Exists: b.Exists, ETag: b.ETag} }
 
-// delta is the persisted form of Delta, its ranges as [offset, length]
-// pairs.
+// Ranges are persisted as [offset, length] pairs.
+type pairs [][2]int64
+
+func pairsOf(rs []Range) pairs {
+	out := make(pairs, len(rs))
+	for i, r := range rs {
+		out[i] = [2]int64{r.Off, r.Len}
+	}
+	return out
+}
+
+// public returns the ranges, a copy the caller may keep.
+func (ps pairs) public() []Range {
+	out := make([]Range, len(ps))
+	for i, p := range ps {
+		out[i] = Range{Off: p[0], Len: p[1]}
+	}
+	return out
+}
+
+// store returns the ranges for the store.
+func (ps pairs) store() []backend.Range {
+	out := make([]backend.Range, len(ps))
+	for i, p := range ps {
+		out[i] = backend.Range{Off: p[0], Len: p[1]}
+	}
+	return out
+}
+
+// delta is the persisted form of Delta.
 type delta struct {
-	SrcETag string     `json:"src_etag"`
-	Same    [][2]int64 `json:"same,omitempty"`
+	SrcETag string `json:"src_etag"`
+	Same    pairs  `json:"same,omitempty"`
 }
 
 // newDelta returns the persisted form of d (nil for nil).
@@ -81,11 +109,7 @@ func newDelta(d *Delta) *delta {
 	if d == nil {
 		return nil
 	}
-	out := &delta{SrcETag: d.SrcETag, Same: make([][2]int64, len(d.Same))}
-	for i, r := range d.Same {
-		out.Same[i] = [2]int64{r.Off, r.Len}
-	}
-	return out
+	return &delta{SrcETag: d.SrcETag, Same: pairsOf(d.Same)}
 }
 
 // public returns the Delta d records, a copy the caller may keep.
@@ -93,28 +117,17 @@ func (d *delta) public() *Delta {
 	if d == nil {
 		return nil
 	}
-	out := &Delta{SrcETag: d.SrcETag, Same: make([]Range, len(d.Same))}
-	for i, r := range d.Same {
-		out.Same[i] = Range{Off: r[0], Len: r[1]}
-	}
-	return out
+	return &Delta{SrcETag: d.SrcETag, Same: d.Same.public()}
 }
 
 // ranges returns d's ranges for the store.
-func (d *delta) ranges() []backend.Range {
-	out := make([]backend.Range, len(d.Same))
-	for i, r := range d.Same {
-		out[i] = backend.Range{Off: r[0], Len: r[1]}
-	}
-	return out
-}
+func (d *delta) ranges() []backend.Range { return d.Same.store() }
 
-// partial is the persisted form of Partial, its ranges as [offset, length]
-// pairs.
+// partial is the persisted form of Partial.
 type partial struct {
-	From     string     `json:"from"`
-	FromETag string     `json:"from_etag"`
-	Missing  [][2]int64 `json:"missing"`
+	From     string `json:"from"`
+	FromETag string `json:"from_etag"`
+	Missing  pairs  `json:"missing"`
 }
 
 // newPartial returns the persisted form of p (nil for nil).
@@ -122,11 +135,7 @@ func newPartial(p *Partial) *partial {
 	if p == nil {
 		return nil
 	}
-	out := &partial{From: p.From, FromETag: p.FromETag, Missing: make([][2]int64, len(p.Missing))}
-	for i, r := range p.Missing {
-		out.Missing[i] = [2]int64{r.Off, r.Len}
-	}
-	return out
+	return &partial{From: p.From, FromETag: p.FromETag, Missing: pairsOf(p.Missing)}
 }
 
 // public returns the Partial p records, a copy the caller may keep.
@@ -134,21 +143,11 @@ func (p *partial) public() *Partial {
 	if p == nil {
 		return nil
 	}
-	out := &Partial{From: p.From, FromETag: p.FromETag, Missing: make([]Range, len(p.Missing))}
-	for i, r := range p.Missing {
-		out.Missing[i] = Range{Off: r[0], Len: r[1]}
-	}
-	return out
+	return &Partial{From: p.From, FromETag: p.FromETag, Missing: p.Missing.public()}
 }
 
 // ranges returns p's missing ranges for the store.
-func (p *partial) ranges() []backend.Range {
-	out := make([]backend.Range, len(p.Missing))
-	for i, r := range p.Missing {
-		out[i] = backend.Range{Off: r[0], Len: r[1]}
-	}
-	return out
-}
+func (p *partial) ranges() []backend.Range { return p.Missing.store() }
 
 // seqKey encodes a sequence number as a bbolt key that sorts numerically.
 func seqKey(seq uint64) []byte {
