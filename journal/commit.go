@@ -240,8 +240,8 @@ func checkPartial(p *Partial, size int64) error {
 	if p.From == "" || p.FromETag == "" {
 		return errors.New("partial content without the object and ETag that hold the rest")
 	}
-	if err := backend.CheckRanges(newPartial(p).ranges(), size); err != nil {
-		return fmt.Errorf("missing ranges of the %d staged bytes: %w", size, err)
+	if err := backend.CheckRanges(newPartial(p).ranges(), min(size, p.FromSize)); err != nil {
+		return fmt.Errorf("missing ranges of the %d staged bytes, from %d: %w", size, p.FromSize, err)
 	}
 	return nil
 }

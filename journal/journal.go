@@ -186,9 +186,10 @@ type Op struct {
 // caller made for the purpose (a server-side copy of the version the edit
 // began from) and keeps until no pending op refers to it.
 type Partial struct {
-	// From and FromETag name that object; its bytes at the Missing
-	// offsets are the content's.
+	// From and FromETag name that object, FromSize is its size; its
+	// bytes at the Missing offsets are the content's.
 	From, FromETag string
+	FromSize       int64
 	// Missing are the ranges, sorted and disjoint, that the staged file
 	// lacks (it reads zeros there).
 	Missing []Range

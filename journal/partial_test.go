@@ -20,7 +20,7 @@ const partialV1 = "\x00\x00\x00\x00\x00X\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00
 
 // oneBytePartial says that partialV1 lacks all but byte 5, which from holds.
 func oneBytePartial(from, etag string) *Partial {
-	return &Partial{From: from, FromETag: etag, Missing: []Range{{Off: 0, Len: 5}, {Off: 6, Len: 14}}}
+	return &Partial{From: from, FromETag: etag, FromSize: 20, Missing: []Range{{Off: 0, Len: 5}, {Off: 6, Len: 14}}}
 }
 
 // A partial file is uploaded whole: the missing bytes come from the object
@@ -95,9 +95,10 @@ func TestPartialReplayAfterRestart(t *testing.T) {
 func TestPartialIsChecked(t *testing.T) {
 	m := newMachine(t, t.TempDir(), "laptop")
 	for name, p := range map[string]*Partial{
-		"PastTheEnd": {From: "s", FromETag: "e", Missing: []Range{{Off: 10, Len: 11}}},
-		"Unsorted":   {From: "s", FromETag: "e", Missing: []Range{{Off: 10, Len: 1}, {Off: 0, Len: 1}}},
-		"NoSource":   {Missing: []Range{{Off: 0, Len: 1}}},
+		"PastTheEnd":       {From: "s", FromETag: "e", FromSize: 20, Missing: []Range{{Off: 10, Len: 11}}},
+		"PastTheSourceEnd": {From: "s", FromETag: "e", FromSize: 8, Missing: []Range{{Off: 5, Len: 4}}},
+		"Unsorted":         {From: "s", FromETag: "e", FromSize: 20, Missing: []Range{{Off: 10, Len: 1}, {Off: 0, Len: 1}}},
+		"NoSource":         {FromSize: 20, Missing: []Range{{Off: 0, Len: 1}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := m.j.Commit(Op{Kind: PutFile, Key: "big", Staged: m.file(partialV1), Partial: p})

@@ -127,6 +127,7 @@ func (d *delta) ranges() []backend.Range { return d.Same.store() }
 type partial struct {
 	From     string `json:"from"`
 	FromETag string `json:"from_etag"`
+	FromSize int64  `json:"from_size"`
 	Missing  pairs  `json:"missing"`
 }
 
@@ -135,7 +136,7 @@ func newPartial(p *Partial) *partial {
 	if p == nil {
 		return nil
 	}
-	return &partial{From: p.From, FromETag: p.FromETag, Missing: pairsOf(p.Missing)}
+	return &partial{From: p.From, FromETag: p.FromETag, FromSize: p.FromSize, Missing: pairsOf(p.Missing)}
 }
 
 // public returns the Partial p records, a copy the caller may keep.
@@ -143,7 +144,7 @@ func (p *partial) public() *Partial {
 	if p == nil {
 		return nil
 	}
-	return &Partial{From: p.From, FromETag: p.FromETag, Missing: p.Missing.public()}
+	return &Partial{From: p.From, FromETag: p.FromETag, FromSize: p.FromSize, Missing: p.Missing.public()}
 }
 
 // ranges returns p's missing ranges for the store.

@@ -118,7 +118,7 @@ func (p *partial) describe() *journal.Partial {
 	if p == nil || p.done() {
 		return nil
 	}
-	return &journal.Partial{From: p.snap.Key, FromETag: p.snap.ETag, Missing: append([]journal.Range(nil), p.missing...)}
+	return &journal.Partial{From: p.snap.Key, FromETag: p.snap.ETag, FromSize: p.snap.Size, Missing: append([]journal.Range(nil), p.missing...)}
 }
 
 // read fills the parts of dest, read at off, that the working copy lacks.
@@ -204,11 +204,11 @@ func (f *FS) holding(p *partial) *partial {
 
 // fromJournal is the partial of a pending op, not held: a working copy
 // made from it holds its own (FS.holding).
-func (f *FS) fromJournal(jp *journal.Partial, size int64) *partial {
+func (f *FS) fromJournal(jp *journal.Partial) *partial {
 	if jp == nil {
 		return nil
 	}
-	return &partial{snap: cache.Content{Key: jp.From, ETag: jp.FromETag, Size: size}, missing: append([]journal.Range(nil), jp.Missing...)}
+	return &partial{snap: cache.Content{Key: jp.From, ETag: jp.FromETag, Size: jp.FromSize}, missing: append([]journal.Range(nil), jp.Missing...)}
 }
 
 // written records a write of n bytes at off into working copy w. Writes
@@ -349,8 +349,9 @@ func copyHeld(dst *os.File, src io.ReaderAt, size int64, p *partial) (int64, err
 
 // sweepSnapshots deletes this mount's snapshots that nothing refers to: no
 // pending journal op, no working copy. A key is deleted only when two
-// sweeps in a row find it unreferenced, unless final is set (the mount is
-// going away: no working copy remains).
+// sweeps in a row find it unreferenced. When final is set the mount is
+// gone: working copies no longer count (a node the kernel never released
+// may still hold one), and one sweep is enough.
 func (f *FS) sweepSnapshots(ctx context.Context, final bool) error {
 	sd, ok := f.cfg.Store.(snapshotStore)
 	if !ok || f.cfg.MountID == "" || f.cfg.Journal == nil {
@@ -378,8 +379,10 @@ func (f *FS) sweepSnapshots(ctx context.Context, final bool) error {
 	}
 	s := &f.snaps
 	s.mu.Lock()
-	for k := range s.held {
-		used[k] = true
+	if !final {
+		for k := range s.held {
+			used[k] = true
+		}
 	}
 	var doomed []string
 	suspects := make(map[string]bool)

@@ -162,7 +162,7 @@ func (f *FS) pendingContent(key string) (staged string, size int64, part *partia
 		case !pending:
 			return "", 0, nil, false
 		case p.Kind == journal.PutFile:
-			return p.Staged, p.Size, f.fromJournal(p.Partial, p.Size), true
+			return p.Staged, p.Size, f.fromJournal(p.Partial), true
 		case p.Kind == journal.Copy && p.SrcChained:
 			// The source's content is what its op before the copy
 			// leaves (the rename's own delete of it comes after).
@@ -1081,7 +1081,7 @@ func (f *FS) copyStaged(ctx context.Context, p journal.PendingOp) (*workFile, er
 		return nil, err
 	}
 	defer content.Close()
-	w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{}, f.fromJournal(p.Partial, p.Size))
+	w, err := f.newWorkFile(ctx, content, p.Size, journal.Base{}, f.fromJournal(p.Partial))
 	if err != nil {
 		return nil, err
 	}
