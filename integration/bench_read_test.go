@@ -369,7 +369,11 @@ func rawFlatList(ctx context.Context, client *awss3.Client, bucket, prefix strin
 		if err != nil {
 			return keys, err
 		}
-		keys += int64(len(out.Contents))
+		for _, o := range out.Contents {
+			if !nimbusOwnKey(aws.ToString(o.Key)) {
+				keys++
+			}
+		}
 	}
 	return keys, nil
 }

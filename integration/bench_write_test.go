@@ -155,7 +155,7 @@ func countObjects(ctx context.Context, client *awss3.Client, bucket, prefix stri
 			return n, err
 		}
 		for _, o := range out.Contents {
-			if aws.ToInt64(o.Size) == size {
+			if aws.ToInt64(o.Size) == size && !nimbusOwnKey(aws.ToString(o.Key)) {
 				n++
 			}
 		}

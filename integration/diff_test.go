@@ -30,7 +30,19 @@ import (
 // operations (default 2000; CI runs the default, more on demand);
 // NIMBUS_DIFF_DIR_RENAMES=0 leaves out folder renames.
 func TestRandomizedDifferential(t *testing.T) {
-	nOps := testEnvCount(t, "NIMBUS_DIFF_OPS", 2000)
+	runDifferential(t, testEnvCount(t, "NIMBUS_DIFF_OPS", 2000), nil)
+}
+
+// TestRandomizedDifferentialPartial is the same with every file edited
+// partially when it is not cached (--partial-edit-min 1): the working copy
+// lacks what was not written, and reads, truncates, renames and uploads
+// must still see the whole content. NIMBUS_DIFF_PARTIAL_OPS sets the
+// number of operations (default 1000).
+func TestRandomizedDifferentialPartial(t *testing.T) {
+	runDifferential(t, testEnvCount(t, "NIMBUS_DIFF_PARTIAL_OPS", 1000), []string{"--partial-edit-min", "1"})
+}
+
+func runDifferential(t *testing.T, nOps int, mountArgs []string) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("NIMBUS_DIFF_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -48,7 +60,7 @@ func TestRandomizedDifferential(t *testing.T) {
 		seed, nOps, seed, nOps, renames)
 
 	e := newEnv(t)
-	m := e.mount(mountOpt{})
+	m := e.mount(mountOpt{args: mountArgs})
 	d := &diffRun{
 		dirRenames: dirRenames,
 		t:          t,
@@ -91,7 +103,7 @@ func TestRandomizedDifferential(t *testing.T) {
 	m.sync(3 * time.Minute)
 	sameTree(t, localTree(t, d.ref), e.objects())
 	m.unmount()
-	fresh := e.mount(mountOpt{})
+	fresh := e.mount(mountOpt{args: mountArgs})
 	d.compareTrees(fresh.dir, "on a fresh mount with a new cache folder")
 }
 

@@ -323,6 +323,19 @@ func (m *mount) status() statusReport {
 // requests returns the request counts since the mount started.
 func (m *mount) requests() map[string]int64 { return m.status().Requests }
 
+// nimbusOwnKey reports whether key is one of nimbus's own objects, which
+// mounts hide: a folder's attribute index (.nimbus-attrs) or a snapshot
+// under .nimbus-snapshots/. Comparisons of the bucket with a local tree
+// leave them out.
+func nimbusOwnKey(key string) bool {
+	for _, seg := range strings.Split(key, "/") {
+		if seg == ".nimbus-attrs" || seg == ".nimbus-snapshots" {
+			return true
+		}
+	}
+	return false
+}
+
 // delta returns after-before for each counter.
 func delta(before, after map[string]int64) map[string]int64 {
 	d := make(map[string]int64)

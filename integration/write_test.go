@@ -27,7 +27,8 @@ func (m *mount) sync(timeout time.Duration) {
 	}
 }
 
-// objects returns every key of the bucket with its content (markers too).
+// objects returns every key of the bucket with its content (markers too),
+// except nimbus's own objects (nimbusOwnKey).
 func (e *env) objects() map[string][]byte {
 	e.t.Helper()
 	out, err := e.tryObjects()
@@ -58,6 +59,9 @@ func (e *env) tryObjects() (map[string][]byte, error) {
 			return nil, err
 		}
 		for _, o := range page.Contents {
+			if nimbusOwnKey(*o.Key) {
+				continue
+			}
 			obj, err := e.s3.GetObject(ctx, &awss3.GetObjectInput{Bucket: &e.bucket, Key: o.Key})
 			if err != nil {
 				return nil, err

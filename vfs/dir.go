@@ -25,7 +25,11 @@ var _ = (fs.NodeLookuper)((*dirNode)(nil))
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	n.fsys.inodes.touch(n)
 	dir := n.path()
-	// A name the store cannot hold gets the errno that says why.
+	// A name the store cannot hold, or one nimbus keeps for itself, gets
+	// the errno that says why; a create of it then fails with it too.
+	if err := checkName(name); err != nil {
+		return nil, toErrno(n.fsys.log, "lookup", err)
+	}
 	if err := checkKey(n.fsys.fileKey(cache.JoinPath(dir, name))); err != nil {
 		return nil, toErrno(n.fsys.log, "lookup", err)
 	}

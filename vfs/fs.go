@@ -155,6 +155,7 @@ type FS struct {
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
 	snaps   snapshots   // snapshots of files edited without download (partial.go)
+	attrs   *attrIndex  // per-folder sidecars of mode and mtime (attrindex.go); nil: none
 
 	// bgCtx is the context of background work (pin jobs); Stop ends it.
 	bgCtx  context.Context
@@ -184,14 +185,21 @@ func New(cfg Config) *FS {
 		listing: make(map[string]*listFlight),
 		applied: make(map[string]uint64),
 	}
+	f.attrs = f.newAttrIndex()
 	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
 		go f.keepSweeping()
 	}
 	return f
 }
 
-// Stop ends background work (pin jobs); the mount is being torn down.
-func (f *FS) Stop() { f.bgStop() }
+// Stop ends background work (pin jobs, the attribute index's writers,
+// after a last short flush); the mount is being torn down.
+func (f *FS) Stop() {
+	if f.attrs != nil {
+		f.attrs.stop(f.online())
+	}
+	f.bgStop()
+}
 
 // Root returns the root directory node.
 func (f *FS) Root() fs.InodeEmbedder {
@@ -303,6 +311,7 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 			return fmt.Errorf("list %q: %w", prefix, err)
 		}
 		entries, skipped := listingToEntries(prefix, pages)
+		entries = f.indexListing(ctx, dir, prefix, pages, entries)
 		f.localMu.Lock()
 		overtaken := f.applied[dir] != gen
 		if !overtaken || attempt == maxRelist {

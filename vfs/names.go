@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"fmt"
 	"strings"
 	"unicode/utf8"
 
@@ -30,6 +31,24 @@ func whyUnshowable(name string) string {
 	return ""
 }
 
+// reservedName reports whether name belongs to nimbus's own objects in the
+// bucket: the per-folder attribute index (attrindex.go) and the hidden
+// folder of snapshots (partial.go's snapshotDir). Listings hide them, and
+// no file or folder may take their names.
+func reservedName(name string) bool {
+	return name == attrIndexName || name == snapshotDir
+}
+
+// checkName refuses a local name that is reserved. The kernel looks a name
+// up before it creates, makes a folder, renames onto or links it, so a
+// refusal at lookup refuses all of those.
+func checkName(name string) error {
+	if reservedName(name) {
+		return fmt.Errorf("%q: %w", name, errNameReserved)
+	}
+	return nil
+}
+
 // checkKey validates a key made from a local name before it is sent.
 func checkKey(key string) error {
 	if !utf8.ValidString(key) {
@@ -51,6 +70,9 @@ func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []
 	for _, p := range pages {
 		for _, pfx := range p.Prefixes {
 			name := strings.TrimSuffix(strings.TrimPrefix(pfx, keyPrefix), "/")
+			if reservedName(name) {
+				continue // ours, not the user's
+			}
 			if why := whyUnshowable(name); why != "" {
 				skipped = append(skipped, cache.Skipped{Key: pfx, Reason: why})
 				continue
@@ -67,6 +89,9 @@ func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []
 				continue // the directory's own marker
 			}
 			name := strings.TrimPrefix(o.Key, keyPrefix)
+			if reservedName(name) {
+				continue // ours, not the user's
+			}
 			if why := whyUnshowable(name); why != "" {
 				skipped = append(skipped, cache.Skipped{Key: o.Key, Reason: why})
 				continue

@@ -150,7 +150,7 @@ func (f *FS) runPinJob(ctx context.Context, j *pinJob) error {
 		err := f.cfg.Store.ListFlat(ctx, f.dirKeyPrefix(j.path), func(p backend.Page) error {
 			for _, o := range p.Objects {
 				if strings.HasSuffix(o.Key, "/") || !showable(o.Key) {
-					continue // markers, and keys no path can show
+					continue // markers, nimbus's own objects, and keys no path can show
 				}
 				contents = append(contents, cache.Content{Key: o.Key, ETag: o.ETag, Size: o.Size})
 			}
@@ -231,10 +231,11 @@ func (f *FS) pinContent(ctx context.Context, c cache.Content, j *pinJob) error {
 	return nil
 }
 
-// showable reports whether every segment of key can be a POSIX name.
+// showable reports whether every segment of key can be a POSIX name that
+// is the user's (not one of nimbus's own objects).
 func showable(key string) bool {
 	for _, seg := range strings.Split(key, "/") {
-		if whyUnshowable(seg) != "" {
+		if whyUnshowable(seg) != "" || reservedName(seg) {
 			return false
 		}
 	}

@@ -110,6 +110,11 @@ func (f *FS) refreshDir(ctx context.Context, dir string) error {
 			if !e.Dir {
 				f.contentChanged(cache.JoinPath(dir, e.Name), e)
 			}
+		case old.Mode != e.Mode || !old.MTime.Equal(e.MTime):
+			// Same content, new mode or mtime (another mount's
+			// chmod or touch, from its attribute index).
+			changed = append(changed, e.Name)
+			f.attrsChanged(cache.JoinPath(dir, e.Name), e)
 		}
 		return true
 	})
@@ -152,4 +157,18 @@ func (f *FS) contentChanged(path string, e cache.Entry) {
 			f.log.Debug("notify content", "path", path, "errno", errno)
 		}
 	}()
+}
+
+// attrsChanged gives a live node without local changes the new mode and
+// mtime of its unchanged content.
+func (f *FS) attrsChanged(path string, e cache.Entry) {
+	n := f.liveFile(path)
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	if n.work == nil && !n.entry.Local && n.entry.ETag == e.ETag {
+		n.entry = e
+	}
+	n.mu.Unlock()
 }

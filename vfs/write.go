@@ -998,6 +998,9 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	}
 	err := f.cfg.Store.ListFlat(ctx, srcPrefix, func(p backend.Page) error {
 		for _, o := range p.Objects {
+			if isAttrIndexKey(o.Key) {
+				continue // rewritten by the attribute index, not moved (attrindex.go)
+			}
 			if err := moveKey(o.Key, o.ETag, o.Size); err != nil {
 				return err
 			}

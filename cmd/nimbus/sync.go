@@ -11,7 +11,8 @@ import (
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
-// sync waits for the journal to drain, at most timeout (0: until done).
+// sync waits for the journal to drain and the attribute index to be
+// written, at most timeout (0: until done).
 func (m *mountState) sync(timeout time.Duration) (string, error) {
 	ctx := context.Background()
 	if timeout > 0 {
@@ -20,6 +21,11 @@ func (m *mountState) sync(timeout time.Duration) (string, error) {
 		defer cancel()
 	}
 	if err := m.journal.WaitIdle(ctx); err != nil {
+		return "", err
+	}
+	// Then the sidecars that let other mounts list the uploaded files'
+	// mode and mtime (written shortly after each upload).
+	if err := m.fsys.FlushAttrs(ctx); err != nil {
 		return "", err
 	}
 	return "everything is uploaded", nil
