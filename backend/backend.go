@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"time"
 )
 
@@ -133,6 +134,20 @@ type Range struct {
 
 // End is the offset just past the range.
 func (r Range) End() int64 { return r.Off + r.Len }
+
+// EachWithin calls fn with the part within [off, end) of each of ranges
+// (sorted and disjoint, as CheckRanges wants them) that has one, in order,
+// and returns fn's first error.
+func EachWithin(ranges []Range, off, end int64, fn func(Range) error) error {
+	i := sort.Search(len(ranges), func(i int) bool { return ranges[i].End() > off })
+	for ; i < len(ranges) && ranges[i].Off < end; i++ {
+		lo, hi := max(ranges[i].Off, off), min(ranges[i].End(), end)
+		if err := fn(Range{Off: lo, Len: hi - lo}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // CheckRanges returns an error unless ranges are sorted, disjoint (they may
 // touch), each at least one byte long, and within [0, size).

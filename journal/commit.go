@@ -240,7 +240,7 @@ func checkPartial(p *Partial, size int64) error {
 	if p.From == "" || p.FromETag == "" {
 		return errors.New("partial content without the object and ETag that hold the rest")
 	}
-	if err := backend.CheckRanges(newPartial(p).ranges(), min(size, p.FromSize)); err != nil {
+	if err := backend.CheckRanges(p.Missing, min(size, p.FromSize)); err != nil {
 		return fmt.Errorf("missing ranges of the %d staged bytes, from %d: %w", size, p.FromSize, err)
 	}
 	return nil
@@ -254,7 +254,7 @@ func checkDelta(d *Delta, size int64) error {
 	if d.SrcETag == "" {
 		return errors.New("delta without the ETag of the version it refers to")
 	}
-	if err := backend.CheckRanges(newDelta(d).ranges(), size); err != nil {
+	if err := backend.CheckRanges(d.Same, size); err != nil {
 		return fmt.Errorf("delta of the %d staged bytes: %w", size, err)
 	}
 	return nil

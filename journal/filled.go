@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
 	"sync"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -31,14 +30,11 @@ func (r *filled) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil && err != io.EOF {
 		return n, err
 	}
-	end := off + int64(n)
-	// The first missing range that ends after off.
-	i := sort.Search(len(r.missing), func(i int) bool { return r.missing[i].End() > off })
-	for ; i < len(r.missing) && r.missing[i].Off < end; i++ {
-		lo, hi := max(r.missing[i].Off, off), min(r.missing[i].End(), end)
-		if err := r.fetch(p[lo-off:hi-off], lo); err != nil {
-			return 0, err
-		}
+	ferr := backend.EachWithin(r.missing, off, off+int64(n), func(m backend.Range) error {
+		return r.fetch(p[m.Off-off:m.End()-off], m.Off)
+	})
+	if ferr != nil {
+		return 0, ferr
 	}
 	return n, err
 }

@@ -206,13 +206,8 @@ type Delta struct {
 	Same []Range
 }
 
-// Range is the byte range [Off, Off+Len).
-type Range struct {
-	Off, Len int64
-}
-
-// End is the offset just past the range.
-func (r Range) End() int64 { return r.Off + r.Len }
+// Range is the byte range [Off, Off+Len), as the store takes it.
+type Range = backend.Range
 
 // PendingOp is a committed op that has not completed.
 type PendingOp struct {

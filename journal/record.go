@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
-
-	"github.com/nimbus-fs/nimbus/backend"
 )
 
 // The journal's bbolt buckets. Only this file reads or writes them.
@@ -89,15 +87,6 @@ func (ps pairs) public() []Range {
 	return out
 }
 
-// store returns the ranges for the store.
-func (ps pairs) store() []backend.Range {
-	out := make([]backend.Range, len(ps))
-	for i, p := range ps {
-		out[i] = backend.Range{Off: p[0], Len: p[1]}
-	}
-	return out
-}
-
 // delta is the persisted form of Delta.
 type delta struct {
 	SrcETag string `json:"src_etag"`
@@ -121,7 +110,7 @@ func (d *delta) public() *Delta {
 }
 
 // ranges returns d's ranges for the store.
-func (d *delta) ranges() []backend.Range { return d.Same.store() }
+func (d *delta) ranges() []Range { return d.Same.public() }
 
 // partial is the persisted form of Partial.
 type partial struct {
@@ -148,7 +137,7 @@ func (p *partial) public() *Partial {
 }
 
 // ranges returns p's missing ranges for the store.
-func (p *partial) ranges() []backend.Range { return p.Missing.store() }
+func (p *partial) ranges() []Range { return p.Missing.public() }
 
 // seqKey encodes a sequence number as a bbolt key that sorts numerically.
 func seqKey(seq uint64) []byte {

@@ -533,8 +533,7 @@ func (x *attrIndex) finish(job *attrJob, err error) {
 		st.due = now.Add(x.debounce)
 	case errors.Is(err, backend.ErrInvalidKey) && !x.off:
 		// The key is within S3's limits (write checks), so the store
-		// refuses the name itself (the dir: store keeps ".nimbus-"
-		// names): no folder can have a sidecar.
+		// refuses the name itself: no folder can have a sidecar.
 		x.log.Info("the store refuses the attribute index; mode and mtime show on other mounts after open only", "key", x.keyOf(job.dir), "err", err)
 		x.off = true
 	case errors.Is(err, backend.ErrAccess), errors.Is(err, backend.ErrNoBucket), errors.Is(err, errIndexUnusable):

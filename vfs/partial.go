@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -123,15 +122,9 @@ func (p *partial) describe() *journal.Partial {
 
 // read fills the parts of dest, read at off, that the working copy lacks.
 func (p *partial) read(ctx context.Context, blocks contentCache, dest []byte, off int64) error {
-	end := off + int64(len(dest))
-	i := sort.Search(len(p.missing), func(i int) bool { return p.missing[i].End() > off })
-	for ; i < len(p.missing) && p.missing[i].Off < end; i++ {
-		lo, hi := max(p.missing[i].Off, off), min(p.missing[i].End(), end)
-		if err := p.readRange(ctx, blocks, dest[lo-off:hi-off], lo); err != nil {
-			return err
-		}
-	}
-	return nil
+	return backend.EachWithin(p.missing, off, off+int64(len(dest)), func(m backend.Range) error {
+		return p.readRange(ctx, blocks, dest[m.Off-off:m.End()-off], m.Off)
+	})
 }
 
 // readRange reads the missing bytes at off: from the cached version while
