@@ -207,7 +207,9 @@ func startMount(t testing.TB, extraEnv []string, cacheDir string, args []string)
 	}()
 	t.Cleanup(m.cleanup)
 	deadline := time.Now().Add(30 * time.Second)
-	for !isMounted(mp) {
+	// Mounted, and serving its control socket (nimbus logs "mounted" once
+	// it listens): a nimbus sync or status right after must find it.
+	for !isMounted(mp) || !strings.Contains(m.stderr.String(), "msg=mounted") {
 		select {
 		case <-m.exited:
 			t.Fatalf("nimbus exited before mounting: %v\n%s", m.cmd.ProcessState, m.stderr)
