@@ -156,7 +156,7 @@ func cmdMount(o mountOptions, stderr io.Writer) error {
 	if err := checkMountpoint(o.mountpoint); err != nil {
 		return err
 	}
-	if o.daemon {
+	if o.daemon && !daemonChild() {
 		return startDaemon(o.argv, o)
 	}
 	return serve(o, stderr)
@@ -235,13 +235,10 @@ func startDaemon(args []string, o mountOptions) error {
 	if err != nil {
 		return err
 	}
-	var childArgs []string
-	for _, a := range args {
-		if a != "--daemon" && a != "-daemon" && a != "--daemon=true" && a != "-daemon=true" {
-			childArgs = append(childArgs, a)
-		}
-	}
-	cmd := exec.Command(self, childArgs...)
+	// The child gets the same arguments, --daemon included: it knows it is
+	// the child from readyFDEnv and the pipe on fd 3 (daemonChild), which
+	// no spelling of the flag can change.
+	cmd := exec.Command(self, args...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -262,6 +259,17 @@ func startDaemon(args []string, o mountOptions) error {
 		return errors.New(s)
 	}
 	return nil
+}
+
+// daemonChild reports whether this process is the background half of a
+// --daemon mount: its parent set readyFDEnv and passed the pipe it waits on
+// as fd 3. The flags do not decide it, so a child never forks again.
+func daemonChild() bool {
+	if os.Getenv(readyFDEnv) != "3" {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Fstat(3, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO
 }
 
 // mountReport tells a waiting parent (--daemon) how the mount went.

@@ -1,0 +1,179 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// cliProcesses returns the pids of the nimbus processes whose command
+// line holds arg (a test's own mountpoint, so no one else's process).
+func cliProcesses(arg string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		argv := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+		if argv[0] != nimbusBin {
+			continue
+		}
+		for _, a := range argv[1:] {
+			if a == arg {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// cliKillAll kills every nimbus process whose command line names mp,
+// again and again until none is left: a process that forks itself (the
+// bug TestDaemonFlagSpellings guards against) makes new ones meanwhile.
+func cliKillAll(t testing.TB, mp string) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		pids := cliProcesses(mp)
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("nimbus processes of %s still alive after a minute of killing: %v", mp, pids)
+			return
+		}
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Logf("kill %d: %v", pid, err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cliMountpoint returns an empty folder under the test's temp dir whose
+// mount (and nimbus processes) are cleaned up at the end of the test.
+func cliMountpoint(t testing.TB) string {
+	t.Helper()
+	mp := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if isMounted(mp) {
+			if out, err := exec.Command(nimbusBin, "unmount", mp).CombinedOutput(); err != nil {
+				t.Logf("nimbus unmount %s: %v: %s", mp, err, out)
+			}
+		}
+		cliKillAll(t, mp)
+		if isMounted(mp) {
+			if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+				t.Errorf("detach %s: %v", mp, err)
+			}
+		}
+	})
+	return mp
+}
+
+// cliRun runs the nimbus binary with extra environment, at most timeout,
+// and returns its combined output and exit code (-1: killed at the timeout).
+func cliRun(t testing.TB, timeout time.Duration, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, nimbusBin, args...)
+	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// A --daemon mount leaves its child holding the output pipe: wait for
+	// the command itself, not for the pipe to close.
+	cmd.WaitDelay = time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return out.String(), -1
+	}
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("nimbus %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), cmd.ProcessState.ExitCode()
+}
+
+// cliDirRemote returns a local folder holding one file, for dir: mounts.
+func cliDirRemote(t testing.TB) string {
+	t.Helper()
+	remote := t.TempDir()
+	if err := os.WriteFile(filepath.Join(remote, "hello.txt"), []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return remote
+}
+
+// TestDaemonFlagSpellings mounts with every spelling of --daemon: each must
+// return once mounted and leave exactly one daemon, never a chain of
+// children each starting the next.
+func TestDaemonFlagSpellings(t *testing.T) {
+	requireFUSE(t)
+	remote := cliDirRemote(t)
+	for _, spelling := range []string{"--daemon", "--daemon=1", "--daemon=t", "--daemon=TRUE", "-daemon=1", "-daemon"} {
+		t.Run(strings.TrimLeft(spelling, "-"), func(t *testing.T) {
+			mp := cliMountpoint(t)
+			cmd := exec.Command(nimbusBin, "mount", spelling, "--cache-dir", t.TempDir(), "dir:"+remote, mp)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			cmd.WaitDelay = time.Second // the daemon keeps the output pipe
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			// At most the mount command and its daemon child may exist; stop
+			// at once if they multiply, before they fill the machine.
+			deadline := time.After(time.Minute)
+		wait:
+			for {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("mount %s: %v: %s", spelling, err, out.String())
+					}
+					break wait
+				case <-deadline:
+					t.Fatalf("mount %s did not return within a minute", spelling)
+				case <-time.After(10 * time.Millisecond):
+					if pids := cliProcesses(mp); len(pids) > 2 {
+						cliKillAll(t, mp)
+						t.Fatalf("mount %s started %d nimbus processes: each child starts another", spelling, len(pids))
+					}
+				}
+			}
+			if !isMounted(mp) {
+				t.Fatalf("mount %s returned 0 but %s is not mounted", spelling, mp)
+			}
+			if data, err := os.ReadFile(filepath.Join(mp, "hello.txt")); err != nil || string(data) != "hello\n" {
+				t.Fatalf("read through the mount: %q %v", data, err)
+			}
+			if pids := cliProcesses(mp); len(pids) != 1 {
+				t.Fatalf("%d nimbus processes serve %s, want 1: %v", len(pids), mp, pids)
+			}
+			if out, code := cliRun(t, time.Minute, nil, "unmount", mp); code != 0 {
+				t.Fatalf("unmount: exit %d: %s", code, out)
+			}
+		})
+	}
+}
