@@ -177,3 +177,89 @@ func TestDaemonFlagSpellings(t *testing.T) {
 		})
 	}
 }
+
+// cliDaemonMount mounts the dir: remote on a fresh folder at path (made
+// here) in the background, and cleans it up at the end of the test.
+func cliDaemonMount(t *testing.T, remote, path string) string {
+	t.Helper()
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if isMounted(path) {
+			if out, err := exec.Command(nimbusBin, "unmount", path).CombinedOutput(); err != nil {
+				t.Logf("nimbus unmount %s: %v: %s", path, err, out)
+			}
+		}
+		cliKillAll(t, path)
+		if isMounted(path) {
+			if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil {
+				t.Errorf("detach %s: %v", path, err)
+			}
+		}
+	})
+	if out, code := cliRun(t, time.Minute, nil, "mount", "--daemon", "--cache-dir", t.TempDir(), "dir:"+remote, path); code != 0 {
+		t.Fatalf("mount %s: exit %d: %s", path, code, out)
+	}
+	return path
+}
+
+// TestCleanTestMountsTouchesOnlyLeftovers runs the clean-up that
+// scripts/test runs first with a user's own nimbus mount next to the
+// tests' folders: only the mount a finished test run left under its own
+// folder goes; the user's mount and a running test run's mount stay.
+func TestCleanTestMountsTouchesOnlyLeftovers(t *testing.T) {
+	requireFUSE(t)
+	src := cliDirRemote(t)
+	base := t.TempDir()
+	prefix := filepath.Join(base, "nimbus-tests.")
+
+	// A finished run: its .pid names a process that has exited.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	finished := prefix + "old123"
+	if err := os.MkdirAll(finished, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(finished, ".pid"), []byte(strconv.Itoa(dead.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	running := prefix + "live456"
+	if err := os.MkdirAll(running, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(running, ".pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	leftover := cliDaemonMount(t, src, filepath.Join(finished, "TestSomething", "001", "mnt"))
+	live := cliDaemonMount(t, src, filepath.Join(running, "TestOther", "001", "mnt"))
+	users := cliDaemonMount(t, src, filepath.Join(base, "home", "drive"))
+	lookalike := cliDaemonMount(t, src, filepath.Join(base, "my-nimbus-tests.backup", "mnt"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "../scripts/clean-test-mounts", prefix).CombinedOutput()
+	if err != nil {
+		t.Fatalf("clean-test-mounts: %v: %s", err, out)
+	}
+	for _, mp := range []string{users, lookalike, live} {
+		if !isMounted(mp) {
+			t.Errorf("%s was unmounted by the tests' clean-up", mp)
+			continue
+		}
+		if data, err := os.ReadFile(filepath.Join(mp, "hello.txt")); err != nil || string(data) != "hello\n" {
+			t.Errorf("%s no longer serves its files: %q %v", mp, data, err)
+		}
+	}
+	if isMounted(leftover) {
+		t.Errorf("the finished run's mount %s is still there: %s", leftover, out)
+	}
+	if _, err := os.Stat(finished); !os.IsNotExist(err) {
+		t.Errorf("the finished run's folder is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(running, ".pid")); err != nil {
+		t.Errorf("the running run's folder was touched: %v", err)
+	}
+}
