@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/cache"
 )
 
 // cliProcesses returns the pids of the nimbus processes whose command
@@ -261,5 +264,93 @@ func TestCleanTestMountsTouchesOnlyLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(running, ".pid")); err != nil {
 		t.Errorf("the running run's folder was touched: %v", err)
+	}
+}
+
+// TestUnmountSaysWhatIsPending unmounts with uploads pending (the store is
+// down) by nimbus unmount, SIGINT and SIGTERM: each says how many changes
+// and bytes are not uploaded, and that they upload at the next mount of
+// the same cache folder.
+func TestUnmountSaysWhatIsPending(t *testing.T) {
+	for _, how := range []string{"unmount", "SIGINT", "SIGTERM"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t)
+			cacheDir := t.TempDir()
+			m := e.mount(mountOpt{cacheDir: cacheDir})
+			run(t, time.Minute, "ls", m.dir)
+			e.minio.Stop()
+			if err := os.WriteFile(m.path("a.txt"), bytes.Repeat([]byte("a"), 3000), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(m.path("b.txt"), bytes.Repeat([]byte("b"), 5000), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			st := m.status()
+			if st.Uploads.Pending < 2 || st.Uploads.PendingBytes < 8000 {
+				t.Fatalf("pending after two offline writes: %+v", st.Uploads)
+			}
+			want := fmt.Sprintf("%d changes (%s) not uploaded yet: they upload at the next mount of the cache folder %s",
+				st.Uploads.Pending, cache.FormatBytes(st.Uploads.PendingBytes), cacheDir)
+			var said string
+			switch how {
+			case "unmount":
+				out, code := cliRun(t, time.Minute, nil, "unmount", m.dir)
+				if code != 0 {
+					t.Fatalf("nimbus unmount: exit %d: %s", code, out)
+				}
+				said = out
+			default:
+				sig := map[string]syscall.Signal{"SIGINT": syscall.SIGINT, "SIGTERM": syscall.SIGTERM}[how]
+				if err := m.cmd.Process.Signal(sig); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-m.exited:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("nimbus still running 30s after %s", how)
+			}
+			if how != "unmount" {
+				said = m.stderr.String()
+			}
+			if !strings.Contains(said, want) {
+				t.Errorf("after %s nimbus said:\n%s\nwant it to say %q", how, said, want)
+			}
+			if code := m.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("nimbus mount exited %d after %s", code, how)
+			}
+		})
+	}
+}
+
+// TestUnmountWait checks nimbus unmount --wait: with the store down it
+// gives up after DUR and leaves the mount; once the store is back, it
+// uploads everything, then unmounts.
+func TestUnmountWait(t *testing.T) {
+	e := newEnv(t)
+	m := e.mount(mountOpt{})
+	run(t, time.Minute, "ls", m.dir)
+	e.minio.Stop()
+	content := []byte("written while the store was down\n")
+	if err := os.WriteFile(m.path("later.txt"), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := cliRun(t, time.Minute, nil, "unmount", "--wait=2s", m.dir)
+	if code != 1 || !strings.Contains(out, "stays mounted: not everything is uploaded") {
+		t.Errorf("unmount --wait=2s with the store down: exit %d: %s; want 1 and why it stays mounted", code, out)
+	}
+	if !isMounted(m.dir) {
+		t.Fatalf("unmount --wait=2s unmounted although the upload could not be done")
+	}
+	e.minio.Restart()
+	out, code = cliRun(t, 3*time.Minute, nil, "unmount", "--wait", m.dir)
+	if code != 0 || !strings.Contains(out, "every change is uploaded") {
+		t.Fatalf("unmount --wait with the store back: exit %d: %s", code, out)
+	}
+	if isMounted(m.dir) {
+		t.Fatalf("still mounted after unmount --wait")
+	}
+	if got := e.objects()["later.txt"]; !bytes.Equal(got, content) {
+		t.Errorf("the bucket holds %q for later.txt, want %q", got, content)
 	}
 }

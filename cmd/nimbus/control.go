@@ -110,8 +110,13 @@ func (m *mountState) handleControl(conn net.Conn) {
 	if err := json.NewDecoder(conn).Decode(&req); err != nil {
 		resp.Error = "bad request: " + err.Error()
 	} else {
+		// A sync without a timeout waits as long as the uploads take.
+		var deadline time.Time
 		if req.Timeout > 0 {
-			if err := conn.SetDeadline(time.Now().Add(req.Timeout + time.Minute)); err != nil {
+			deadline = time.Now().Add(req.Timeout + time.Minute)
+		}
+		if req.Timeout > 0 || req.Op == "sync" {
+			if err := conn.SetDeadline(deadline); err != nil {
 				m.log.Debug("control deadline", "err", err)
 			}
 		}
@@ -124,6 +129,12 @@ func (m *mountState) handleControl(conn net.Conn) {
 	}
 	if err := json.NewEncoder(conn).Encode(resp); err != nil {
 		m.log.Debug("control reply", "err", err)
+	}
+	if req.Op == "unmount" {
+		select {
+		case m.unmountReplied <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -144,14 +155,16 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 	case "pins":
 		return m.fsys.PinStatus()
 	case "unmount":
-		select {
-		case m.unmountC <- struct{}{}:
-		default: // an unmount is already requested
-		}
-		return "ok", nil
+		return m.requestUnmount()
 	}
 	return nil, fmt.Errorf("unknown request %q (is this nimbus older than the CLI?)", req.Op)
 }
+
+// daemonError is an error the mount answered with (as opposed to not
+// reaching it).
+type daemonError struct{ msg string }
+
+func (e daemonError) Error() string { return e.msg }
 
 // callControl sends one request to the mount holding path.
 func callControl(path, op string, result any) error {
@@ -169,7 +182,11 @@ func callControlReq(path string, req controlRequest, result any) error {
 		return fmt.Errorf("the nimbus daemon of %s does not answer (%v): is it still running?", path, err)
 	}
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(2*time.Minute + req.Timeout)); err != nil {
+	deadline := time.Now().Add(2*time.Minute + req.Timeout)
+	if req.Op == "sync" && req.Timeout == 0 {
+		deadline = time.Time{} // until everything is uploaded
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
 		return err
 	}
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
@@ -180,7 +197,7 @@ func callControlReq(path string, req controlRequest, result any) error {
 		return fmt.Errorf("read %s reply: %w", op, err)
 	}
 	if resp.Error != "" {
-		return errors.New(resp.Error)
+		return daemonError{resp.Error}
 	}
 	if result != nil {
 		return json.Unmarshal(resp.Result, result)

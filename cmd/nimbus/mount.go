@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -303,6 +305,14 @@ type mountState struct {
 	started  time.Time
 	socket   string
 	unmountC chan struct{}
+
+	// The end of the mount, for nimbus unmount: final is set, then finalC
+	// closed, once the uploader stopped; unmountReplied is signalled once
+	// the unmount request was answered.
+	unmountRequested atomic.Bool
+	final            unmountReport
+	finalC           chan struct{}
+	unmountReplied   chan struct{}
 }
 
 // serve mounts and serves until unmounted or signalled.
@@ -320,7 +330,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	setSoftMemoryLimit()
 	startProfiling(log)
 
-	m := &mountState{opts: o, log: log, started: time.Now(), unmountC: make(chan struct{}, 1)}
+	m := &mountState{opts: o, log: log, started: time.Now(), unmountC: make(chan struct{}, 1),
+		finalC: make(chan struct{}), unmountReplied: make(chan struct{}, 1)}
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
@@ -439,7 +450,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	}()
 	// Stop the uploader before the journal closes (deferred above, so run
 	// after this): in-flight uploads resume at the next mount.
-	defer func() { cancel(); <-uploads }()
+	stopUploads := sync.OnceFunc(func() { cancel(); <-uploads })
+	defer stopUploads()
 	go fsys.Poll(ctx, o.poll)
 	opts := fsys.Options(o.remote.String(), o.allowOther)
 	if o.readOnly {
@@ -480,6 +492,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if err := fsys.SweepSnapshots(sweepCtx); err != nil {
 		log.Info("snapshots left for the next mount to delete", "err", err)
 	}
+	stopUploads()
+	m.stopped(stderr)
 	return nil
 }
 

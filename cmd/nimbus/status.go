@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -257,50 +256,4 @@ func readDirNames(path string) ([]string, error) {
 	names, err := d.Readdirnames(-1)
 	sort.Strings(names)
 	return names, err
-}
-
-func init() { addCommand(newUnmountCmd) }
-
-func newUnmountCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "unmount MOUNTPOINT",
-		Aliases: []string{"umount"},
-		Short:   "Unmount cleanly",
-		Long: `Unmount MOUNTPOINT cleanly. Changes not uploaded yet stay in the journal
-of the cache folder and upload at its next mount. If the daemon does not
-answer, the mount is detached.`,
-		Args: argsBetween(1, 1, "exactly one MOUNTPOINT"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return cmdUnmount(args[0], cmd.OutOrStdout())
-		},
-	}
-}
-
-func cmdUnmount(mountpoint string, stdout io.Writer) error {
-	mp := mustAbs(mountpoint)
-	if err := callControl(mp, "unmount", nil); err == nil {
-		return waitUnmounted(mp, 30*time.Second)
-	} else if mounted, _ := isMountpoint(mp); !mounted {
-		return fmt.Errorf("%s is not mounted", mp)
-	}
-	// The daemon is gone or stuck: detach the mount so that the folder is
-	// usable again. Nothing is lost: the journal is on disk.
-	if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
-		if err := runFusermount(mp); err != nil {
-			return fmt.Errorf("unmount %s: %w", mp, err)
-		}
-	}
-	fmt.Fprintf(stdout, "detached %s (its daemon did not answer)\n", mp)
-	return nil
-}
-
-func waitUnmounted(mp string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if mounted, err := isMountpoint(mp); err == nil && !mounted {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s is still mounted after %s: a program may hold files open (see lsof %s)", mp, timeout, mp)
 }
