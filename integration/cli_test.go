@@ -354,3 +354,43 @@ func TestUnmountWait(t *testing.T) {
 		t.Errorf("the bucket holds %q for later.txt, want %q", got, content)
 	}
 }
+
+// TestDaemonStartsOffline mounts --daemon from a known tree with the store
+// down, then with a mistyped endpoint: each mounts, and says in one line
+// that it is offline, why, and that changes are queued.
+func TestDaemonStartsOffline(t *testing.T) {
+	e := newEnv(t)
+	e.put("known.txt", []byte("known"))
+	cacheDir := t.TempDir()
+	m := e.mount(mountOpt{cacheDir: cacheDir})
+	run(t, time.Minute, "ls", m.dir)
+	m.unmount()
+	e.minio.Stop()
+
+	for _, c := range []struct{ name, endpoint, why string }{
+		{"store down", e.minio.Endpoint, "cannot reach " + e.minio.Endpoint},
+		{"mistyped endpoint", "http://127.0.0.1:1", "cannot reach http://127.0.0.1:1"},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			mp := cliMountpoint(t)
+			out, code := cliRun(t, time.Minute, e.minio.Env(), "mount", "--daemon", "--endpoint", c.endpoint, "--cache-dir", cacheDir, "s3://"+e.bucket, mp)
+			if code != 0 || !isMounted(mp) {
+				t.Fatalf("mount --daemon offline: exit %d, mounted %v: %s", code, isMounted(mp), out)
+			}
+			t.Logf("mount --daemon said: %s", out)
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], "offline") || !strings.Contains(lines[0], c.why) || !strings.Contains(lines[0], "changes are queued") {
+				t.Errorf("mount --daemon offline said %q; want one line: offline, %q, changes are queued", out, c.why)
+			}
+			if _, err := os.Stat(filepath.Join(mp, "known.txt")); err != nil {
+				t.Errorf("the known tree is not shown offline: %v", err)
+			}
+			if err := os.WriteFile(filepath.Join(mp, "offline-"+strconv.Itoa(len(c.name))+".txt"), []byte("queued"), 0o644); err != nil {
+				t.Errorf("write offline: %v", err)
+			}
+			if out, code := cliRun(t, time.Minute, nil, "unmount", mp); code != 0 {
+				t.Fatalf("unmount: exit %d: %s", code, out)
+			}
+		})
+	}
+}

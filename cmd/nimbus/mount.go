@@ -159,7 +159,7 @@ func cmdMount(o mountOptions, stderr io.Writer) error {
 		return err
 	}
 	if o.daemon && !daemonChild() {
-		return startDaemon(o.argv, o)
+		return startDaemon(o.argv, o, stderr)
 	}
 	return serve(o, stderr)
 }
@@ -218,7 +218,7 @@ func unescapeMountinfo(s string) string {
 
 // startDaemon re-runs this mount in the background and waits until it
 // reports the mount ready (or why it failed).
-func startDaemon(args []string, o mountOptions) error {
+func startDaemon(args []string, o mountOptions, stderr io.Writer) error {
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
@@ -254,13 +254,18 @@ func startDaemon(args []string, o mountOptions) error {
 	if err := cmd.Process.Release(); err != nil {
 		return err
 	}
-	if s := strings.TrimSpace(string(msg)); s != "ok" {
-		if s == "" {
-			s = "the daemon exited before mounting; see " + logPath
+	// "ok", then a notice for the user if there is one; else the error.
+	status, notice, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
+	switch status {
+	case "ok":
+		if notice != "" {
+			fmt.Fprintln(stderr, "nimbus: "+notice)
 		}
-		return errors.New(s)
+		return nil
+	case "":
+		return errors.New("the daemon exited before mounting; see " + logPath)
 	}
-	return nil
+	return errors.New(status)
 }
 
 // daemonChild reports whether this process is the background half of a
@@ -362,6 +367,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		return err
 	}
 
+	var offlineNotice string // set when starting offline
 	store, reachErr := openStore(o)
 	if store == nil {
 		return reachErr
@@ -376,6 +382,8 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		}
 		log.Warn("starting offline from the known tree", "err", reachErr)
 		m.health.MarkOffline(reachErr)
+		offlineNotice = fmt.Sprintf("mounted %s offline: %s; changes are queued and upload once the store can be reached (see nimbus status)",
+			o.mountpoint, oneLine(reachErr.Error()))
 	}
 
 	m.blocks, err = cache.OpenBlockStore(cache.BlockStoreConfig{
@@ -470,7 +478,17 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	}
 	defer ctl.Close()
 	log.Info("mounted", "remote", o.remote.String(), "store", store.String(), "mountpoint", o.mountpoint, "cache", o.cacheDir)
-	mountReport("ok")
+	report := "ok"
+	if offlineNotice != "" {
+		// One line on the terminal (for --daemon, the one it was started
+		// from): mounting offline is a feature, but the user must know.
+		if daemonChild() {
+			report += "\n" + offlineNotice
+		} else {
+			fmt.Fprintln(stderr, "nimbus: "+offlineNotice)
+		}
+	}
+	mountReport(report)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
