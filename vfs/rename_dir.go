@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 
@@ -15,15 +14,20 @@ import (
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
-// renameDir moves a folder: every key under it, found with a flat listing,
-// is copied server-side and deleted, and pending local changes under it are
-// moved with it. Offline, the keys cannot be found: EXDEV makes mv fall
-// back to copying file by file.
+// renameDir moves a folder: every key under it is copied server-side and
+// deleted, and pending local changes under it are moved with it. The keys
+// come from a flat listing, or, when the store is offline, from the
+// persisted tree (what this machine saw). Either way the whole move is one
+// journal commit of ops conditioned on each key's version: it is durable
+// before rename(2) returns, survives a crash whole or not at all, and runs
+// when the store can be reached.
 func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string, dstExists bool) error {
-	srcPrefix := f.dirKeyPrefix(cache.JoinPath(srcDir, name))
+	srcPath := cache.JoinPath(srcDir, name)
+	srcPrefix := f.dirKeyPrefix(srcPath)
 	dstPrefix := f.dirKeyPrefix(cache.JoinPath(dstDir, newName))
-	if !f.online() {
-		return fmt.Errorf("rename of folder %q while offline: %w", srcPrefix, syscall.EXDEV)
+	objs, err := f.dirObjects(ctx, srcPath, srcPrefix)
+	if err != nil {
+		return fmt.Errorf("rename folder %q: %w", srcPrefix, err)
 	}
 	pending := make(map[string]journal.PendingOp)
 	for _, p := range f.cfg.Journal.PendingUnder(srcPrefix) {
@@ -35,7 +39,8 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	var staged []string
 	var shown []cache.Entry // entries to show under the new folder, Name = path below it
 	var settle []int        // deletes of keys that had pending ops: indexes in ops
-	moveKey := func(key, etag string, size int64) error {
+	moveKey := func(o dirObject) error {
+		key, etag, size := o.key, o.etag, o.size
 		rest := key[len(srcPrefix):]
 		newKey := dstPrefix + rest
 		if err := checkKey(newKey); err != nil {
@@ -86,24 +91,22 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 		ops = append(ops, move, del)
 		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
-			shown = append(shown, cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true})
+			e := cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true}
+			if !e.Dir && !o.entry.MTime.IsZero() {
+				e.MTime, e.Mode, e.Attrs = o.entry.MTime, o.entry.Mode, o.entry.Attrs
+			}
+			shown = append(shown, e)
 		}
 		return nil
 	}
-	err := f.cfg.Store.ListFlat(ctx, srcPrefix, func(p backend.Page) error {
-		for _, o := range p.Objects {
-			if isAttrIndexKey(o.Key) {
-				continue // rewritten by the attribute index, not moved (attrindex.go)
-			}
-			if err := moveKey(o.Key, o.ETag, o.Size); err != nil {
-				return err
-			}
+	for _, o := range objs {
+		if err = moveKey(o); err != nil {
+			break
 		}
-		return nil
-	})
+	}
 	if err == nil {
 		for key := range pending { // local-only keys the store does not have yet
-			if err = moveKey(key, "", 0); err != nil {
+			if err = moveKey(dirObject{key: key}); err != nil {
 				break
 			}
 		}
@@ -141,6 +144,83 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		}
 	}
 	return nil
+}
+
+// dirObject is a key under a folder being renamed, as the store listed it
+// or as the persisted tree knows it (entry, for its attributes).
+type dirObject struct {
+	key, etag string
+	size      int64
+	entry     cache.Entry
+}
+
+// errNeverListed: offline, a folder whose content was never listed cannot
+// be renamed, since what it holds is unknown.
+var errNeverListed = errors.New("it holds a folder that was never listed, so its content is unknown while the store is offline: list it online first (ls -R)")
+
+// dirObjects returns the keys under the folder at path (key prefix
+// prefix): a flat listing when the store is online, else what the persisted
+// tree knows. Offline, a rename is conditioned on the versions the user
+// saw, like every other change; a key the tree does not know (created
+// remotely since the last listing) is not moved, and stays where it is.
+func (f *FS) dirObjects(ctx context.Context, path, prefix string) ([]dirObject, error) {
+	if f.online() {
+		var objs []dirObject
+		err := f.cfg.Store.ListFlat(ctx, prefix, func(p backend.Page) error {
+			for _, o := range p.Objects {
+				if isAttrIndexKey(o.Key) {
+					continue // rewritten by the attribute index, not moved (attrindex.go)
+				}
+				objs = append(objs, dirObject{key: o.Key, etag: o.ETag, size: o.Size})
+			}
+			return nil
+		})
+		if !errors.Is(err, backend.ErrOffline) {
+			return objs, err
+		}
+		f.log.Info("store unreachable while listing a folder to rename; moving what the tree knows", "prefix", prefix, "err", err)
+	}
+	return f.knownObjects(path)
+}
+
+// knownObjects returns the keys the persisted tree knows under the folder
+// at path, every folder below it included. Each folder gets its marker
+// moved (a Delete of an absent marker is a no-op), so that empty folders
+// survive the move. Files with local changes and no remote version are
+// left to the pending ops (renameDir), and an unclosed new file, which has
+// neither, moves with its node.
+func (f *FS) knownObjects(path string) ([]dirObject, error) {
+	var objs []dirObject
+	var walk func(dir string) error
+	walk = func(dir string) error {
+		if _, listed, err := f.cfg.Tree.Dir(dir); err != nil {
+			return err
+		} else if !listed {
+			return fmt.Errorf("%q: %w", dir, errNeverListed)
+		}
+		objs = append(objs, dirObject{key: f.dirKeyPrefix(dir)})
+		var subs []string
+		err := f.cfg.Tree.Children(dir, func(e cache.Entry) bool {
+			p := cache.JoinPath(dir, e.Name)
+			switch {
+			case e.Dir:
+				subs = append(subs, p)
+			case e.ETag != "":
+				objs = append(objs, dirObject{key: f.fileKey(p), etag: e.ETag, size: e.Size, entry: e})
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		for _, s := range subs {
+			if err := walk(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return objs, walk(path)
 }
 
 // settleMovedBases sets the condition of the deletes ops[i], i in idx, of
