@@ -272,6 +272,11 @@ func (f *FS) Reconcile() error {
 		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
 			return err
 		}
+		if e.Gone {
+			// A tombstone shows nothing, so its folder need not show: the
+			// old keys of a renamed folder must not bring it back.
+			continue
+		}
 		if err := f.ensureParents(dir); err != nil {
 			return err
 		}
