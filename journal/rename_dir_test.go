@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -121,5 +122,96 @@ func TestFolderRenameReplayAfterCrashKeepsRemoteEdit(t *testing.T) {
 	r.assertFiles(want)
 	if n := m.hooks.count(""); n != calls {
 		t.Errorf("a replay of the drained journal made %d store calls", n-calls)
+	}
+}
+
+// ListFlat lets MoveTree list through the hooks' store.
+func (s *hookStore) ListFlat(ctx context.Context, prefix string, fn func(backend.Page) error) error {
+	return s.do(ctx, call{Op: faulty.OpListFlat, Key: prefix}, func() error {
+		return s.inner.ListFlat(ctx, prefix, fn)
+	})
+}
+
+// A MoveTree (a folder renamed offline that was never listed) moves every
+// key under the old prefix, markers and deeper folders included, server-side.
+// A delete whose answer is lost and a kill after a copy reached the store
+// are replayed without duplicates; a key edited remotely between its copy
+// and its delete is kept under its old name, a destination taken remotely
+// keeps its content and the source stays; each of those is one conflict.
+func TestMoveTreeReplayAndRemoteChanges(t *testing.T) {
+	r := newRemote(t)
+	r.put("dir/sub/", "", backend.Cond{}, nil)
+	r.put("dir/sub/deep/y.txt", "Y", backend.Cond{}, nil)
+	r.put("dir/sub/edited.txt", "first", backend.Cond{}, nil)
+	r.put("dir/sub/taken.txt", "ours", backend.Cond{}, nil)
+	r.put("dir/sub/x.txt", "X", backend.Cond{}, nil)
+	r.put("newdir/sub/taken.txt", "theirs", backend.Cond{}, nil)
+	r.put("dir/subway.txt", "not under the prefix", backend.Cond{}, nil)
+	m := newMachine(t, r.root, "laptop")
+	m.commit(Op{Kind: MoveTree, Key: "newdir/sub/", Src: "dir/sub/"})
+
+	lost := newGate()
+	var edited, lostDelete bool
+	m.hooks.setHooks(nil, func(ctx context.Context, c call, err error) error {
+		switch {
+		case err != nil:
+		case c.Op == faulty.OpCopy && c.Key == "newdir/sub/edited.txt" && !edited:
+			edited = true // another machine edits it between the copy and the delete
+			r.put("dir/sub/edited.txt", "edited remotely", backend.Cond{}, nil)
+		case c.Op == faulty.OpDelete && c.Key == "dir/sub/deep/y.txt" && !lostDelete:
+			lostDelete = true
+			return backend.ErrOffline // it happened, the answer was lost
+		case c.Op == faulty.OpCopy && c.Key == "newdir/sub/x.txt":
+			return lost.hold(ctx, c) // the process dies before the answer
+		}
+		return err
+	})
+	m.run()
+	lost.wait(t)
+	m.kill()
+	m.hooks.setHooks(nil, nil)
+	m.open()
+	m.run()
+	m.waitIdle()
+
+	r.assertFiles(map[string]string{
+		"newdir/sub/deep/y.txt": "Y",
+		"newdir/sub/edited.txt": "first",
+		"dir/sub/edited.txt":    "edited remotely",
+		"newdir/sub/taken.txt":  "theirs",
+		"dir/sub/taken.txt":     "ours",
+		"newdir/sub/x.txt":      "X",
+		"dir/subway.txt":        "not under the prefix",
+	})
+	if _, err := r.store.Stat(context.Background(), "newdir/sub/"); err != nil {
+		t.Errorf("the folder marker did not move: %v", err)
+	}
+	// (The dir store keeps a folder's directory while files are in it, so
+	// the old marker's removal shows as the call.)
+	if !slices.ContainsFunc(m.hooks.log(), func(l string) bool { return strings.HasPrefix(l, faulty.OpDelete+" dir/sub/ if-match") }) {
+		t.Errorf("the old folder marker was not deleted: %v", m.hooks.log())
+	}
+	got := map[string]string{}
+	for _, c := range m.j.Conflicts() {
+		if _, dup := got[c.Key]; dup {
+			t.Errorf("conflict on %q recorded twice", c.Key)
+		}
+		got[c.Key] = c.Reason
+	}
+	want := map[string]string{"dir/sub/edited.txt": ReasonDeleteKept, "dir/sub/taken.txt": ReasonRenamedOnto}
+	if len(got) != len(want) || got["dir/sub/edited.txt"] != want["dir/sub/edited.txt"] || got["dir/sub/taken.txt"] != want["dir/sub/taken.txt"] {
+		t.Errorf("conflicts = %v, want %v", got, want)
+	}
+	if n := m.j.Stats().Conflicts; n != 2 {
+		t.Errorf("Stats().Conflicts = %d, want 2", n)
+	}
+	var res []Result
+	for _, x := range m.resultList() {
+		if x.Op.Kind == MoveTree {
+			res = append(res, x)
+		}
+	}
+	if len(res) != 1 || res[0].Conflict != nil || res[0].Dropped {
+		t.Errorf("MoveTree results = %+v, want one, applied", res)
 	}
 }
