@@ -104,8 +104,8 @@ func (g *gatedProxy) getsOf(keys ...string) int {
 }
 
 // offlineRenameFixture is the folder both offline-rename tests move: cached
-// files, an uncached 8 MiB file, a listed subfolder, and (added offline) an
-// edit and a new file.
+// files, an uncached 8 MiB file, a listed subfolder, a subfolder never
+// listed (with one below it), and (added offline) an edit and a new file.
 type offlineRenameFixture struct {
 	big pattern
 }
@@ -116,6 +116,8 @@ func newOfflineRenameFixture(e *env) offlineRenameFixture {
 	e.put("dir/changed.txt", []byte("before the outage"))
 	e.put("dir/edited.txt", []byte("edit me"))
 	e.put("dir/sub/s.txt", []byte("in the subfolder"))
+	e.put("dir/deep/d.txt", []byte("never listed here"))
+	e.put("dir/deep/more/m.txt", []byte("deeper still"))
 	e.putStream("dir/big.bin", fx.big.reader(), fx.big.size)
 	e.put("other/keep.txt", []byte("not moved"))
 	return fx
@@ -124,9 +126,15 @@ func newOfflineRenameFixture(e *env) offlineRenameFixture {
 // prepare lists and caches what the user saw online, then (the store being
 // down) edits a cached file and creates one, inside the folder.
 func (fx offlineRenameFixture) cacheOnline(t *testing.T, m *mount) {
-	run(t, time.Minute, "ls", "-lR", m.dir)
+	fx.browse(t, m)
 	// Everything but big.bin is read, so cached.
 	run(t, time.Minute, "cat", m.path("dir/a.txt"), m.path("dir/changed.txt"), m.path("dir/edited.txt"), m.path("dir/sub/s.txt"))
+}
+
+// browse lists what the user looks at: not dir/deep, whose content stays
+// unknown to the mount.
+func (fx offlineRenameFixture) browse(t *testing.T, m *mount) {
+	run(t, time.Minute, "ls", "-l", m.dir, m.path("dir"), m.path("dir/sub"), m.path("other"))
 }
 
 func (fx offlineRenameFixture) changeOffline(t *testing.T, m *mount) {
@@ -157,7 +165,7 @@ func (fx offlineRenameFixture) renameOffline(t *testing.T, m *mount) {
 func (fx offlineRenameFixture) checkView(t *testing.T, m *mount, when string) {
 	t.Helper()
 	wantNames := map[string][]string{
-		"newdir":     {"a.txt", "big.bin", "changed.txt", "edited.txt", "offline.txt", "sub"},
+		"newdir":     {"a.txt", "big.bin", "changed.txt", "deep", "edited.txt", "offline.txt", "sub"},
 		"newdir/sub": {"s.txt"},
 	}
 	for dir, want := range wantNames {
@@ -212,13 +220,15 @@ func (fx offlineRenameFixture) checkBucket(t *testing.T, e *env, remoteEdit bool
 		changed = "changed remotely"
 	}
 	want := map[string][]byte{
-		"newdir/a.txt":       []byte("alpha"),
-		"newdir/big.bin":     fx.big.bytes(0, fx.big.size),
-		"newdir/changed.txt": []byte(changed),
-		"newdir/edited.txt":  []byte("edited offline"),
-		"newdir/offline.txt": []byte("made offline"),
-		"newdir/sub/s.txt":   []byte("in the subfolder"),
-		"other/keep.txt":     []byte("not moved"),
+		"newdir/a.txt":           []byte("alpha"),
+		"newdir/big.bin":         fx.big.bytes(0, fx.big.size),
+		"newdir/changed.txt":     []byte(changed),
+		"newdir/edited.txt":      []byte("edited offline"),
+		"newdir/offline.txt":     []byte("made offline"),
+		"newdir/sub/s.txt":       []byte("in the subfolder"),
+		"newdir/deep/d.txt":      []byte("never listed here"),
+		"newdir/deep/more/m.txt": []byte("deeper still"),
+		"other/keep.txt":         []byte("not moved"),
 	}
 	if remoteEdit {
 		want["dir/changed.txt"] = []byte(changed)
@@ -260,8 +270,8 @@ func (fx offlineRenameFixture) checkBucket(t *testing.T, e *env, remoteEdit bool
 // journal does not cancel it.)
 func (fx offlineRenameFixture) checkTraffic(t *testing.T, g *gatedProxy) {
 	t.Helper()
-	if n := g.getsOf("dir/big.bin", "newdir/big.bin"); n != 0 {
-		t.Errorf("%d GetObject of big.bin: the uncached file was downloaded, want it moved server-side", n)
+	if n := g.getsOf("dir/big.bin", "newdir/big.bin", "dir/deep/d.txt", "newdir/deep/d.txt", "dir/deep/more/m.txt", "newdir/deep/more/m.txt"); n != 0 {
+		t.Errorf("%d GetObject of big.bin or of the files in deep/: uncached files were downloaded, want them moved server-side", n)
 	}
 	local := map[string]int64{"offline.txt": int64(len("made offline")), "edited.txt": int64(len("edited offline"))}
 	for _, p := range g.putsSoFar() {
@@ -319,6 +329,7 @@ func TestOfflineFolderRename(t *testing.T) {
 	if got, err := os.ReadFile(m.path("newdir/changed.txt")); err != nil || string(got) != "changed remotely" {
 		t.Errorf("newdir/changed.txt after sync = %q, %v; want the remote edit it was copied from", got, err)
 	}
+	fx.checkDeepOnline(t, m)
 }
 
 // TestOfflineFolderRenameSurvivesKill: nimbus is killed right after an
@@ -335,7 +346,7 @@ func TestOfflineFolderRenameSurvivesKill(t *testing.T) {
 	// unmount makes sure the kill below finds the content cached.
 	m.unmount()
 	m = e.mount(mountOpt{endpoint: g.url, cacheDir: cacheDir})
-	run(t, time.Minute, "ls", "-lR", m.dir)
+	fx.browse(t, m)
 
 	e.minio.Stop()
 	fx.changeOffline(t, m)
@@ -352,5 +363,18 @@ func TestOfflineFolderRenameSurvivesKill(t *testing.T) {
 	fx.checkTraffic(t, g)
 	if got := fileSHA(t, m2.path("newdir/big.bin")); got != fx.big.sha256() {
 		t.Error("newdir/big.bin read after reconnect differs")
+	}
+	fx.checkDeepOnline(t, m2)
+}
+
+// checkDeepOnline checks, the store being back and the moves done, that the
+// folder moved without ever being listed shows its content under the new
+// name.
+func (fx offlineRenameFixture) checkDeepOnline(t *testing.T, m *mount) {
+	t.Helper()
+	for name, want := range map[string]string{"newdir/deep/d.txt": "never listed here", "newdir/deep/more/m.txt": "deeper still"} {
+		if got, err := os.ReadFile(m.path(name)); err != nil || string(got) != want {
+			t.Errorf("%s after sync = %q, %v; want %q", name, got, err, want)
+		}
 	}
 }

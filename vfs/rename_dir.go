@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -30,12 +31,17 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		return fmt.Errorf("rename folder %q: %w", srcPrefix, err)
 	}
 	pending := make(map[string]journal.PendingOp)
+	var trees []string // folders still being moved by a pending MoveTree
 	for _, p := range f.cfg.Journal.PendingUnder(srcPrefix) {
 		pending[p.Key] = p // newest last
+		if p.Kind == journal.MoveTree {
+			trees = append(trees, p.Key)
+		}
 	}
 	// Each key moves as its own group (copy, then delete the old key), so
 	// keys move in parallel; the journal orders each pair.
 	var ops []journal.Op
+	groups := 0
 	var staged []string
 	var shown []cache.Entry // entries to show under the new folder, Name = path below it
 	var settle []int        // deletes of keys that had pending ops: indexes in ops
@@ -47,6 +53,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 			return fmt.Errorf("new name of %q: %w", key, err)
 		}
 		del := journal.Op{Kind: journal.Delete, Key: key, Base: journal.Base{Exists: etag != "", ETag: etag}}
+		withDelete := true
 		var move journal.Op
 		p, hadPending := pending[key]
 		if hadPending {
@@ -54,6 +61,10 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 			switch p.Kind {
 			case journal.Delete:
 				return nil // already going away
+			case journal.MoveTree:
+				// Its keys are still arriving: they move on from there
+				// once they have.
+				move, withDelete = journal.Op{Kind: journal.MoveTree, Key: newKey, Src: key}, false
 			case journal.PutMarker:
 				move = journal.Op{Kind: journal.PutMarker, Key: newKey}
 			case journal.PutFile:
@@ -76,6 +87,8 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 				// the rename that made it.
 				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key}
 			}
+		} else if o.tree {
+			move, withDelete = journal.Op{Kind: journal.MoveTree, Key: newKey, Src: key}, false
 		} else if strings.HasSuffix(key, "/") {
 			move = journal.Op{Kind: journal.PutMarker, Key: newKey}
 		} else {
@@ -84,12 +97,15 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		if strings.HasSuffix(key, "/") {
 			del.Base = journal.Base{Exists: true} // markers go whatever their ETag
 		}
-		group := len(ops) / 2
-		move.Group, del.Group = group, group
-		if hadPending {
-			settle = append(settle, len(ops)+1) // its base is set under the commit's lock
+		move.Group, del.Group = groups, groups
+		groups++
+		ops = append(ops, move)
+		if withDelete {
+			if hadPending {
+				settle = append(settle, len(ops)) // its base is set under the commit's lock
+			}
+			ops = append(ops, del)
 		}
-		ops = append(ops, move, del)
 		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
 			e := cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true}
 			if !e.Dir && !o.entry.MTime.IsZero() {
@@ -100,6 +116,9 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		return nil
 	}
 	for _, o := range objs {
+		if slices.ContainsFunc(trees, func(t string) bool { return o.key != t && strings.HasPrefix(o.key, t) }) {
+			continue // moved on by the MoveTree of its folder (above)
+		}
 		if err = moveKey(o); err != nil {
 			break
 		}
@@ -113,7 +132,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	}
 	if err == nil && !hasKey(ops, dstPrefix) {
 		// Keep the folder even if empty.
-		ops = append(ops, journal.Op{Kind: journal.PutMarker, Key: dstPrefix, Group: len(ops) / 2})
+		ops = append(ops, journal.Op{Kind: journal.PutMarker, Key: dstPrefix, Group: groups})
 	}
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
@@ -152,11 +171,14 @@ type dirObject struct {
 	key, etag string
 	size      int64
 	entry     cache.Entry
+	// tree: a folder (key is its prefix) whose content is unknown here,
+	// moved as the store lists it when the move runs (journal.MoveTree).
+	tree bool
 }
 
-// errNeverListed: offline, a folder whose content was never listed cannot
-// be renamed, since what it holds is unknown.
-var errNeverListed = errors.New("it holds a folder that was never listed, so its content is unknown while the store is offline: list it online first (ls -R)")
+// errNeverListed: offline, a folder never listed here that holds pending
+// local changes cannot be renamed (a MoveTree would race them).
+var errNeverListed = errors.New("it holds a folder never listed here with changes not uploaded yet: rename it once the store is reachable")
 
 // dirObjects returns the keys under the folder at path (key prefix
 // prefix): a flat listing when the store is online, else what the persisted
@@ -188,7 +210,9 @@ func (f *FS) dirObjects(ctx context.Context, path, prefix string) ([]dirObject, 
 // moved (a Delete of an absent marker is a no-op), so that empty folders
 // survive the move. Files with local changes and no remote version are
 // left to the pending ops (renameDir), and an unclosed new file, which has
-// neither, moves with its node.
+// neither, moves with its node. A folder never listed here is moved whole,
+// as the store will list it (journal.MoveTree): the user never saw what it
+// holds, so all of it is what they moved.
 func (f *FS) knownObjects(path string) ([]dirObject, error) {
 	var objs []dirObject
 	var walk func(dir string) error
@@ -196,7 +220,14 @@ func (f *FS) knownObjects(path string) ([]dirObject, error) {
 		if _, listed, err := f.cfg.Tree.Dir(dir); err != nil {
 			return err
 		} else if !listed {
-			return fmt.Errorf("%q: %w", dir, errNeverListed)
+			prefix := f.dirKeyPrefix(dir)
+			for _, p := range f.cfg.Journal.PendingUnder(prefix) {
+				if p.Kind != journal.MoveTree || p.Key != prefix { // moved here unlisted: moved on
+					return fmt.Errorf("%q: %w", dir, errNeverListed)
+				}
+			}
+			objs = append(objs, dirObject{key: prefix, tree: true})
+			return nil
 		}
 		objs = append(objs, dirObject{key: f.dirKeyPrefix(dir)})
 		var subs []string
@@ -292,4 +323,23 @@ func hasKey(ops []journal.Op, key string) bool {
 		}
 	}
 	return false
+}
+
+// treeMoved shows a folder whose MoveTree finished: its listing is the
+// store's now, and the old folder's tombstone, when the whole folder was
+// moved that way, has done its work. Called from Applied with f.localMu
+// held.
+func (f *FS) treeMoved(r journal.Result) {
+	rel, ok := f.relPath(strings.TrimSuffix(r.Op.Key, "/"))
+	if !ok {
+		return
+	}
+	dir, name := splitPath(rel)
+	f.putEntry(dir, cache.Entry{Name: name, Dir: true})
+	if err := f.cfg.Tree.MarkStale(rel); err != nil {
+		f.log.Warn("mark stale", "dir", rel, "err", err)
+	}
+	if src, ok := f.relPath(strings.TrimSuffix(r.Op.Src, "/")); ok {
+		f.dropTombstone(splitPath(src))
+	}
 }
