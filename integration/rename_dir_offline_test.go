@@ -120,6 +120,7 @@ func newOfflineRenameFixture(e *env) offlineRenameFixture {
 	e.put("dir/deep/more/m.txt", []byte("deeper still"))
 	e.putStream("dir/big.bin", fx.big.reader(), fx.big.size)
 	e.put("other/keep.txt", []byte("not moved"))
+	e.put("whole/w.txt", []byte("a folder never opened here"))
 	return fx
 }
 
@@ -156,6 +157,13 @@ func (fx offlineRenameFixture) renameOffline(t *testing.T, m *mount) {
 	})
 	if err != nil {
 		t.Fatalf("offline rename(2) of a folder: %v, want success", err)
+	}
+	offlineWithin(t, 30*time.Second, "rename(2) whole moved", func() error {
+		err = syscall.Rename(m.path("whole"), m.path("moved"))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("offline rename(2) of a folder never listed: %v, want success", err)
 	}
 }
 
@@ -205,8 +213,13 @@ func (fx offlineRenameFixture) checkView(t *testing.T, m *mount, when string) {
 	if !errors.Is(readErr, syscall.EIO) {
 		t.Errorf("%s: offline read of the uncached newdir/big.bin: %v, want EIO", when, readErr)
 	}
-	if _, err := os.Lstat(m.path("dir")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("%s: dir still shows after the rename: %v", when, err)
+	for _, old := range []string{"dir", "whole"} {
+		if _, err := os.Lstat(m.path(old)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: %s still shows after the rename: %v", when, old, err)
+		}
+	}
+	if fi, err := os.Stat(m.path("moved")); err != nil || !fi.IsDir() {
+		t.Errorf("%s: the renamed folder never listed: %v, %v", when, fi, err)
 	}
 }
 
@@ -229,6 +242,7 @@ func (fx offlineRenameFixture) checkBucket(t *testing.T, e *env, remoteEdit bool
 		"newdir/deep/d.txt":      []byte("never listed here"),
 		"newdir/deep/more/m.txt": []byte("deeper still"),
 		"other/keep.txt":         []byte("not moved"),
+		"moved/w.txt":            []byte("a folder never opened here"),
 	}
 	if remoteEdit {
 		want["dir/changed.txt"] = []byte(changed)
@@ -270,7 +284,7 @@ func (fx offlineRenameFixture) checkBucket(t *testing.T, e *env, remoteEdit bool
 // journal does not cancel it.)
 func (fx offlineRenameFixture) checkTraffic(t *testing.T, g *gatedProxy) {
 	t.Helper()
-	if n := g.getsOf("dir/big.bin", "newdir/big.bin", "dir/deep/d.txt", "newdir/deep/d.txt", "dir/deep/more/m.txt", "newdir/deep/more/m.txt"); n != 0 {
+	if n := g.getsOf("dir/big.bin", "newdir/big.bin", "dir/deep/d.txt", "newdir/deep/d.txt", "dir/deep/more/m.txt", "newdir/deep/more/m.txt", "whole/w.txt", "moved/w.txt"); n != 0 {
 		t.Errorf("%d GetObject of big.bin or of the files in deep/: uncached files were downloaded, want them moved server-side", n)
 	}
 	local := map[string]int64{"offline.txt": int64(len("made offline")), "edited.txt": int64(len("edited offline"))}
@@ -294,7 +308,7 @@ func TestOfflineFolderRename(t *testing.T) {
 	e := newEnv(t)
 	fx := newOfflineRenameFixture(e)
 	g := startGatedProxy(t, e.minio.Endpoint, e.bucket)
-	m := e.mount(mountOpt{endpoint: g.url})
+	m := e.mount(mountOpt{endpoint: g.url, args: []string{"--dir-ttl", "1s"}})
 	fx.cacheOnline(t, m)
 
 	e.minio.Stop()
@@ -330,6 +344,21 @@ func TestOfflineFolderRename(t *testing.T) {
 		t.Errorf("newdir/changed.txt after sync = %q, %v; want the remote edit it was copied from", got, err)
 	}
 	fx.checkDeepOnline(t, m)
+
+	// The old name of the folder moved whole is free again: one created
+	// there by another client shows at the next listing.
+	e.put("whole/again.txt", []byte("a new folder under the old name"))
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got, err := os.ReadFile(m.path("whole/again.txt"))
+		if err == nil && string(got) == "a new folder under the old name" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("whole/again.txt, created remotely after the move, does not show: %q, %v", got, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // TestOfflineFolderRenameSurvivesKill: nimbus is killed right after an
