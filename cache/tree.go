@@ -471,6 +471,14 @@ func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
 				moved = append(moved, kv{append([]byte(dst), rest...), encodeEntry(e)})
 			}
 		}
+		// The subfolders' listing states move too: what they list is known
+		// under the new name, offline as well.
+		dirs := tx.Bucket(treeDirs)
+		var movedDirs []kv
+		c := dirs.Cursor()
+		for k, v := c.Seek(dirKey(src + "/")); k != nil && bytes.HasPrefix(k, dirKey(src+"/")); k, v = c.Next() {
+			movedDirs = append(movedDirs, kv{append(dirKey(dst), k[len(dirKey(src)):]...), append([]byte(nil), v...)})
+		}
 		if err := deleteSubtree(tx, src); err != nil {
 			return err
 		}
@@ -479,6 +487,11 @@ func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
 		}
 		for _, m := range moved {
 			if err := b.Put(m.k, m.v); err != nil {
+				return err
+			}
+		}
+		for _, m := range movedDirs {
+			if err := dirs.Put(m.k, m.v); err != nil {
 				return err
 			}
 		}

@@ -244,6 +244,13 @@ func TestTreeMoveDir(t *testing.T) {
 	if e, ok, _ := tree.Lookup("dst/sub", "g"); !ok || e.Size != 4 || !e.Local {
 		t.Fatalf("dst/sub/g = %+v %v: moved entries must be Local", e, ok)
 	}
+	// The subfolder's listing moved with it: it is known offline too.
+	if st, ok, _ := tree.Dir("dst/sub"); !ok || !st.ListedAt.Equal(time.Unix(0, now.UnixNano())) {
+		t.Fatalf("dst/sub listing state = %v %v, want the one src/sub had (%v)", st, ok, now)
+	}
+	if _, ok, _ := tree.Dir("src/sub"); ok {
+		t.Fatal("src/sub still has a listing state")
+	}
 	if names := childNames(t, tree, "src"); len(names) != 0 {
 		t.Fatalf("src still has children %v", names)
 	}

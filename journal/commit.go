@@ -216,6 +216,10 @@ func validate(op Op) error {
 			return errors.New("copy needs a source other than its destination")
 		}
 	case Delete:
+	case MoveTree:
+		if !strings.HasSuffix(op.Src, "/") || !strings.HasSuffix(op.Key, "/") || strings.HasPrefix(op.Key, op.Src) || strings.HasPrefix(op.Src, op.Key) {
+			return errors.New("a tree move needs two folder prefixes, neither inside the other")
+		}
 	default:
 		return fmt.Errorf("unknown op kind %d", int(op.Kind))
 	}

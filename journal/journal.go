@@ -118,9 +118,20 @@ const (
 	// marker ("dir/") may be deleted with Base{Exists: true} and no ETag:
 	// it holds nothing to lose, so it goes whatever its ETag.
 	Delete
+	// MoveTree moves every key under the folder prefix Op.Src ("dir/sub/")
+	// to Op.Key ("new/sub/") followed by the rest of the key, as the
+	// store lists them when the op runs: a folder renamed offline whose
+	// content was never listed here. Each key is copied If-None-Match,
+	// then deleted If-Match the version copied, so a key edited remotely
+	// meanwhile is kept under its old name (and a conflict recorded), and
+	// a taken destination keeps its content while the source stays. Ops
+	// on keys inside either folder are not ordered with it (none can be
+	// journaled for a folder never listed); ops on the two prefixes
+	// themselves are.
+	MoveTree
 )
 
-var kindNames = map[Kind]string{PutFile: "put", PutMarker: "marker", Copy: "copy", Delete: "delete"}
+var kindNames = map[Kind]string{PutFile: "put", PutMarker: "marker", Copy: "copy", Delete: "delete", MoveTree: "movetree"}
 
 // String returns the name used in records and logs.
 func (k Kind) String() string {

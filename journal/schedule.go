@@ -47,9 +47,10 @@ type entry struct {
 
 func newEntry(r record) *entry { return &entry{rec: r, heapIndex: -1} }
 
-// keys returns the keys e touches: its Key, and its Src for a Copy.
+// keys returns the keys e touches: its Key, and its Src for a Copy (the
+// two prefixes for a MoveTree).
 func (e *entry) keys() []string {
-	if e.rec.Kind == Copy {
+	if e.rec.Kind == Copy || e.rec.Kind == MoveTree {
 		return []string{e.rec.Key, e.rec.Src}
 	}
 	return []string{e.rec.Key}

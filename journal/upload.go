@@ -66,6 +66,8 @@ func (j *Journal) upload(ctx context.Context, e *entry, rec record) {
 		out, err = j.copyObject(ctx, e, &rec)
 	case Delete:
 		out, err = j.deleteObject(ctx, &rec)
+	case MoveTree:
+		out, err = j.moveTree(ctx, &rec) // rename_dir.go
 	default:
 		err = fmt.Errorf("%w: unknown op kind %d", errLocal, int(rec.Kind))
 	}

@@ -40,6 +40,8 @@ func (f *FS) Applied(r journal.Result) {
 		f.dropTombstone(dir, name)
 	case r.Op.Kind == journal.PutMarker:
 		f.putEntry(dir, cache.Entry{Name: name, Dir: true})
+	case r.Op.Kind == journal.MoveTree:
+		f.treeMoved(r) // rename_dir.go
 	default: // PutFile, Copy
 		e := cache.Entry{Name: name, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime}
 		if r.Op.Kind == journal.PutFile && r.Op.Meta != nil {
@@ -68,7 +70,7 @@ func (f *FS) Applied(r journal.Result) {
 	}
 	// The live node changes in the same critical section as the tree: a
 	// delete or rename reading it cannot see one without the other.
-	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker {
+	if !stillPending && r.Op.Kind != journal.Delete && r.Op.Kind != journal.PutMarker && r.Op.Kind != journal.MoveTree {
 		f.settle(rel, r, stored)
 	}
 	f.localMu.Unlock()
@@ -261,16 +263,21 @@ func (f *FS) Reconcile() error {
 			if known && !old.Dir {
 				e.MTime = old.MTime
 			}
-		case journal.Copy, journal.PutMarker:
+		case journal.Copy, journal.PutMarker, journal.MoveTree:
 			if known && old.Local && !old.Gone {
 				continue // already shown
 			}
-			e = cache.Entry{Name: name, Dir: p.Kind == journal.PutMarker, Local: true}
+			e = cache.Entry{Name: name, Dir: p.Kind != journal.Copy, Local: true}
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
 		}
 		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
 			return err
+		}
+		if e.Gone {
+			// A tombstone shows nothing, so its folder need not show: the
+			// old keys of a renamed folder must not bring it back.
+			continue
 		}
 		if err := f.ensureParents(dir); err != nil {
 			return err
