@@ -70,6 +70,11 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives one line per event (default slog.Default()).
 	Logger *slog.Logger
+	// UploadDelay is how long a committed PutFile waits before its upload
+	// starts, so that a newer commit of the same key can supersede it
+	// (see coalesce.go); WaitIdle does not wait for it. Zero means
+	// DefaultUploadDelay; negative, none.
+	UploadDelay time.Duration
 	// Applied, if set, is called after an op completed, before its record
 	// and staged file are removed, so that the caller can update its
 	// metadata while Pending still shows the op. It runs on an uploader
@@ -318,6 +323,7 @@ type Journal struct {
 	now         func() time.Time
 	log         *slog.Logger
 	applied     func(Result)
+	uploadDelay time.Duration
 
 	// syncFile and syncDir make data durable; tests replace them (right
 	// after Open) to check that Commit calls them before it records.
@@ -342,6 +348,7 @@ type Journal struct {
 	conflicts    int                // GUARDED_BY(mu); recorded conflicts
 	copies       map[string]bool    // GUARDED_BY(mu); keys of the conflicted copies made
 	outage       outage             // GUARDED_BY(mu)
+	flushing     int                // GUARDED_BY(mu); WaitIdle calls running: no upload delay
 	changed      chan struct{}      // GUARDED_BY(mu); closed and replaced on every change
 	wake         chan struct{}      // capacity 1, never closed: nudges the dispatcher
 	running      bool               // GUARDED_BY(mu); a Run is active
@@ -375,6 +382,7 @@ func Open(cfg Config) (*Journal, error) {
 		now:         cfg.Now,
 		log:         cfg.Logger,
 		applied:     cfg.Applied,
+		uploadDelay: cfg.UploadDelay,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
 		entries:     map[uint64]*entry{},
@@ -386,6 +394,9 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	if j.host == "" {
 		j.host = shortHostname()
+	}
+	if j.uploadDelay == 0 {
+		j.uploadDelay = DefaultUploadDelay
 	}
 	if j.concurrency <= 0 {
 		j.concurrency = 4
@@ -597,11 +608,13 @@ func (j *Journal) Conflicts() []Conflict {
 	return cs
 }
 
-// WaitIdle returns nil once no op is pending. Parked ops will not complete
+// WaitIdle returns nil once no op is pending. While it waits, no upload
+// is delayed (Config.UploadDelay). Parked ops will not complete
 // before the next Open, so if there are any it returns at once an error
 // wrapping ErrParked that names them. When ctx ends first, it returns an
 // error wrapping ctx.Err() that says what is still pending and why.
 func (j *Journal) WaitIdle(ctx context.Context) error {
+	defer j.flush()()
 	for {
 		j.mu.Lock()
 		if len(j.entries) == 0 {
