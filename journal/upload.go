@@ -177,6 +177,7 @@ func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFol
 		r.Groups = slices.Clone(r.Groups)
 		if r.Base.After == rec.Seq {
 			r.Base = out.next
+			r.Delta = rebasedDelta(r.Delta, rec, out) // delta.go
 		}
 		if r.SrcAfter == rec.Seq {
 			r.SrcAfter = 0
