@@ -81,3 +81,43 @@ func TestUploadDelayEnds(t *testing.T) {
 	eventually(t, "the delayed upload", func() bool { return m.hooks.count(faulty.OpPut) == 1 && m.j.Stats().Pending == 0 })
 	r.assertFiles(map[string]string{"k": "v1"})
 }
+
+// A key committed again soon after its upload started is being rewritten:
+// its delay doubles each round, up to the cap; once quiet, it is back to
+// the base delay.
+func TestUploadDelayGrowsForHotKeys(t *testing.T) {
+	// Generous: the next commit must come within 4 delays of the upload.
+	const base = 250 * time.Millisecond
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop", withUploadDelay(base))
+	m.run()
+	delayOf := func(key string, committed time.Time) time.Duration {
+		m.j.mu.Lock()
+		defer m.j.mu.Unlock()
+		q := m.j.keyQ[key]
+		return q[len(q)-1].settleUntil.Sub(committed)
+	}
+	var want time.Duration = base
+	b := Base{}
+	for round := 1; round <= 3; round++ {
+		before := time.Now()
+		m.put("hot", fmt.Sprintf("v%d", round), b)
+		if d := delayOf("hot", before); d < want || d > want+time.Since(before) {
+			t.Fatalf("round %d: delay %v, want %v", round, d, want)
+		}
+		eventually(t, "the upload of round "+fmt.Sprint(round), func() bool { return m.j.Stats().Pending == 0 })
+		b = Base{Exists: true, ETag: r.stat("hot").ETag}
+		want *= 2
+	}
+	// A key quiet for a while starts over.
+	m.j.mu.Lock()
+	m.j.keyDelays["hot"].lastStart = time.Now().Add(-time.Hour)
+	m.j.mu.Unlock()
+	before := time.Now()
+	m.put("hot", "after a pause", b)
+	if d := delayOf("hot", before); d < base || d > base+time.Since(before) {
+		t.Fatalf("after a pause: delay %v, want %v", d, base)
+	}
+	m.waitIdle()
+	r.assertFiles(map[string]string{"hot": "after a pause"})
+}

@@ -343,17 +343,18 @@ type Journal struct {
 	staged  map[string]*entry   // GUARDED_BY(mu); staged base name → op owning it
 	ready   readyHeap           // GUARDED_BY(mu); ops free to start, by (notBefore, seq)
 
-	pendingBytes int64              // GUARDED_BY(mu); content bytes of pending PutFiles
-	uploading    int                // GUARDED_BY(mu); attempts in flight
-	conflicts    int                // GUARDED_BY(mu); recorded conflicts
-	copies       map[string]bool    // GUARDED_BY(mu); keys of the conflicted copies made
-	outage       outage             // GUARDED_BY(mu)
-	flushing     int                // GUARDED_BY(mu); WaitIdle calls running: no upload delay
-	changed      chan struct{}      // GUARDED_BY(mu); closed and replaced on every change
-	wake         chan struct{}      // capacity 1, never closed: nudges the dispatcher
-	running      bool               // GUARDED_BY(mu); a Run is active
-	stopRun      context.CancelFunc // GUARDED_BY(mu); cancels the active Run
-	runDone      chan struct{}      // GUARDED_BY(mu); closed when the active Run returns
+	pendingBytes int64                // GUARDED_BY(mu); content bytes of pending PutFiles
+	uploading    int                  // GUARDED_BY(mu); attempts in flight
+	conflicts    int                  // GUARDED_BY(mu); recorded conflicts
+	copies       map[string]bool      // GUARDED_BY(mu); keys of the conflicted copies made
+	outage       outage               // GUARDED_BY(mu)
+	flushing     int                  // GUARDED_BY(mu); WaitIdle calls running: no upload delay
+	keyDelays    map[string]*keyDelay // GUARDED_BY(mu); upload delays of recently uploaded keys
+	changed      chan struct{}        // GUARDED_BY(mu); closed and replaced on every change
+	wake         chan struct{}        // capacity 1, never closed: nudges the dispatcher
+	running      bool                 // GUARDED_BY(mu); a Run is active
+	stopRun      context.CancelFunc   // GUARDED_BY(mu); cancels the active Run
+	runDone      chan struct{}        // GUARDED_BY(mu); closed when the active Run returns
 }
 
 // Open loads the journal from cfg.DB, removes staged files that no record
@@ -389,6 +390,7 @@ func Open(cfg Config) (*Journal, error) {
 		keyQ:        map[string][]*entry{},
 		groupQ:      map[uint64][]*entry{},
 		staged:      map[string]*entry{},
+		keyDelays:   map[string]*keyDelay{},
 		changed:     make(chan struct{}),
 		wake:        make(chan struct{}, 1),
 	}

@@ -286,6 +286,9 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		heap.Pop(&j.ready)
 		e.state = stateUploading
 		e.maybeSent = true
+		if e.rec.Kind == PutFile {
+			j.uploadStartedLocked(e.rec.Key, now)
+		}
 		e.attempts++
 		e.startedAt = now
 		j.uploading++
