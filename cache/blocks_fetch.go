@@ -29,6 +29,8 @@ type blockRun struct {
 	// budgeted: its bytes were reserved within Capacity (the content was
 	// not pinned when the GET started). GUARDED_BY(BlockStore.mu)
 	budgeted bool
+	// adopted: filled from a local copy by Adopt, not fetched.
+	adopted bool
 }
 
 // runKind says who starts a run.
@@ -244,7 +246,9 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 	}
 	switch {
 	case err == nil:
-		s.stats.FetchedBytes += n
+		if !r.adopted {
+			s.stats.FetchedBytes += n
+		}
 		s.unsynced[c] = struct{}{}
 		c.stale = false
 	case errors.Is(err, backend.ErrPrecondition):

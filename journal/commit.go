@@ -552,6 +552,7 @@ func inherit(e, prev *entry) {
 	}
 	e.rec.Prior = prior
 	e.rec.Committed = prev.rec.Committed
+	e.queuedAt = prev.queuedAt // bounds the upload delay (coalesce.go)
 }
 
 // removeGarbage removes files in Config.Dir that no record references:

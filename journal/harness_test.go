@@ -258,6 +258,7 @@ func (m *machine) open(opts ...func(*Config)) {
 		Concurrency: 4,
 		MinBackoff:  10 * time.Millisecond,
 		MaxBackoff:  50 * time.Millisecond,
+		UploadDelay: -1, // uploads start at once unless a test sets one
 		Now:         func() time.Time { return t0 },
 		Logger:      slog.New(slog.NewTextHandler(m.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", m.host),
 		Applied: func(r Result) {

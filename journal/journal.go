@@ -70,6 +70,11 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives one line per event (default slog.Default()).
 	Logger *slog.Logger
+	// UploadDelay is how long a committed PutFile waits before its upload
+	// starts, so that a newer commit of the same key can supersede it
+	// (see coalesce.go); WaitIdle does not wait for it. Zero means
+	// DefaultUploadDelay; negative, none.
+	UploadDelay time.Duration
 	// Applied, if set, is called after an op completed, before its record
 	// and staged file are removed, so that the caller can update its
 	// metadata while Pending still shows the op. It runs on an uploader
@@ -329,6 +334,7 @@ type Journal struct {
 	now         func() time.Time
 	log         *slog.Logger
 	applied     func(Result)
+	uploadDelay time.Duration
 
 	// syncFile and syncDir make data durable; tests replace them (right
 	// after Open) to check that Commit calls them before it records.
@@ -348,16 +354,18 @@ type Journal struct {
 	staged  map[string]*entry   // GUARDED_BY(mu); staged base name → op owning it
 	ready   readyHeap           // GUARDED_BY(mu); ops free to start, by (notBefore, seq)
 
-	pendingBytes int64              // GUARDED_BY(mu); content bytes of pending PutFiles
-	uploading    int                // GUARDED_BY(mu); attempts in flight
-	conflicts    int                // GUARDED_BY(mu); recorded conflicts
-	copies       map[string]bool    // GUARDED_BY(mu); keys of the conflicted copies made
-	outage       outage             // GUARDED_BY(mu)
-	changed      chan struct{}      // GUARDED_BY(mu); closed and replaced on every change
-	wake         chan struct{}      // capacity 1, never closed: nudges the dispatcher
-	running      bool               // GUARDED_BY(mu); a Run is active
-	stopRun      context.CancelFunc // GUARDED_BY(mu); cancels the active Run
-	runDone      chan struct{}      // GUARDED_BY(mu); closed when the active Run returns
+	pendingBytes int64                // GUARDED_BY(mu); content bytes of pending PutFiles
+	uploading    int                  // GUARDED_BY(mu); attempts in flight
+	conflicts    int                  // GUARDED_BY(mu); recorded conflicts
+	copies       map[string]bool      // GUARDED_BY(mu); keys of the conflicted copies made
+	outage       outage               // GUARDED_BY(mu)
+	flushing     int                  // GUARDED_BY(mu); WaitIdle calls running: no upload delay
+	keyDelays    map[string]*keyDelay // GUARDED_BY(mu); upload delays of recently uploaded keys
+	changed      chan struct{}        // GUARDED_BY(mu); closed and replaced on every change
+	wake         chan struct{}        // capacity 1, never closed: nudges the dispatcher
+	running      bool                 // GUARDED_BY(mu); a Run is active
+	stopRun      context.CancelFunc   // GUARDED_BY(mu); cancels the active Run
+	runDone      chan struct{}        // GUARDED_BY(mu); closed when the active Run returns
 }
 
 // Open loads the journal from cfg.DB, removes staged files that no record
@@ -386,17 +394,22 @@ func Open(cfg Config) (*Journal, error) {
 		now:         cfg.Now,
 		log:         cfg.Logger,
 		applied:     cfg.Applied,
+		uploadDelay: cfg.UploadDelay,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
 		entries:     map[uint64]*entry{},
 		keyQ:        map[string][]*entry{},
 		groupQ:      map[uint64][]*entry{},
 		staged:      map[string]*entry{},
+		keyDelays:   map[string]*keyDelay{},
 		changed:     make(chan struct{}),
 		wake:        make(chan struct{}, 1),
 	}
 	if j.host == "" {
 		j.host = shortHostname()
+	}
+	if j.uploadDelay == 0 {
+		j.uploadDelay = DefaultUploadDelay
 	}
 	if j.concurrency <= 0 {
 		j.concurrency = 4
@@ -608,11 +621,13 @@ func (j *Journal) Conflicts() []Conflict {
 	return cs
 }
 
-// WaitIdle returns nil once no op is pending. Parked ops will not complete
+// WaitIdle returns nil once no op is pending. While it waits, no upload
+// is delayed (Config.UploadDelay). Parked ops will not complete
 // before the next Open, so if there are any it returns at once an error
 // wrapping ErrParked that names them. When ctx ends first, it returns an
 // error wrapping ctx.Err() that says what is still pending and why.
 func (j *Journal) WaitIdle(ctx context.Context) error {
+	defer j.flush()()
 	for {
 		j.mu.Lock()
 		if len(j.entries) == 0 {

@@ -39,13 +39,21 @@ type entry struct {
 	attempts  int
 	backoff   time.Duration
 	notBefore time.Time // retry not before (real clock); zero: now
+	// queuedAt is when the oldest change this op carries was committed
+	// (real clock; inherited by the op that supersedes it), and
+	// settleUntil is when its upload delay ends (see Config.UploadDelay).
+	queuedAt    time.Time
+	settleUntil time.Time
+	// due is when the op may start: notBefore, or settleUntil if later
+	// and no WaitIdle is flushing. It orders the ready heap.
+	due       time.Time
 	startedAt time.Time // of the current or last attempt (real clock)
 	lastErr   error     // of the last failed attempt
 	parkedAt  time.Time
 	heapIndex int // in Journal.ready; -1 when not there
 }
 
-func newEntry(r record) *entry { return &entry{rec: r, heapIndex: -1} }
+func newEntry(r record) *entry { return &entry{rec: r, heapIndex: -1, queuedAt: time.Now()} }
 
 // keys returns the keys e touches: its Key, and its Src for a Copy (the
 // two prefixes for a MoveTree).
@@ -72,6 +80,9 @@ func (j *Journal) insertLocked(e *entry) {
 	}
 	if e.rec.Kind == PutFile {
 		j.pendingBytes += e.rec.Size
+		if !e.maybeSent {
+			j.delayLocked(e)
+		}
 	}
 	j.refreshLocked(e)
 }
@@ -145,6 +156,10 @@ func (j *Journal) runnableLocked(e *entry) bool {
 // refreshLocked puts e in the ready heap, or takes it out, or moves it, so
 // that the heap holds exactly the queued runnable ops.
 func (j *Journal) refreshLocked(e *entry) {
+	e.due = e.notBefore
+	if j.flushing == 0 && e.settleUntil.After(e.due) {
+		e.due = e.settleUntil
+	}
 	want := e.state == stateQueued && j.runnableLocked(e)
 	switch {
 	case want && e.heapIndex < 0:
@@ -156,12 +171,13 @@ func (j *Journal) refreshLocked(e *entry) {
 	}
 }
 
-// readyHeap orders runnable ops by retry time, then sequence number.
+// readyHeap orders runnable ops by the time they are due, then sequence
+// number.
 type readyHeap []*entry
 
 func (h readyHeap) Len() int { return len(h) }
 func (h readyHeap) Less(a, b int) bool {
-	if c := h[a].notBefore.Compare(h[b].notBefore); c != 0 {
+	if c := h[a].due.Compare(h[b].due); c != 0 {
 		return c < 0
 	}
 	return h[a].rec.Seq < h[b].rec.Seq
@@ -265,12 +281,15 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 	}
 	for j.uploading < limit && len(j.ready) > 0 {
 		e := j.ready[0]
-		if e.notBefore.After(now) {
-			return e.notBefore.Sub(now)
+		if e.due.After(now) {
+			return e.due.Sub(now)
 		}
 		heap.Pop(&j.ready)
 		e.state = stateUploading
 		e.maybeSent = true
+		if e.rec.Kind == PutFile {
+			j.uploadStartedLocked(e.rec.Key, now)
+		}
 		e.attempts++
 		e.startedAt = now
 		j.uploading++

@@ -179,6 +179,7 @@ func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFol
 		r.Groups = slices.Clone(r.Groups)
 		if r.Base.After == rec.Seq {
 			r.Base = out.next
+			r.Delta = rebasedDelta(r.Delta, rec, out) // delta.go
 		}
 		if r.SrcAfter == rec.Seq {
 			r.SrcAfter = 0

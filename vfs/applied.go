@@ -16,6 +16,7 @@ import (
 // turns the Local entry of a finished upload into the store's version, and
 // shows conflicted copies. Pass it to journal.Open.
 func (f *FS) Applied(r journal.Result) {
+	f.adoptUploaded(r) // cached before the node reads the new version (uploaded.go)
 	key := r.Op.Key
 	rel, ok := f.relPath(key)
 	if !ok {
@@ -137,13 +138,14 @@ func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 			// The next commit of this working copy edits what was just
 			// uploaded. (This runs while the journal still lists the op,
 			// so a commit racing with it is chained by the journal.)
+			old := n.work.base
 			n.work.base = journal.Base{Exists: true, ETag: r.Info.ETag}
 			// Its content is that version only if nothing changed since
 			// the commit just uploaded.
 			if p, ok := f.cfg.Journal.Pending(f.fileKey(rel)); !n.work.dirty && ok && p.Seq == r.Seq {
 				n.work.changes = copiedFrom(n.work.size)
 			} else {
-				n.work.changes.forget()
+				n.work.changes = n.work.changes.landed(old, r, n.work.size) // delta.go
 			}
 		}
 	} else {

@@ -22,6 +22,11 @@ type changes struct {
 	// minSize is the smallest size the copy had since: bytes at or past it
 	// were cut off by a truncate, and are new even if written again.
 	minSize int64
+	// from are the ranges, sorted and disjoint, where the copy held the
+	// base's bytes when tracking began; nil: all of [0, baseSize). A copy
+	// of content not uploaded yet holds the base's bytes only where that
+	// content's own delta says so.
+	from []journal.Range
 	// touched are the written ranges, sorted and disjoint.
 	touched []journal.Range
 }
@@ -87,7 +92,40 @@ func (c *changes) same(size int64) []journal.Range {
 	if pos < end {
 		out = append(out, journal.Range{Off: pos, Len: end - pos})
 	}
+	if c.from != nil {
+		out = journal.IntersectRanges(out, c.from)
+	}
 	return out
+}
+
+// copiedFromPending starts tracking a copy of content committed but not
+// uploaded yet, whose own delta d says where it holds the bytes of base:
+// an edit of a file whose previous close is still waiting to upload keeps
+// its delta. Without such a delta nothing is known.
+func copiedFromPending(d *journal.Delta, base journal.Base, size int64) changes {
+	if d == nil || !base.Exists || d.SrcETag != base.ETag {
+		return changes{}
+	}
+	c := copiedFrom(size)
+	c.from = slices.Clone(d.Same)
+	return c
+}
+
+// landed returns the changes of a working copy based on old once an upload
+// of an earlier version of it, r, landed and became its base: the copy
+// holds r's bytes where both still held old's. Unknown unless r's delta
+// refers to old too.
+func (c *changes) landed(old journal.Base, r journal.Result, size int64) changes {
+	d := r.Op.Delta
+	if !c.known || d == nil || !old.Exists || d.SrcETag != old.ETag {
+		return changes{}
+	}
+	n := copiedFrom(r.Info.Size)
+	n.from = journal.IntersectRanges(c.same(size), d.Same)
+	if n.from == nil {
+		n.from = []journal.Range{} // nothing in common, but still known
+	}
+	return n
 }
 
 // delta is the journal.Delta of a working copy of size bytes based on
@@ -101,4 +139,15 @@ func (c *changes) delta(base journal.Base, size int64) *journal.Delta {
 		return nil
 	}
 	return &journal.Delta{SrcETag: base.ETag, Same: same}
+}
+
+// pendingChanges returns the changes of a new working copy of the content
+// staged at staged (size bytes), the newest pending upload of key, based on
+// base.
+func (f *FS) pendingChanges(key, staged string, base journal.Base, size int64) changes {
+	p, ok := f.cfg.Journal.Pending(key)
+	if !ok || p.Kind != journal.PutFile || p.Staged != staged || p.Partial != nil {
+		return changes{}
+	}
+	return copiedFromPending(p.Delta, base, size)
 }

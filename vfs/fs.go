@@ -222,6 +222,12 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 			AllowOther:   allowOther,
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
+			// Reads answer with bytes in memory, never a file
+			// descriptor, so splicing gains nothing; and a 1 MiB read
+			// does not fit the default pipe (1 MiB with the header), so
+			// go-fuse tried, failed and logged "trySplice: … max pipe
+			// size" for every such read.
+			DisableSplice: true,
 			// Parallel lookups and reads: the store is remote.
 			MaxBackground: 64,
 		},

@@ -276,6 +276,7 @@ func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile,
 		return w, e, src, err
 	}
 	src = n.source()
+	_, _, key := n.location()
 	if src.staged != "" {
 		// Content committed but not uploaded yet: start from it. The
 		// journal removes it once uploaded, after Applied has recorded
@@ -284,6 +285,9 @@ func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile,
 		if err == nil {
 			defer sf.Close()
 			w, err = n.fsys.newWorkFile(ctx, sf, src.size, remoteBase(e), src.part)
+			if err == nil {
+				w.changes = n.fsys.pendingChanges(key, src.staged, w.base, src.size) // delta.go
+			}
 			return w, e, src, err
 		}
 		if !errors.Is(err, os.ErrNotExist) {
@@ -293,7 +297,6 @@ func (n *fileNode) copyContent(ctx context.Context, truncate bool) (w *workFile,
 		src = source{place: place{object: n.content()}}
 	}
 	c := src.object
-	_, _, key := n.location()
 	if n.fsys.partialEdit(c, key) {
 		// A large file not cached: nothing is downloaded now.
 		w, err = n.fsys.snapshotWork(ctx, c, remoteBase(e))

@@ -8,9 +8,11 @@ package s3
 // (UploadPart), so that a one-byte edit of a 1 GiB file sends one part, not
 // the gigabyte.
 //
-//   - Which parts are copied. The object is cut into parts of the size a
-//     multipart Put uses (Config.PartSize, larger for objects that would
-//     need more than 10,000 parts). A part that lies entirely inside one of
+//   - Which parts are copied. The object is cut into parts of S3's
+//     minimum part size, 5 MiB (larger for objects that would need more
+//     than 10,000 parts), not Config.PartSize: a part holding one changed
+//     byte is sent whole, so small parts send less, and runs of copied
+//     parts are merged anyway. A part that lies entirely inside one of
 //     the unchanged ranges, and inside the current version, is copied; any
 //     other part is uploaded from the body. Runs of copied parts are merged
 //     into one copy of at most 5 GiB (S3's part limit), so a one-byte edit in
@@ -28,8 +30,11 @@ package s3
 //     store that ignored the copy-source condition would still be covered
 //     by the one on Complete, except if the object changed and then changed
 //     back to base's exact ETag between a copy and the Complete.
-//   - Small objects. An object up to the multipart threshold, or one with
-//     no part to copy, is sent with Put (If-Match base), as a whole.
+//   - Small objects. An object under deltaThreshold (two parts), or one
+//     with no part to copy, is sent with Put (If-Match base), as a whole.
+//     The threshold is not the multipart threshold (64 MiB by default):
+//     a 40 MiB file with one changed byte is worth a multipart upload that
+//     sends 5 MiB.
 //   - Cleanup. As in putMultipart, a failed upload is aborted on a context
 //     of its own, so that a cancelled PutDelta leaves no parts behind.
 
@@ -51,6 +56,10 @@ import (
 
 // maxUploadParts is S3's limit on the parts of one multipart upload.
 const maxUploadParts = int64(manager.MaxUploadParts)
+
+// deltaThreshold is the smallest object PutDelta sends as parts: below two
+// minimum parts, at most one part could be copied.
+const deltaThreshold = 2 * minPartSize
 
 var _ backend.DeltaPutter = (*Store)(nil)
 
@@ -79,14 +88,14 @@ func (s *Store) PutDelta(ctx context.Context, key string, body io.ReaderAt, size
 		info, err := s.Put(ctx, key, io.NewSectionReader(body, 0, size), size, meta, cond)
 		return backend.DeltaResult{Info: info, Sent: size}, err
 	}
-	if size <= s.multipartThreshold || len(same) == 0 {
+	if size < deltaThreshold || len(same) == 0 {
 		return whole()
 	}
 	cur, err := s.head(ctx, key, base, s.uploader.ClientOptions...)
 	if err != nil {
 		return backend.DeltaResult{}, s.putError(ctx, key, cond, err)
 	}
-	parts := planDelta(size, partSizeFor(size, s.uploader.PartSize), same, cur.Size)
+	parts := planDelta(size, partSizeFor(size, minPartSize), same, cur.Size)
 	copies := 0
 	for _, p := range parts {
 		if p.copy {
