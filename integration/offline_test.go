@@ -172,7 +172,7 @@ func TestBadInput(t *testing.T) {
 		{"unparsable remote", nil, []string{"mount", "ftp://x/y", empty()}, 2, "expected s3://BUCKET[/PREFIX] or dir:/PATH"},
 		{"bad bucket name", nil, []string{"mount", "s3://Bad_Bucket", empty()}, 2, "not a valid bucket name"},
 		{"bad size", nil, []string{"mount", "--cache-size", "12XB", "dir:/tmp", empty()}, 2, `unknown unit "XB"`},
-		{"unknown flag", nil, []string{"mount", "--nope", "dir:/tmp", empty()}, 2, "flag provided but not defined"},
+		{"unknown flag", nil, []string{"mount", "--nope", "dir:/tmp", empty()}, 2, "unknown flag: --nope"},
 		{"missing dir remote", nil, []string{"mount", "dir:/definitely/not/here", empty()}, 1, "does not exist"},
 		{"unknown command", nil, []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"status outside a mount", nil, []string{"status", t.TempDir()}, 1, "is not inside a nimbus mount"},

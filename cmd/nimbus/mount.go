@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +20,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
@@ -50,80 +51,113 @@ type mountOptions struct {
 	readOnly   bool
 	allowOther bool
 	verbose    bool
+	options    []string // -o lists, applied by applyOptions
+	argv       []string // the whole command line, run again by a --daemon child
 }
 
 // readyFDEnv names the pipe a daemon child reports its mount outcome on.
 const readyFDEnv = "NIMBUS_READY_FD"
 
+func init() { addCommand(newMountCmd) }
+
+func newMountCmd() *cobra.Command {
+	cmd, _ := mountCommand()
+	return cmd
+}
+
+// mountCommand returns nimbus mount and the options its flags fill in.
+func mountCommand() (*cobra.Command, *mountOptions) {
+	o := &mountOptions{cacheSize: 10 << 30, partialMin: 32 << 20}
+	cmd := &cobra.Command{
+		Use:   "mount [flags] REMOTE MOUNTPOINT",
+		Short: "Mount s3://BUCKET[/PREFIX] or dir:/PATH on MOUNTPOINT",
+		Long: `Mount s3://BUCKET[/PREFIX], or dir:/PATH (a local folder acting as the
+remote), on MOUNTPOINT, an empty folder. In the foreground by default:
+Ctrl-C or nimbus unmount unmounts cleanly.`,
+		Example: `  nimbus mount --endpoint http://127.0.0.1:9000 s3://my-bucket/some/prefix ~/bucket
+  nimbus mount --daemon --cache-size 20GiB s3://my-bucket ~/bucket`,
+		Args: argsBetween(2, 2, "REMOTE and MOUNTPOINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.finish(cmd.Flags(), args); err != nil {
+				return err
+			}
+			o.argv = invocation(cmd)
+			return cmdMount(*o, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.Var((*sizeValue)(&o.cacheSize), "cache-size", "cap on clean cached bytes (512MiB, 2GiB, …)")
+	f.Var((*sizeValue)(&o.partialMin), "partial-edit-min", "edit files this large that are not cached without downloading them first (0 = always download)")
+	f.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint `URL`; switches to path-style addressing")
+	f.StringVar(&o.region, "region", "", "`region` (default: from the AWS config/env, else us-east-1)")
+	f.StringVar(&o.cacheDir, "cache-dir", "", "cache `folder` (default $XDG_CACHE_HOME/nimbus/<id of the remote>)")
+	f.DurationVar(&o.dirTTL, "dir-ttl", 30*time.Second, "re-list a directory whose listing is older than this `duration`")
+	f.DurationVar(&o.poll, "poll", time.Minute, "re-list watched and pinned directories this often (`duration`, 0 = off)")
+	f.BoolVar(&o.daemon, "daemon", false, "return once mounted, serving in the background")
+	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
+	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail")
+	f.SortFlags = false
+	return cmd, o
+}
+
+// parseMountArgs parses nimbus mount's flags and arguments as the command
+// does, without mounting.
 func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
-	var o mountOptions
-	fset := flag.NewFlagSet("mount", flag.ContinueOnError)
-	cacheSize := fset.String("cache-size", "10GiB", "cap on clean cached bytes (512MiB, 2GiB, …)")
-	partialMin := fset.String("partial-edit-min", "32MiB", "edit files this large that are not cached without downloading them first (0 = always download)")
-	fset.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint URL; switches to path-style addressing")
-	fset.StringVar(&o.region, "region", "", "region (default: from the AWS config/env, else us-east-1)")
-	fset.StringVar(&o.cacheDir, "cache-dir", "", "cache folder (default $XDG_CACHE_HOME/nimbus/<id of the remote>)")
-	fset.DurationVar(&o.dirTTL, "dir-ttl", 30*time.Second, "re-list a directory whose listing is older than this")
-	fset.DurationVar(&o.poll, "poll", time.Minute, "re-list watched and pinned directories this often (0 = off)")
-	fset.BoolVar(&o.daemon, "daemon", false, "return once mounted, serving in the background")
-	fset.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
-	fset.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
-	fset.BoolVar(&o.verbose, "v", false, "log debug detail")
-	pos, err := parseCommand(fset, args, stdout, "nimbus mount [flags] REMOTE MOUNTPOINT")
-	if err != nil {
-		return o, err
+	cmd, o := mountCommand()
+	cmd.SetOut(stdout)
+	if err := cmd.ParseFlags(args); err != nil {
+		return *o, usageError{err.Error()}
 	}
-	if len(pos) != 2 {
-		return o, usageError{fmt.Sprintf("expected REMOTE and MOUNTPOINT, got %d argument(s)", len(pos))}
+	pos := cmd.Flags().Args()
+	if err := cmd.ValidateArgs(pos); err != nil {
+		return *o, err
 	}
+	err := o.finish(cmd.Flags(), pos)
+	return *o, err
+}
+
+// finish checks the parsed flags and fills in what follows from them.
+func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
+	var err error
 	if o.remote, err = parseRemote(pos[0]); err != nil {
-		return o, usageError{err.Error()}
-	}
-	if o.cacheSize, err = parseSize(*cacheSize); err != nil {
-		return o, usageError{"--cache-size: " + err.Error()}
+		return usageError{err.Error()}
 	}
 	if o.cacheSize < 1<<20 {
-		return o, usageError{"--cache-size must be at least 1MiB"}
-	}
-	if o.partialMin, err = parseSize(*partialMin); err != nil {
-		return o, usageError{"--partial-edit-min: " + err.Error()}
+		return usageError{"--cache-size must be at least 1MiB"}
 	}
 	if o.dirTTL < 0 || o.poll < 0 {
-		return o, usageError{"--dir-ttl and --poll cannot be negative"}
+		return usageError{"--dir-ttl and --poll cannot be negative"}
 	}
 	if o.remote.scheme == "dir" && o.endpoint != "" {
-		return o, usageError{"--endpoint applies to s3:// remotes only"}
+		return usageError{"--endpoint applies to s3:// remotes only"}
 	}
 	if o.mountpoint, err = filepath.Abs(pos[1]); err != nil {
-		return o, err
+		return err
 	}
 	if o.cacheDir == "" {
 		base := os.Getenv("XDG_CACHE_HOME")
 		if base == "" {
 			home, err := os.UserHomeDir()
 			if err != nil {
-				return o, fmt.Errorf("no cache folder: set --cache-dir or $HOME (%v)", err)
+				return fmt.Errorf("no cache folder: set --cache-dir or $HOME (%v)", err)
 			}
 			base = filepath.Join(home, ".cache")
 		}
 		o.cacheDir = filepath.Join(base, "nimbus", o.remote.id(o.endpoint))
 	}
 	if o.cacheDir, err = filepath.Abs(o.cacheDir); err != nil {
-		return o, err
-	}
-	return o, nil
-}
-
-func cmdMount(args []string, stdout, stderr io.Writer) error {
-	o, err := parseMountArgs(args, stdout)
-	if err != nil {
 		return err
 	}
+	return nil
+}
+
+func cmdMount(o mountOptions, stderr io.Writer) error {
 	if err := checkMountpoint(o.mountpoint); err != nil {
 		return err
 	}
 	if o.daemon {
-		return startDaemon(args, o)
+		return startDaemon(o.argv, o)
 	}
 	return serve(o, stderr)
 }
@@ -207,7 +241,7 @@ func startDaemon(args []string, o mountOptions) error {
 			childArgs = append(childArgs, a)
 		}
 	}
-	cmd := exec.Command(self, append([]string{"mount"}, childArgs...)...)
+	cmd := exec.Command(self, childArgs...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdout, cmd.Stderr = logFile, logFile

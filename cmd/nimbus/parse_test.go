@@ -118,3 +118,83 @@ func TestRunExitCodes(t *testing.T) {
 		t.Errorf("unmount without a mountpoint: code %d", code)
 	}
 }
+
+func TestHelpForEveryCommand(t *testing.T) {
+	for _, c := range newRoot().Commands() {
+		name := c.Name()
+		for _, args := range [][]string{{"help", name}, {name, "-h"}, {name, "--help"}} {
+			var out, errOut strings.Builder
+			code := run(args, &out, &errOut)
+			if code != 0 || !strings.Contains(out.String(), "Usage:") || errOut.Len() != 0 {
+				t.Errorf("nimbus %s: code %d, stdout %q, stderr %q", strings.Join(args, " "), code, out.String(), errOut.String())
+			}
+		}
+	}
+	for _, name := range []string{"mount", "unmount", "status", "sync", "conflicts", "pin", "unpin", "free"} {
+		if c, _, err := newRoot().Find([]string{name}); err != nil || c.Name() != name {
+			t.Errorf("command %s is missing: %v", name, err)
+		}
+	}
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	for _, args := range [][]string{
+		{"bogus"},
+		{"mount", "--bogus", "s3://bkt", "/m"},
+		{"mount", "s3://bkt"},
+		{"mount", "--cache-size", "9e18TiB", "s3://bkt", "/m"},
+		{"mount", "--cache-size", "9000000PiB", "s3://bkt", "/m"},
+		{"status", "a", "b"},
+		{"sync", "--timeout", "soon"},
+		{"conflicts", "a", "b"},
+		{"pin"},
+		{"unpin"},
+		{"free"},
+		{"umount"},
+	} {
+		var out, errOut strings.Builder
+		code := run(args, &out, &errOut)
+		lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
+		if code != 2 || len(lines) != 2 || !strings.HasPrefix(lines[1], `run "nimbus help`) {
+			t.Errorf("nimbus %q: code %d, stderr %q; want 2 and a usage error", args, code, errOut.String())
+		}
+	}
+}
+
+func TestDoubleDashEndsFlags(t *testing.T) {
+	// After --, "-a" is a path (which does not exist here): a failure, not
+	// an unknown flag.
+	var out, errOut strings.Builder
+	dir := t.TempDir()
+	t.Chdir(dir)
+	code := run([]string{"pin", "--", "-a"}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "-a: lstat") {
+		t.Errorf("pin -- -a: code %d, stderr %q; want the path -a not found", code, errOut.String())
+	}
+}
+
+func TestLongFlagsWithOneDash(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/xdg")
+	o, err := parseMountArgs(longFlagsWithOneDash(newRoot(), []string{"mount", "-cache-size", "64MiB", "-daemon", "-v", "s3://bkt", "/m"})[1:], io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cacheSize != 64<<20 || !o.daemon || !o.verbose {
+		t.Errorf("one-dash long flags not taken: %+v", o)
+	}
+	got := longFlagsWithOneDash(newRoot(), []string{"pin", "--", "-no-wait"})
+	if got[2] != "-no-wait" {
+		t.Errorf("an argument after -- was rewritten: %q", got)
+	}
+}
+
+func TestSizeOverflow(t *testing.T) {
+	for _, in := range []string{"9e18TiB", "8EiB", "8388608TiB", "9223372036854775808", "1e3", "0x10", "Inf", "NaN", "."} {
+		if n, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d; want an error", in, n)
+		}
+	}
+	if n, err := parseSize("8388607TiB"); err != nil || n != 8388607<<40 {
+		t.Errorf("parseSize(8388607TiB) = %d, %v", n, err)
+	}
+}

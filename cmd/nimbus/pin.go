@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/nimbus-fs/nimbus/cache"
@@ -67,19 +67,55 @@ func (m *mountState) free(path string) (any, error) {
 	return fmt.Sprintf("freed %s under %s", cache.FormatBytes(freed), path), nil
 }
 
-// pathsCommand parses PATH… arguments and their flags.
-func pathsCommand(name string, args []string, stdout io.Writer, flags func(*flag.FlagSet)) ([]string, error) {
-	fset := flag.NewFlagSet(name, flag.ContinueOnError)
-	if flags != nil {
-		flags(fset)
+func init() {
+	addCommand(newPinCmd)
+	addCommand(newUnpinCmd)
+	addCommand(newFreeCmd)
+}
+
+func newPinCmd() *cobra.Command {
+	var noWait bool
+	cmd := &cobra.Command{
+		Use:   "pin PATH… [--no-wait]",
+		Short: "Keep PATH complete on this machine (offline use)",
+		Long: `Pin each PATH: download all of its content, with a progress bar, keep it
+downloaded (never evicted), and fetch new remote files under it at each poll.`,
+		Args: argsBetween(1, -1, "at least one PATH"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmdPin(args, noWait, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	pos, err := parseCommand(fset, args, stdout, "nimbus "+name+" PATH…")
-	if err != nil {
-		return nil, err
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return at once; the download goes on in the background")
+	return cmd
+}
+
+func newUnpinCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "unpin PATH…",
+		Short: "Return PATH to on-demand",
+		Long:  `Unpin each PATH: its cached content becomes evictable again.`,
+		Args:  argsBetween(1, -1, "at least one PATH"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachPath("unpin", args, cmd.OutOrStdout())
+		},
 	}
-	if len(pos) == 0 {
-		return nil, usageError{"give at least one PATH"}
+}
+
+func newFreeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "free PATH…",
+		Short: "Drop the cached content of PATH now",
+		Long:  `Drop the cached clean content of each PATH now. Changes not uploaded yet are never dropped.`,
+		Args:  argsBetween(1, -1, "at least one PATH"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachPath("free", args, cmd.OutOrStdout())
+		},
 	}
+}
+
+// absPaths makes each PATH absolute and checks that it exists.
+func absPaths(pos []string) ([]string, error) {
+	paths := make([]string, len(pos))
 	for i, p := range pos {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -88,16 +124,13 @@ func pathsCommand(name string, args []string, stdout io.Writer, flags func(*flag
 		if _, err := os.Lstat(abs); err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
-		pos[i] = abs
+		paths[i] = abs
 	}
-	return pos, nil
+	return paths, nil
 }
 
-func cmdPin(args []string, stdout, stderr io.Writer) error {
-	var noWait bool
-	paths, err := pathsCommand("pin", args, stdout, func(f *flag.FlagSet) {
-		f.BoolVar(&noWait, "no-wait", false, "return at once; the download goes on in the background")
-	})
+func cmdPin(pos []string, noWait bool, stdout, stderr io.Writer) error {
+	paths, err := absPaths(pos)
 	if err != nil {
 		return err
 	}
@@ -199,17 +232,9 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-func cmdUnpin(args []string, stdout io.Writer) error {
-	return eachPath("unpin", args, stdout)
-}
-
-func cmdFree(args []string, stdout io.Writer) error {
-	return eachPath("free", args, stdout)
-}
-
 // eachPath sends op for each PATH and prints what the mount says.
-func eachPath(op string, args []string, stdout io.Writer) error {
-	paths, err := pathsCommand(op, args, stdout, nil)
+func eachPath(op string, pos []string, stdout io.Writer) error {
+	paths, err := absPaths(pos)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/nimbus-fs/nimbus/cache"
@@ -103,13 +103,27 @@ func (m *mountState) status() (*statusReport, error) {
 	}, nil
 }
 
-func cmdStatus(args []string, stdout io.Writer) error {
-	fset := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fset.Bool("json", false, "print JSON")
-	pos, err := parseCommand(fset, args, stdout, "nimbus status [PATH] [--json]")
-	if err != nil {
-		return err
+func init() { addCommand(newStatusCmd) }
+
+func newStatusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [PATH] [--json]",
+		Short: "State of the mount, or of each entry of PATH",
+		Long: `Without PATH, or with a mountpoint: online or offline, pending uploads,
+conflicts, cache use, pins and their progress, request counts. With a PATH
+inside a mount: the state of PATH and, for a folder, of each entry (online,
+partial, local, pinned, dirty, uploading, conflict).`,
+		Args: argsBetween(0, 1, "at most one PATH"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmdStatus(args, asJSON, cmd.OutOrStdout())
+		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func cmdStatus(pos []string, asJSON bool, stdout io.Writer) error {
 	path, err := optionalPath(pos, "PATH")
 	if err != nil {
 		return err
@@ -119,9 +133,9 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		return err
 	}
 	if len(pos) == 1 && filepath.Clean(mustAbs(path)) != rep.Mountpoint {
-		return printEntryStates(stdout, path, *asJSON)
+		return printEntryStates(stdout, path, asJSON)
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
@@ -245,11 +259,25 @@ func readDirNames(path string) ([]string, error) {
 	return names, err
 }
 
-func cmdUnmount(args []string, stdout io.Writer) error {
-	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
-		return usageError{"expected exactly one MOUNTPOINT"}
+func init() { addCommand(newUnmountCmd) }
+
+func newUnmountCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "unmount MOUNTPOINT",
+		Aliases: []string{"umount"},
+		Short:   "Unmount cleanly",
+		Long: `Unmount MOUNTPOINT cleanly. Changes not uploaded yet stay in the journal
+of the cache folder and upload at its next mount. If the daemon does not
+answer, the mount is detached.`,
+		Args: argsBetween(1, 1, "exactly one MOUNTPOINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmdUnmount(args[0], cmd.OutOrStdout())
+		},
 	}
-	mp := mustAbs(args[0])
+}
+
+func cmdUnmount(mountpoint string, stdout io.Writer) error {
+	mp := mustAbs(mountpoint)
 	if err := callControl(mp, "unmount", nil); err == nil {
 		return waitUnmounted(mp, 30*time.Second)
 	} else if mounted, _ := isMountpoint(mp); !mounted {

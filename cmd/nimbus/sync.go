@@ -2,11 +2,12 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -31,27 +32,55 @@ func (m *mountState) sync(timeout time.Duration) (string, error) {
 	return "everything is uploaded", nil
 }
 
-func cmdSync(args []string, stdout io.Writer) error {
-	fset := flag.NewFlagSet("sync", flag.ContinueOnError)
-	timeout := fset.Duration("timeout", 0, "give up after this long (0 = wait until done)")
-	pos, err := parseCommand(fset, args, stdout, "nimbus sync [MOUNTPOINT] [--timeout DUR]")
-	if err != nil {
-		return err
+func init() {
+	addCommand(newSyncCmd)
+	addCommand(newConflictsCmd)
+}
+
+func newSyncCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "sync [MOUNTPOINT] [--timeout DUR]",
+		Short: "Wait until every change is uploaded",
+		Long: `Wait until every change made on the mount is uploaded. Exits 0 once
+everything is; otherwise says what is stuck and exits 1.`,
+		Args: argsBetween(0, 1, "at most one MOUNTPOINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmdSync(args, timeout, cmd.OutOrStdout())
+		},
 	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0 = wait until done)")
+	return cmd
+}
+
+func cmdSync(pos []string, timeout time.Duration, stdout io.Writer) error {
 	path, err := optionalPath(pos, "MOUNTPOINT")
 	if err != nil {
 		return err
 	}
 	var msg string
-	if err := callControlReq(path, controlRequest{Op: "sync", Timeout: *timeout}, &msg); err != nil {
+	if err := callControlReq(path, controlRequest{Op: "sync", Timeout: timeout}, &msg); err != nil {
 		return fmt.Errorf("not everything is uploaded: %w", err)
 	}
 	fmt.Fprintln(stdout, msg)
 	return nil
 }
 
-func cmdConflicts(args []string, stdout io.Writer) error {
-	path, err := optionalPath(args, "MOUNTPOINT")
+func newConflictsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "conflicts [MOUNTPOINT]",
+		Short: "Conflicts found while uploading",
+		Long: `List the files that were changed both here and elsewhere, and where this
+machine's version went (its conflicted copy).`,
+		Args: argsBetween(0, 1, "at most one MOUNTPOINT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmdConflicts(args, cmd.OutOrStdout())
+		},
+	}
+}
+
+func cmdConflicts(pos []string, stdout io.Writer) error {
+	path, err := optionalPath(pos, "MOUNTPOINT")
 	if err != nil {
 		return err
 	}
