@@ -216,6 +216,10 @@ func validate(op Op) error {
 			return errors.New("copy needs a source other than its destination")
 		}
 	case Delete:
+	case Restore:
+		if err := validateRestore(op); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown op kind %d", int(op.Kind))
 	}
@@ -481,6 +485,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			SHA256:    op.sha256,
 			Src:       op.Src,
 			SrcETag:   op.SrcETag,
+			Version:   op.Version,
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),
