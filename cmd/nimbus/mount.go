@@ -53,7 +53,7 @@ type mountOptions struct {
 	verbose    bool
 	store      storeOptions // --sse…, --trash, --at: mount_store.go
 	options    []string     // -o lists, applied by applyOptions
-	argv       []string // the whole command line, run again by a --daemon child
+	argv       []string     // the whole command line, run again by a --daemon child
 }
 
 // readyFDEnv names the pipe a daemon child reports its mount outcome on.
