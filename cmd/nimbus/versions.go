@@ -294,10 +294,14 @@ func (m *mountState) restoreVersion(abs, key, rel, version string) (restoreResul
 	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
 	defer cancel()
 	op := journal.Op{Kind: journal.Restore, Key: key, Version: version}
-	if m.health.Online() {
-		if err := m.needVersioning(ctx); err != nil {
-			return restoreResult{}, err
-		}
+	// Offline, the checks wait: the journal keeps the restore until the
+	// store is back (a version that is gone by then is reported as a
+	// conflict).
+	switch err := m.needVersioning(ctx); {
+	case errors.Is(err, backend.ErrOffline):
+	case err != nil:
+		return restoreResult{}, err
+	default:
 		_, err := m.health.StatVersion(ctx, key, version)
 		if errors.Is(err, backend.ErrNotFound) {
 			return restoreResult{}, fmt.Errorf("%s has no version %q: see nimbus versions %s", abs, version, abs)
@@ -404,6 +408,9 @@ func (m *mountState) commitRestores(abs string, ops []journal.Op) (restoreResult
 			continue
 		}
 		res.Restored = append(res.Restored, rel)
+		if op.Base.Exists {
+			continue // a version restore: Applied updated the entry
+		}
 		// A folder brought back may be unknown to its parent's listing.
 		for d := path.Dir(strings.TrimSuffix(rel, "/")); ; d = path.Dir(d) {
 			if d == "." {
