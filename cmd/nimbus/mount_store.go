@@ -61,6 +61,14 @@ func (s *storeOptions) finish(o *mountOptions) error {
 		}
 	}
 	if s.at != "" {
+		// The point-in-time store is not built yet: refuse rather than
+		// show today's tree as if it were the past.
+		if _, err := parseAt(s.at, time.Now()); err != nil {
+			return usageError{err.Error()}
+		}
+		return usageError{"--at is not built yet in this nimbus"}
+	}
+	if s.at != "" {
 		t, err := parseAt(s.at, time.Now())
 		if err != nil {
 			return usageError{err.Error()}
