@@ -118,7 +118,74 @@ type Backend interface {
 // Presigner is implemented by stores that can hand out time-limited download
 // URLs (nimbus share).
 type Presigner interface {
+	// PresignGet returns a URL that downloads key's current version for
+	// expires (at most MaxPresignExpiry; longer fails with an error
+	// wrapping ErrPresignExpiry). The URL is a bearer credential: it must
+	// never be logged.
 	PresignGet(ctx context.Context, key string, expires time.Duration) (string, error)
+}
+
+// MaxPresignExpiry is the longest a presigned URL may live: SigV4's limit.
+const MaxPresignExpiry = 7 * 24 * time.Hour
+
+// ErrPresignExpiry: a presigned URL was asked for a lifetime SigV4 cannot
+// sign (none, or more than MaxPresignExpiry).
+var ErrPresignExpiry = errors.New("a share link lives at most 7 days (the limit of S3's SigV4 signatures)")
+
+// ErrNoVersioning: the bucket does not keep versions (versioning was never
+// enabled, or is suspended).
+var ErrNoVersioning = errors.New("versioning is not enabled on the bucket")
+
+// Version is one version of an object, or a delete marker, as a versioned
+// store lists it.
+type Version struct {
+	Key string
+	// ID is the store's version ID ("null" for a version written while
+	// versioning was off).
+	ID      string
+	Size    int64
+	ETag    string
+	ModTime time.Time
+	// Current: this is the key's latest version (IsLatest). A current
+	// delete marker means the key is deleted.
+	Current bool
+	// Deleted: a delete marker, holding no content; ModTime is the time of
+	// the delete.
+	Deleted bool
+}
+
+// VersionLister is implemented by stores that keep earlier versions of
+// objects (S3 bucket versioning).
+type VersionLister interface {
+	// Versioning reports whether the store keeps versions now; false
+	// (not an error) when versioning was never enabled or is suspended.
+	Versioning(ctx context.Context) (bool, error)
+	// ListVersions calls fn with pages of the versions and delete markers
+	// of every key under prefix (at any depth; "" is all), in key order
+	// and, for each key, newest first. Each page costs one request. An
+	// error returned by fn stops the listing and is returned.
+	ListVersions(ctx context.Context, prefix string, fn func([]Version) error) error
+}
+
+// VersionReader is implemented by versioned stores that read a version by
+// its ID.
+type VersionReader interface {
+	// StatVersion is Stat of version id of key. ErrNotFound if there is no
+	// such version (a delete marker included).
+	StatVersion(ctx context.Context, key, id string) (ObjectInfo, error)
+	// GetVersion is Get of version id of key (no If-Match: a version
+	// never changes).
+	GetVersion(ctx context.Context, key, id string, off, n int64) (io.ReadCloser, error)
+}
+
+// VersionCopier is implemented by versioned stores that copy one version of
+// an object server-side.
+type VersionCopier interface {
+	// CopyVersion copies version id of src to dst under cond, as Copy
+	// does: the new object is a new current version of dst with the old
+	// version's bytes and metadata. ErrNotFound if the version does not
+	// exist; ErrPrecondition if cond fails.
+	CopyVersion(ctx context.Context, src, id, dst string, cond Cond) (ObjectInfo, error)
 }
 
 // Retryable reports whether err may pass if the operation is tried again
@@ -221,4 +288,19 @@ func PutDelta(ctx context.Context, b Backend, key string, body io.ReaderAt, size
 	info, err := b.Put(ctx, key, io.NewSectionReader(body, 0, size), size, meta, Cond{IfMatch: base})
 	// A failed Put has sent its body too, or most of it.
 	return DeltaResult{Info: info, Sent: size}, err
+}
+
+// SortVersions orders versions as VersionLister.ListVersions returns them:
+// by key, then newest first (by ModTime; the current one first on a tie).
+func SortVersions(vs []Version) {
+	sort.SliceStable(vs, func(i, j int) bool {
+		a, b := vs[i], vs[j]
+		switch {
+		case a.Key != b.Key:
+			return a.Key < b.Key
+		case !a.ModTime.Equal(b.ModTime):
+			return a.ModTime.After(b.ModTime)
+		}
+		return a.Current && !b.Current
+	})
 }

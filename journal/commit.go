@@ -220,6 +220,10 @@ func validate(op Op) error {
 		if !strings.HasSuffix(op.Src, "/") || !strings.HasSuffix(op.Key, "/") || strings.HasPrefix(op.Key, op.Src) || strings.HasPrefix(op.Src, op.Key) {
 			return errors.New("a tree move needs two folder prefixes, neither inside the other")
 		}
+	case Restore:
+		if err := validateRestore(op); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown op kind %d", int(op.Kind))
 	}
@@ -485,6 +489,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			SHA256:    op.sha256,
 			Src:       op.Src,
 			SrcETag:   op.SrcETag,
+			Version:   op.Version,
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),

@@ -178,6 +178,8 @@ type Op struct {
 	Staged string
 	// Src and SrcETag (Copy) name the source and the ETag it had.
 	Src, SrcETag string
+	// Version (Restore) is the version ID of Key to make current again.
+	Version string
 	// Base is the condition: Exists → If-Match ETag, else If-None-Match.
 	// Ignored while an earlier op on Key is pending (see "Chained bases").
 	Base Base

@@ -37,6 +37,7 @@ type record struct {
 	Src      string `json:"src,omitempty"`
 	SrcETag  string `json:"src_etag,omitempty"`
 	SrcAfter uint64 `json:"src_after,omitempty"`
+	Version  string `json:"version,omitempty"` // Restore
 	Base     base   `json:"base"`
 	// Prior are hashes of superseded versions of this key's content that
 	// may have reached the store (see "Coalescing" in the package doc).

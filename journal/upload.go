@@ -68,6 +68,8 @@ func (j *Journal) upload(ctx context.Context, e *entry, rec record) {
 		out, err = j.deleteObject(ctx, &rec)
 	case MoveTree:
 		out, err = j.moveTree(ctx, &rec) // rename_dir.go
+	case Restore:
+		out, err = j.restoreVersion(ctx, &rec)
 	default:
 		err = fmt.Errorf("%w: unknown op kind %d", errLocal, int(rec.Kind))
 	}
@@ -199,7 +201,7 @@ func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFol
 
 // opOf rebuilds the Op of a record, for Result.
 func (j *Journal) opOf(r *record) Op {
-	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public(), Partial: r.Partial.public()}
+	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Version: r.Version, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public(), Partial: r.Partial.public()}
 	if r.Staged != "" {
 		op.Staged = j.stagedPath(r.Staged)
 	}

@@ -272,6 +272,8 @@ func (f *FS) Reconcile() error {
 			e = cache.Entry{Name: name, Dir: p.Kind != journal.Copy, Local: true}
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
+		default:
+			continue // a restore shows once done (journal.Restore)
 		}
 		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
 			return err

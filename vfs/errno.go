@@ -14,7 +14,7 @@ import (
 var (
 	errNameInvalid  = errors.New("name is not valid UTF-8")
 	errNameTooLong  = errors.New("key longer than 1024 bytes")
-	errNameReserved = errors.New("name is reserved for nimbus's own objects (.nimbus-attrs, .nimbus-snapshots): choose another name")
+	errNameReserved = errors.New("name is reserved for nimbus's own objects (.nimbus-attrs, .nimbus-snapshots, .nimbus-trash): choose another name")
 )
 
 // toErrno is the one place where errors become errnos. It logs the original

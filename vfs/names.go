@@ -36,8 +36,12 @@ func whyUnshowable(name string) string {
 // folder of snapshots (partial.go's snapshotDir). Listings hide them, and
 // no file or folder may take their names.
 func reservedName(name string) bool {
-	return name == attrIndexName || name == snapshotDir
+	return name == attrIndexName || name == snapshotDir || name == trashDir
 }
+
+// trashDir is the folder of deleted files kept on an unversioned bucket
+// (backend/trash).
+const trashDir = ".nimbus-trash"
 
 // checkName refuses a local name that is reserved. The kernel looks a name
 // up before it creates, makes a folder, renames onto or links it, so a

@@ -168,7 +168,13 @@ func (s *Store) opError(ctx context.Context, op, key string, err error) error {
 		}
 		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, ctxErr, err)
 	}
+	if isSSECRefusal(err, s.customerKey) {
+		return fmt.Errorf("%s %q in %s: %w: %w: %w", op, key, s, backend.ErrAccess, errNeedsKey, err)
+	}
 	if kind := classify(err); kind != nil {
+		if kind == backend.ErrAccess && s.customerKey && (op == "get" || op == "stat") {
+			return fmt.Errorf("%s %q in %s: %w: %w: %w", op, key, s, kind, errWrongKey, err)
+		}
 		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, kind, err)
 	}
 	return fmt.Errorf("%s %q in %s: %w", op, key, s, err)

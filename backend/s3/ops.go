@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -440,26 +439,6 @@ func (s *Store) Delete(ctx context.Context, key string, ifMatch string) error {
 		return s.opError(ctx, "delete", key, err)
 	}
 	return nil
-}
-
-// PresignGet implements backend.Presigner: a GET URL valid for expires (at
-// most 7 days, SigV4's limit). It makes no request. The URL is a bearer
-// credential: never log it.
-func (s *Store) PresignGet(ctx context.Context, key string, expires time.Duration) (string, error) {
-	if err := checkKey("presign", key); err != nil {
-		return "", err
-	}
-	if expires <= 0 || expires > maxPresignExpiry {
-		return "", fmt.Errorf("presign %q in %s: expiry %v is not within (0, %v]", key, s, expires, maxPresignExpiry)
-	}
-	req, err := s.presign.PresignGetObject(ctx, &awss3.GetObjectInput{
-		Bucket: aws.String(s.bucket),
-		Key:    aws.String(key),
-	}, awss3.WithPresignExpires(expires))
-	if err != nil {
-		return "", s.opError(ctx, "presign", key, err)
-	}
-	return req.URL, nil
 }
 
 // lowerKeys returns m with lower-case keys, or nil when m is empty.

@@ -110,6 +110,10 @@ type Config struct {
 	// once. 0 means 8. Parts are read from the body as they are sent,
 	// not buffered, so this costs connections rather than memory.
 	UploadConcurrency int
+
+	// Encryption is the server-side encryption of every write (and, with
+	// SSE-C, of every read); see sse.go. The zero value asks for none.
+	Encryption Encryption
 }
 
 // Store is a Backend over one S3 bucket. It is safe for concurrent use.
@@ -122,6 +126,8 @@ type Store struct {
 	name     string // String(), computed once; never holds credentials
 	// multipartThreshold is Config.MultipartThreshold with its default.
 	multipartThreshold int64
+	// customerKey: requests carry an SSE-C key (see sse.go).
+	customerKey bool
 }
 
 var (
@@ -155,6 +161,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	cfg, err := withMultipartDefaults(cfg)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Encryption.check(); err != nil {
 		return nil, err
 	}
 
@@ -213,6 +222,9 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		// Ranged GETs cannot be checked against whole-object
 		// checksums; If-Match on the ETag guards consistency instead.
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		if opt := cfg.Encryption.apiOption(); opt != nil {
+			o.APIOptions = append(o.APIOptions, opt)
+		}
 	})
 	name := "s3://" + cfg.Bucket
 	if cfg.Endpoint != "" {
@@ -226,6 +238,7 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		endpoint:           cfg.Endpoint,
 		name:               name,
 		multipartThreshold: cfg.MultipartThreshold,
+		customerKey:        cfg.Encryption.CustomerKey != nil,
 	}
 }
 

@@ -26,6 +26,8 @@ type controlRequest struct {
 	Op      string        `json:"op"`
 	Timeout time.Duration `json:"timeout,omitempty"` // sync
 	Path    string        `json:"path,omitempty"`    // pin, unpin, free: absolute
+	// Args are the arguments of the version commands (versions.go).
+	Args json.RawMessage `json:"args,omitempty"`
 }
 
 type controlResponse struct {
@@ -156,6 +158,9 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 		return m.fsys.PinStatus()
 	case "unmount":
 		return m.requestUnmount()
+	}
+	if result, ok, err := m.dispatchVersions(req); ok {
+		return result, err
 	}
 	return nil, fmt.Errorf("unknown request %q (is this nimbus older than the CLI?)", req.Op)
 }

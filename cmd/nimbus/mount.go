@@ -53,8 +53,9 @@ type mountOptions struct {
 	readOnly   bool
 	allowOther bool
 	verbose    bool
-	options    []string // -o lists, applied by applyOptions
-	argv       []string // the whole command line, run again by a --daemon child
+	store      storeOptions // --sse…, --trash, --at: mount_store.go
+	options    []string     // -o lists, applied by applyOptions
+	argv       []string     // the whole command line, run again by a --daemon child
 }
 
 // readyFDEnv names the pipe a daemon child reports its mount outcome on.
@@ -99,6 +100,7 @@ Ctrl-C or nimbus unmount unmounts cleanly.`,
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail")
+	o.store.addFlags(f)
 	f.SortFlags = false
 	return cmd, o
 }
@@ -133,6 +135,9 @@ func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
 	}
 	if o.remote.scheme == "dir" && o.endpoint != "" {
 		return usageError{"--endpoint applies to s3:// remotes only"}
+	}
+	if err := o.store.finish(o); err != nil {
+		return err
 	}
 	if o.mountpoint, err = filepath.Abs(pos[1]); err != nil {
 		return err
@@ -602,7 +607,11 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	if where == "" {
 		where = "AWS S3"
 	}
-	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region})
+	enc, err := o.store.encryption()
+	if err != nil {
+		return nil, err
+	}
+	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region, Encryption: enc})
 	switch {
 	case err == nil:
 		return st, nil

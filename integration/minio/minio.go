@@ -50,9 +50,14 @@ const (
 // Stop, Restart and MakeBucket call t.Fatal on failure, so they must be called
 // from the test's goroutine.
 type Server struct {
-	Endpoint  string // http://127.0.0.1:PORT
+	Endpoint  string // http://127.0.0.1:PORT, or https:// with Options.TLS
 	AccessKey string
 	SecretKey string
+	// CAFile is the PEM certificate a TLS server presents (Options.TLS),
+	// for AWS_CA_BUNDLE; "" without TLS.
+	CAFile string
+
+	opts Options
 
 	tb          testing.TB
 	bin         string
@@ -60,6 +65,7 @@ type Server struct {
 	consoleAddr string
 	dataDir     string
 	logPath     string
+	certsDir    string // --certs-dir, with Options.TLS
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // GUARDED_BY(mu); nil while stopped
@@ -107,6 +113,12 @@ func repoRoot() (string, error) {
 // (fails it when CI=true). The server is killed when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options; the zero Options is Start.
+func StartWith(t testing.TB, opts Options) *Server {
+	t.Helper()
 	bin, ok := Binary()
 	if !ok {
 		msg := fmt.Sprintf("minio binary not found at %s: run `make tools` (or set NIMBUS_MINIO)", bin)
@@ -122,6 +134,7 @@ func Start(t testing.TB) *Server {
 		bin:       bin,
 		dataDir:   t.TempDir(),
 		logPath:   filepath.Join(t.TempDir(), "minio.log"),
+		opts:      opts,
 	}
 	// Registered after the TempDirs, so it runs before they are removed.
 	t.Cleanup(func() {
@@ -145,6 +158,14 @@ func Start(t testing.TB) *Server {
 		}
 		s.addr, s.consoleAddr = addr, consoleAddr
 		s.Endpoint = "http://" + addr
+		if opts.TLS {
+			if s.certsDir == "" {
+				if err := s.makeCert(t.TempDir()); err != nil {
+					t.Fatalf("minio: %v", err)
+				}
+			}
+			s.Endpoint = "https://" + addr
+		}
 		if lastErr = s.start(); lastErr == nil {
 			return s
 		}
@@ -175,8 +196,11 @@ func (s *Server) start() error {
 	// The child holds its own descriptor; ours is not needed after Start.
 	defer logFile.Close()
 
-	cmd := exec.Command(s.bin, "server", "--quiet",
-		"--address", s.addr, "--console-address", s.consoleAddr, s.dataDir)
+	args := []string{"server", "--quiet", "--address", s.addr, "--console-address", s.consoleAddr}
+	if s.certsDir != "" {
+		args = append(args, "--certs-dir", s.certsDir)
+	}
+	cmd := exec.Command(s.bin, append(args, s.dataDir)...)
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+s.AccessKey,
 		"MINIO_ROOT_PASSWORD="+s.SecretKey,
@@ -184,6 +208,9 @@ func (s *Server) start() error {
 		"MINIO_UPDATE=off",
 		"MINIO_CI_CD=on",
 	)
+	if s.opts.KMSSecretKey != "" {
+		cmd.Env = append(cmd.Env, "MINIO_KMS_SECRET_KEY="+s.opts.KMSSecretKey)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -207,7 +234,7 @@ func (s *Server) start() error {
 }
 
 func (s *Server) waitReady(exited <-chan struct{}) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: s.transport()}
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		if ok, err := s.ready(client); ok {
@@ -321,6 +348,7 @@ func (s *Server) Client() *awss3.Client {
 		Credentials:                credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+		HTTPClient:                 &http.Client{Transport: s.transport()},
 	})
 }
 
@@ -337,11 +365,15 @@ func (s *Server) MakeBucket(t testing.TB, name string) {
 // Env returns the environment a child process (the nimbus binary) needs to
 // reach the server through the standard AWS credential chain.
 func (s *Server) Env() []string {
-	return []string{
+	env := []string{
 		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
 		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
 		"AWS_REGION=" + Region,
 	}
+	if s.CAFile != "" {
+		env = append(env, "AWS_CA_BUNDLE="+s.CAFile)
+	}
+	return env
 }
 
 // String describes the server for test logs.
