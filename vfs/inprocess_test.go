@@ -46,9 +46,11 @@ type tier struct {
 type tierOpt struct {
 	cacheSize int64         // default 64 MiB
 	dirTTL    time.Duration // default 30 s, as nimbus mount's
+	remote    string        // the store's folder; default a new, empty one
 }
 
-// newTier mounts an empty dir: store in t.TempDir(). Everything it starts
+// newTier mounts a dir: store (a new, empty one unless opt.remote names
+// one) with a fresh cache in t.TempDir(). Everything it starts
 // is torn down by t.Cleanup, even when the test fails: unmount, wait for
 // the server, then stop the uploader and close the databases.
 func newTier(t *testing.T, opt tierOpt) *tier {
@@ -68,7 +70,13 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	base := t.TempDir()
 	m := &tier{t: t, mnt: filepath.Join(base, "mnt"), remote: filepath.Join(base, "remote"), logs: &tierLog{}}
 	cacheDir := filepath.Join(base, "cache")
-	for _, d := range []string{m.mnt, m.remote, cacheDir} {
+	mk := []string{m.mnt, cacheDir}
+	if opt.remote != "" {
+		m.remote = opt.remote
+	} else {
+		mk = append(mk, m.remote)
+	}
+	for _, d := range mk {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
