@@ -1,0 +1,286 @@
+package vfs
+
+import (
+	"bytes"
+	"os"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Each write syscall through the in-process tier: what the mount shows at
+// once, and what the store holds once the journal drained.
+
+const tierSync = 2 * time.Minute
+
+func TestTierCreateWriteRead(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	f, err := os.OpenFile(m.path("a.txt"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("hello world")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("HELLO"), 0); err != nil {
+		t.Fatal(err)
+	}
+	// Read after write, through the same handle and through another.
+	buf := make([]byte, 64)
+	n, err := f.ReadAt(buf, 0)
+	if got := string(buf[:n]); got != "HELLO world" {
+		t.Fatalf("read through the writing handle: %q (%v), want %q", got, err, "HELLO world")
+	}
+	if got := string(m.mustRead("a.txt")); got != "HELLO world" {
+		t.Fatalf("read through a second handle: %q", got)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.OpenFile(m.path("a.txt"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644); !os.IsExist(err) {
+		t.Fatalf("O_EXCL over an existing file: %v, want EEXIST", err)
+	}
+	st, err := os.Stat(m.path("a.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 11 || !st.Mode().IsRegular() {
+		t.Fatalf("stat: size %d mode %v, want an 11-byte file", st.Size(), st.Mode())
+	}
+	m.sync(tierSync)
+	m.wantRemote("a.txt", []byte("HELLO world"))
+	if got := m.remoteKeys(); !slices.Equal(got, []string{"a.txt"}) {
+		t.Fatalf("store keys %q, want only a.txt", got)
+	}
+}
+
+func TestTierRename(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	m.mustWrite("src", []byte("source"))
+	m.mustWrite("victim", []byte("overwritten"))
+	m.sync(tierSync)
+	if err := os.Rename(m.path("src"), m.path("dst")); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(m.mustRead("dst")); got != "source" {
+		t.Fatalf("dst after rename: %q", got)
+	}
+	if _, err := os.Stat(m.path("src")); !os.IsNotExist(err) {
+		t.Fatalf("src after rename: %v, want ENOENT", err)
+	}
+	// Over an existing file: it is replaced.
+	if err := os.Rename(m.path("dst"), m.path("victim")); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(m.mustRead("victim")); got != "source" {
+		t.Fatalf("victim after rename over it: %q, want %q", got, "source")
+	}
+	if got := m.names(""); !slices.Equal(got, []string{"victim"}) {
+		t.Fatalf("listing %q, want [victim]", got)
+	}
+	m.sync(tierSync)
+	m.wantRemote("victim", []byte("source"))
+	if got := m.remoteKeys(); !slices.Equal(got, []string{"victim"}) {
+		t.Fatalf("store keys %q, want only victim", got)
+	}
+}
+
+func TestTierOpenUnlinked(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	// A file with local content not uploaded yet: the open handle keeps
+	// it, takes writes, and nothing is uploaded.
+	m.mustWrite("gone", []byte("still readable"))
+	f, err := os.OpenFile(m.path("gone"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Unlink(m.path("gone")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(m.path("gone")); !os.IsNotExist(err) {
+		t.Fatalf("stat after unlink: %v, want ENOENT", err)
+	}
+	buf := make([]byte, 64)
+	n, err := f.ReadAt(buf, 0)
+	if got := string(buf[:n]); got != "still readable" {
+		t.Fatalf("read through the unlinked handle: %q (%v)", got, err)
+	}
+	if _, err := f.WriteAt([]byte("STILL"), 0); err != nil {
+		t.Fatalf("write through the unlinked handle: %v", err)
+	}
+	n, err = f.ReadAt(buf, 0)
+	if got := string(buf[:n]); got != "STILL readable" {
+		t.Fatalf("read back through the unlinked handle: %q (%v)", got, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.names(""); len(got) != 0 {
+		t.Fatalf("listing after unlink: %q, want empty", got)
+	}
+	m.sync(tierSync)
+	m.wantNoRemote("gone")
+	if got := m.remoteKeys(); len(got) != 0 {
+		t.Fatalf("store keys %q, want none", got)
+	}
+}
+
+// TestTierOpenUnlinkedUploaded is the same for a file that is uploaded and
+// not cached: POSIX wants its content readable through a handle opened
+// before the unlink. Today the read fails with EINVAL (the handle follows
+// the unlinked node to the key ""; the object itself is deleted by the
+// journal), so the test is skipped unless NIMBUS_VFS_KNOWN_BUGS=1.
+func TestTierOpenUnlinkedUploaded(t *testing.T) {
+	if os.Getenv("NIMBUS_VFS_KNOWN_BUGS") != "1" {
+		t.Skip("known bug: a handle on an uploaded, uncached file cannot read once the file is unlinked (NIMBUS_VFS_KNOWN_BUGS=1 runs it)")
+	}
+	m := newTier(t, tierOpt{})
+	m.mustWrite("gone", []byte("still readable"))
+	m.sync(tierSync)
+	var handles []*os.File
+	for _, flags := range []int{os.O_RDONLY, os.O_RDWR} {
+		f, err := os.OpenFile(m.path("gone"), flags, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		handles = append(handles, f)
+	}
+	if err := syscall.Unlink(m.path("gone")); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync) // the delete reached the store
+	for _, f := range handles {
+		buf := make([]byte, 64)
+		n, err := f.ReadAt(buf, 0)
+		if got := string(buf[:n]); got != "still readable" {
+			t.Errorf("read through a handle opened before the unlink: %q (%v)", got, err)
+		}
+	}
+}
+
+func TestTierSetattr(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	m.mustWrite("f", []byte("0123456789"))
+	if err := os.Chmod(m.path("f"), 0o751); err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	if err := os.Chtimes(m.path("f"), mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(m.path("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o751 || !st.ModTime().Equal(mtime) {
+		t.Fatalf("after chmod and utimes: mode %v mtime %v, want 0751 and %v", st.Mode(), st.ModTime(), mtime)
+	}
+	if err := os.Truncate(m.path("f"), 4); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(m.mustRead("f")); got != "0123" {
+		t.Fatalf("after truncate to 4: %q", got)
+	}
+	if err := os.Truncate(m.path("f"), 6); err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("0123\x00\x00")
+	if got := m.mustRead("f"); !bytes.Equal(got, want) {
+		t.Fatalf("after truncate up to 6: %q, want %q", got, want)
+	}
+	if st, err := os.Stat(m.path("f")); err != nil || st.Size() != 6 || st.Mode().Perm() != 0o751 {
+		t.Fatalf("stat after truncates: %v %v, want 6 bytes, mode 0751", st, err)
+	}
+	// utimes last, so that the truncates' own mtime is replaced.
+	if err := os.Chtimes(m.path("f"), mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync)
+	info := m.wantRemote("f", want)
+	if got := info.Meta[metaMode]; got != strconv.FormatUint(0o751, 8) {
+		t.Errorf("store: mode metadata %q, want 751", got)
+	}
+	if got := info.Meta[metaMTime]; got != strconv.FormatInt(mtime.UnixNano(), 10) {
+		t.Errorf("store: mtime metadata %q, want %d", got, mtime.UnixNano())
+	}
+}
+
+func TestTierMkdirRmdirReaddir(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	if err := os.Mkdir(m.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(m.path("d"), 0o755); !os.IsExist(err) {
+		t.Fatalf("mkdir over a folder: %v, want EEXIST", err)
+	}
+	if err := os.Mkdir(m.path("d/e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.mustWrite("d/one", []byte("1"))
+	m.mustWrite("d/two", []byte("22"))
+	if got, want := m.names("d"), []string{"e/", "one", "two"}; !slices.Equal(got, want) {
+		t.Fatalf("readdir d: %q, want %q", got, want)
+	}
+	wantErrno(t, "rmdir of a non-empty folder", syscall.Rmdir(m.path("d")), syscall.ENOTEMPTY)
+	wantErrno(t, "rmdir of a file", syscall.Rmdir(m.path("d/one")), syscall.ENOTDIR)
+	wantErrno(t, "unlink of a folder", syscall.Unlink(m.path("d/e")), syscall.EISDIR)
+	m.sync(tierSync)
+	if got, want := m.remoteKeys(), []string{"d/", "d/e/", "d/one", "d/two"}; !slices.Equal(got, want) {
+		t.Fatalf("store keys %q, want %q", got, want)
+	}
+	for _, p := range []string{"d/one", "d/two"} {
+		if err := syscall.Unlink(m.path(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Rmdir(m.path("d/e")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Rmdir(m.path("d")); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.names(""); len(got) != 0 {
+		t.Fatalf("root after rmdir: %q, want empty", got)
+	}
+	m.sync(tierSync)
+	if got := m.remoteKeys(); len(got) != 0 {
+		t.Fatalf("store keys %q, want none", got)
+	}
+}
+
+func TestTierFolderRename(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	for _, p := range []string{"old", "old/sub", "other"} {
+		if err := os.Mkdir(m.path(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mustWrite("old/a", []byte("a"))
+	m.mustWrite("old/sub/b", []byte("bb"))
+	m.sync(tierSync)
+	// A local change not yet uploaded moves with the folder.
+	m.mustWrite("old/sub/c", []byte("ccc"))
+	wantErrno(t, "rename of a folder into itself", os.Rename(m.path("old"), m.path("old/sub/x")), syscall.EINVAL)
+	if err := os.Rename(m.path("old"), m.path("other/new")); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.names(""); !slices.Equal(got, []string{"other/"}) {
+		t.Fatalf("root after folder rename: %q", got)
+	}
+	if got, want := m.names("other/new/sub"), []string{"b", "c"}; !slices.Equal(got, want) {
+		t.Fatalf("renamed folder's subfolder: %q, want %q", got, want)
+	}
+	if got := string(m.mustRead("other/new/sub/c")); got != "ccc" {
+		t.Fatalf("moved local change: %q", got)
+	}
+	m.sync(tierSync)
+	want := []string{"other/", "other/new/", "other/new/a", "other/new/sub/", "other/new/sub/b", "other/new/sub/c"}
+	if got := m.remoteKeys(); !slices.Equal(got, want) {
+		t.Fatalf("store keys %q, want %q", got, want)
+	}
+	m.wantRemote("other/new/sub/c", []byte("ccc"))
+}
