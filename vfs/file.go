@@ -38,9 +38,14 @@ type fileNode struct {
 	// handle later, asynchronously, so writers may still count it.
 	// GUARDED_BY(mu)
 	unclosed int
-	// mode and mtime set locally (0 and zero: from the store). GUARDED_BY(mu)
+	// mode and mtime set locally (0 and zero: from the store); mode holds
+	// S_IFREG, so that mode 0 is set. GUARDED_BY(mu)
 	mode  uint32
 	mtime time.Time
+	// The other attributes set locally (see attrs.go). GUARDED_BY(mu)
+	owned        bool // uid and gid are set
+	uid, gid     uint32
+	atime, ctime time.Time
 	// ownETag is the ETag of this machine's last upload of the file: a
 	// version that changed to it needs no conflict. GUARDED_BY(mu)
 	ownETag string
