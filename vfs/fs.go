@@ -224,6 +224,8 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 		AttrTimeout:  &attr,
 		UID:          f.uid,
 		GID:          f.gid,
+		// Mode 0 is a real mode (a locked file), not "unset".
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			FsName:       name,
 			Name:         "nimbus",
