@@ -132,8 +132,14 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 		h.mu.Unlock()
 		if opened {
 			// An open handle describes the version it reads.
-			e := n.getEntry()
-			n.fsys.fillFileAttr(cache.Entry{Size: size, MTime: e.MTime, Mode: e.Mode}, &out.Attr)
+			n.mu.Lock()
+			e := n.attrsLocked()
+			n.mu.Unlock()
+			e.Size = size
+			n.fsys.fillFileAttr(e, &out.Attr)
+			if _, _, key := n.location(); key == "" {
+				out.Nlink = 0 // unlinked, still open
+			}
 			return 0
 		}
 	}

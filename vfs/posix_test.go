@@ -256,20 +256,55 @@ func TestFolderAttributes(t *testing.T) {
 
 func TestUnlinkedOpenFileHasNoLinks(t *testing.T) {
 	m := mountPOSIX(t, newMemStore())
-	f, err := os.Create(m.path("gone"))
+	if err := os.WriteFile(m.path("uploaded"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(t)
+	w, err := os.Create(m.path("gone"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if err := os.Remove(m.path("gone")); err != nil {
+	defer w.Close()
+	r, err := os.Open(m.path("uploaded"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+	defer r.Close()
+	for _, f := range []*os.File{w, r} {
+		if err := os.Remove(f.Name()); err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Nlink != 0 {
+			t.Errorf("fstat of %s, open and unlinked: nlink %d, want 0", f.Name(), st.Nlink)
+		}
+	}
+}
+
+func TestAtimeAloneIsKept(t *testing.T) {
+	remote := newMemStore()
+	m := mountPOSIX(t, remote)
+	p := m.path("f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if st.Nlink != 0 {
-		t.Errorf("fstat of an unlinked open file: nlink %d, want 0", st.Nlink)
+	m.sync(t)
+	mtime := lstat(t, p).Mtim
+	// utimensat(atime, UTIME_OMIT)
+	ts := []syscall.Timespec{{Sec: 1900000000}, {Nsec: (1 << 30) - 2}}
+	if err := syscall.UtimesNano(p, ts); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(t) // an upload finishing must not forget it
+	st := lstat(t, p)
+	if st.Atim.Sec != 1900000000 || st.Mtim != mtime {
+		t.Errorf("atime %d mtime %v, want 1900000000 and %v", st.Atim.Sec, st.Mtim, mtime)
+	}
+	if st := lstat(t, mountPOSIX(t, remote).path("f")); st.Atim.Sec != 1900000000 {
+		t.Errorf("on another mount: atime %d", st.Atim.Sec)
 	}
 }
 

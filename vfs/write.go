@@ -431,18 +431,10 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
 	hasOwner := hasUID || hasGID
-	if hasATime && !hasMTime && !hasMode && !hasSize && !hasOwner {
-		// atime alone is kept with the next change, not uploaded alone.
-		n.fsys.localMu.Lock()
-		n.mu.Lock()
-		n.atime = atime
-		n.fillAttrLocked(&out.Attr)
-		n.mu.Unlock()
-		n.fsys.localMu.Unlock()
-		return 0
-	}
+	// The kernel sends no atime of reads (FUSE inodes are noatime): an
+	// atime comes from utimensat and goes up with the other attributes.
 	setMTime := hasMTime
-	hasMTime = hasMTime || hasATime // uploaded together
+	hasMTime = hasMTime || hasATime
 	if hasSize || hasMode || hasMTime || hasOwner {
 		if err := n.fsys.writable(); err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
