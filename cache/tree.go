@@ -192,6 +192,26 @@ func (t *Tree) Children(dir string, fn func(Entry) bool) error {
 	return nil
 }
 
+// Subdirs counts the known folders directly in dir (a folder's link
+// count), reading only each entry's flags.
+func (t *Tree) Subdirs(dir string) (int, error) {
+	prefix := childPrefix(dir)
+	n := 0
+	err := t.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(treeEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(v) > 0 && v[0]&entryIsDir != 0 && v[0]&entryIsGone == 0 {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("subfolders of %q: %w", dir, err)
+	}
+	return n, nil
+}
+
 // Dir returns the state of dir, and whether it was ever listed.
 func (t *Tree) Dir(dir string) (DirState, bool, error) {
 	var st DirState

@@ -273,11 +273,16 @@ func (f *FS) Reconcile() error {
 			if known && !old.Dir {
 				e.MTime = old.MTime
 			}
+			attrsFromMeta(p.Meta, &e) // the type and attributes committed
+			if known && e.Type() == syscall.S_IFLNK && old.Type() == syscall.S_IFLNK {
+				e.Target = old.Target
+			}
 		case journal.Copy, journal.PutMarker:
 			if known && old.Local && !old.Gone {
 				continue // already shown
 			}
 			e = cache.Entry{Name: name, Dir: p.Kind == journal.PutMarker, Local: true}
+			attrsFromMeta(p.Meta, &e)
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
 		}

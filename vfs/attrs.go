@@ -203,13 +203,10 @@ func (f *FS) fillDirAttr(path string, e cache.Entry, out *fuse.Attr) {
 	e.Dir = true
 	f.fillAttr(e, out)
 	out.Nlink = 2
-	if err := f.cfg.Tree.Children(path, func(c cache.Entry) bool {
-		if c.Dir {
-			out.Nlink++
-		}
-		return true
-	}); err != nil {
+	if n, err := f.cfg.Tree.Subdirs(path); err != nil {
 		f.log.Debug("count subfolders", "dir", path, "err", err)
+	} else {
+		out.Nlink += uint32(n)
 	}
 }
 

@@ -78,6 +78,7 @@ type onlineReporter interface {
 type treeStore interface {
 	Lookup(dir, name string) (cache.Entry, bool, error)
 	Children(dir string, fn func(cache.Entry) bool) error
+	Subdirs(dir string) (int, error)
 	Dir(dir string) (cache.DirState, bool, error)
 	ReplaceDir(dir string, entries []cache.Entry, skippedPrefix string, skipped []cache.Skipped, listedAt time.Time) error
 	PutEntry(dir string, e cache.Entry) error
