@@ -41,8 +41,51 @@ type Entry struct {
 	// object metadata) rather than the store's modification time: a
 	// listing, which carries no metadata, keeps them while the ETag stays.
 	Attrs bool
-	// Mode holds the permission bits; 0 means the default.
+	// Mode holds the permission bits, and the type bits (S_IFMT) when the
+	// entry is not a plain file or folder or its mode was set; 0 means the
+	// default. Records written before types were kept hold bits alone,
+	// which describe a regular file: mode 0 is S_IFREG with no bits.
 	Mode uint32
+	// Owner marks UID and GID as stored; otherwise the mounting user's.
+	Owner    bool
+	UID, GID uint32
+	// ATime and CTime are zero when unknown (then: MTime).
+	ATime, CTime time.Time
+	// Target is a symlink's target, "" when unknown (read from the body).
+	Target string
+	// Rdev is a device's number.
+	Rdev uint32
+}
+
+// Type is the entry's S_IFMT bits.
+func (e Entry) Type() uint32 {
+	switch {
+	case e.Dir:
+		return sIFDIR
+	case e.Mode&sIFMT != 0:
+		return e.Mode & sIFMT
+	}
+	return sIFREG
+}
+
+// File-type bits of Entry.Mode, as in stat(2).
+const (
+	sIFMT  = 0o170000
+	sIFDIR = 0o040000
+	sIFREG = 0o100000
+)
+
+// CopyAttrs gives e the attributes of from (mode, owner, times, link
+// target, device), leaving its name, kind, size and version.
+func (e *Entry) CopyAttrs(from Entry) {
+	e.Attrs, e.MTime, e.Mode = from.Attrs, from.MTime, from.Mode
+	e.Owner, e.UID, e.GID = from.Owner, from.UID, from.GID
+	e.ATime, e.CTime, e.Target, e.Rdev = from.ATime, from.CTime, from.Target, from.Rdev
+}
+
+// extended reports whether e has attributes that older records lack.
+func (e Entry) extended() bool {
+	return e.Owner || !e.ATime.IsZero() || !e.CTime.IsZero() || e.Target != "" || e.Rdev != 0
 }
 
 // DirState records when a directory was last listed completely.
@@ -149,6 +192,26 @@ func (t *Tree) Children(dir string, fn func(Entry) bool) error {
 	return nil
 }
 
+// Subdirs counts the known folders directly in dir (a folder's link
+// count), reading only each entry's flags.
+func (t *Tree) Subdirs(dir string) (int, error) {
+	prefix := childPrefix(dir)
+	n := 0
+	err := t.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(treeEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(v) > 0 && v[0]&entryIsDir != 0 && v[0]&entryIsGone == 0 {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("subfolders of %q: %w", dir, err)
+	}
+	return n, nil
+}
+
 // Dir returns the state of dir, and whether it was ever listed.
 func (t *Tree) Dir(dir string) (DirState, bool, error) {
 	var st DirState
@@ -207,9 +270,14 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 				i++
 			}
 			listed := i < len(sorted) && sorted[i].Name == name
-			if listed && old.Attrs && !old.Dir && sorted[i].ETag == old.ETag && !sorted[i].Attrs {
+			if listed && old.Attrs && !old.Dir && !sorted[i].Dir && sorted[i].ETag == old.ETag && !sorted[i].Attrs {
 				// The same version: its metadata still holds.
-				sorted[i].Attrs, sorted[i].MTime, sorted[i].Mode = true, old.MTime, old.Mode
+				sorted[i].CopyAttrs(old)
+			}
+			if listed && old.Attrs && old.Dir && sorted[i].Dir && !sorted[i].Attrs {
+				// A listing carries nothing of a folder's marker: what was
+				// known of it holds until the attribute index says otherwise.
+				sorted[i].CopyAttrs(old)
 			}
 			if !listed || (old.Dir && !sorted[i].Dir) {
 				// Gone remotely, or a dir that became a file: drop the
@@ -386,10 +454,38 @@ func encodeEntry(e Entry) []byte {
 	buf = binary.AppendVarint(buf, mtime)
 	buf = binary.AppendUvarint(buf, uint64(len(e.ETag)))
 	buf = append(buf, e.ETag...)
-	if e.Mode != 0 {
+	if e.Mode != 0 || e.extended() {
 		buf = binary.AppendUvarint(buf, uint64(e.Mode)) // absent in older records
 	}
+	if e.extended() { // absent in older records
+		var owner uint64
+		if e.Owner {
+			owner = 1
+		}
+		buf = binary.AppendUvarint(buf, owner)
+		buf = binary.AppendUvarint(buf, uint64(e.UID))
+		buf = binary.AppendUvarint(buf, uint64(e.GID))
+		buf = binary.AppendVarint(buf, unixNano(e.ATime))
+		buf = binary.AppendVarint(buf, unixNano(e.CTime))
+		buf = binary.AppendUvarint(buf, uint64(e.Rdev))
+		buf = binary.AppendUvarint(buf, uint64(len(e.Target)))
+		buf = append(buf, e.Target...)
+	}
 	return buf
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 var errCorruptEntry = errors.New("corrupt tree entry")
@@ -428,6 +524,32 @@ func decodeEntry(name string, v []byte) (Entry, error) {
 			return e, errCorruptEntry
 		}
 		e.Mode = uint32(mode)
+		v = v[n:]
+	}
+	if len(v) > 0 {
+		var nums [6]uint64
+		for i := range nums {
+			var n int
+			if i == 3 || i == 4 { // the times are signed
+				var t int64
+				t, n = binary.Varint(v)
+				nums[i] = uint64(t)
+			} else {
+				nums[i], n = binary.Uvarint(v)
+			}
+			if n <= 0 {
+				return e, errCorruptEntry
+			}
+			v = v[n:]
+		}
+		e.Owner, e.UID, e.GID = nums[0] == 1, uint32(nums[1]), uint32(nums[2])
+		e.ATime, e.CTime = fromUnixNano(int64(nums[3])), fromUnixNano(int64(nums[4]))
+		e.Rdev = uint32(nums[5])
+		l, n := binary.Uvarint(v)
+		if n <= 0 || uint64(len(v)-n) < l {
+			return e, errCorruptEntry
+		}
+		e.Target = string(v[n : n+int(l)])
 	}
 	return e, nil
 }
@@ -456,6 +578,12 @@ func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
 	src, dst := JoinPath(srcDir, srcName), JoinPath(dstDir, dstName)
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(treeEntries)
+		moving := Entry{Name: dstName, Dir: true, Local: true}
+		if v := b.Get(entryKey(srcDir, srcName)); v != nil {
+			if old, err := decodeEntry(srcName, v); err == nil {
+				moving.CopyAttrs(old) // a folder keeps its mode, owner and times
+			}
+		}
 		type kv struct{ k, v []byte }
 		var moved []kv
 		for _, p := range [][]byte{childPrefix(src), []byte(src + "/")} {
@@ -498,7 +626,7 @@ func (t *Tree) MoveDir(srcDir, srcName, dstDir, dstName string) error {
 		if err := b.Put(entryKey(srcDir, srcName), encodeEntry(Entry{Name: srcName, Dir: true, Local: true, Gone: true})); err != nil {
 			return err
 		}
-		if err := b.Put(entryKey(dstDir, dstName), encodeEntry(Entry{Name: dstName, Dir: true, Local: true})); err != nil {
+		if err := b.Put(entryKey(dstDir, dstName), encodeEntry(moving)); err != nil {
 			return err
 		}
 		// dst's listing is whatever moved: complete as far as src was.

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"encoding/binary"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -265,5 +266,60 @@ func TestTreeMoveDir(t *testing.T) {
 	must(tree.MarkStale("dst"))
 	if st, _, _ := tree.Dir("dst"); !st.ListedAt.Before(time.Unix(1, 0)) {
 		t.Fatalf("MarkStale left ListedAt %v", st.ListedAt)
+	}
+}
+
+func TestEntryCodecPOSIXAttrs(t *testing.T) {
+	full := Entry{Name: "l", Size: 6, ETag: "e", MTime: time.Unix(5, 6), Attrs: true, Mode: 0o120777,
+		Owner: true, UID: 1000, GID: 0, ATime: time.Unix(7, 8), CTime: time.Unix(9, 10), Target: "../x/y", Rdev: 0x0103}
+	got, err := decodeEntry("l", encodeEntry(full))
+	if err != nil || !reflect.DeepEqual(got, full) {
+		t.Errorf("round trip: %+v, %v\nwant %+v", got, err, full)
+	}
+	// A record written before owners, times and targets were kept: flags,
+	// size, mtime, etag, mode.
+	old := []byte{entryAttrs}
+	old = binary.AppendVarint(old, 3)
+	old = binary.AppendVarint(old, time.Unix(1, 0).UnixNano())
+	old = binary.AppendUvarint(old, 2)
+	old = append(old, "ab"...)
+	old = binary.AppendUvarint(old, 0o640)
+	e, err := decodeEntry("f", old)
+	want := Entry{Name: "f", Size: 3, ETag: "ab", MTime: time.Unix(1, 0), Attrs: true, Mode: 0o640}
+	if err != nil || !reflect.DeepEqual(e, want) || e.Type() != sIFREG {
+		t.Errorf("old record: %+v, %v; want %+v, a regular file", e, err, want)
+	}
+	if _, err := decodeEntry("f", encodeEntry(full)[:len(encodeEntry(full))-3]); err == nil {
+		t.Error("a truncated record decodes")
+	}
+}
+
+func TestTreeKeepsFolderAttrsAndCountsSubdirs(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	dir := Entry{Name: "d", Dir: true, Attrs: true, Mode: 0o40700, Owner: true, UID: 7, GID: 8, MTime: time.Unix(100, 0)}
+	if err := tree.PutEntry("", dir); err != nil {
+		t.Fatal(err)
+	}
+	// A listing carries nothing of a folder: what was known holds.
+	if err := tree.ReplaceDir("", []Entry{{Name: "d", Dir: true}, {Name: "e", Dir: true}, {Name: "f"}}, "", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ := tree.Lookup("", "d")
+	if want := dir; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a listing: %+v, want %+v", got, want)
+	}
+	if n, err := tree.Subdirs(""); n != 2 || err != nil {
+		t.Errorf("Subdirs = %d, %v; want 2", n, err)
+	}
+	if err := tree.MoveDir("", "d", "", "moved"); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ = tree.Lookup("", "moved")
+	if got.Mode != dir.Mode || got.UID != 7 || !got.MTime.Equal(dir.MTime) || !got.Local {
+		t.Errorf("moved folder: %+v", got)
+	}
+	if n, _ := tree.Subdirs(""); n != 2 {
+		t.Errorf("Subdirs after the move (a tombstone and a folder) = %d, want 2", n)
 	}
 }

@@ -389,6 +389,18 @@ func (j *Journal) putMarker(ctx context.Context, rec *record) (outcome, error) {
 		case err != nil:
 			return outcome{}, err
 		}
+		if rec.Meta != nil && !sameMeta(cur.Meta, rec.Meta) {
+			// New attributes of an existing folder (chmod, chown, touch):
+			// a marker holds nothing else to lose.
+			info, err := j.store.Put(ctx, rec.Key, bytes.NewReader(nil), 0, rec.Meta, backend.Cond{IfMatch: cur.ETag})
+			if errors.Is(err, backend.ErrPrecondition) {
+				continue
+			}
+			if err != nil {
+				return outcome{}, err
+			}
+			cur = info
+		}
 		return outcome{info: cur, next: base{Exists: true, ETag: cur.ETag}}, nil // it exists: done
 	}
 	return outcome{}, errChurn
@@ -562,4 +574,14 @@ func (j *Journal) copyObject(ctx context.Context, e *entry, rec *record) (outcom
 		}
 	}
 	return outcome{}, fmt.Errorf("%w: no free conflicted-copy name for %q", backend.ErrInvalidKey, rec.Key)
+}
+
+// sameMeta reports whether a stored object's metadata already holds meta.
+func sameMeta(stored, meta map[string]string) bool {
+	for k, v := range meta {
+		if stored[k] != v {
+			return false
+		}
+	}
+	return true
 }

@@ -40,17 +40,28 @@ func (f *FS) Applied(r journal.Result) {
 	case r.Op.Kind == journal.Delete:
 		f.dropTombstone(dir, name)
 	case r.Op.Kind == journal.PutMarker:
-		f.putEntry(dir, cache.Entry{Name: name, Dir: true})
+		e := cache.Entry{Name: name, Dir: true}
+		if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && old.Dir {
+			e.CopyAttrs(old) // its mtime follows its entries since
+		} else {
+			attrsFromMeta(r.Op.Meta, &e)
+		}
+		f.putEntry(dir, e)
+		stored = e
 	case r.Op.Kind == journal.MoveTree:
 		f.treeMoved(r) // rename_dir.go
 	default: // PutFile, Copy
 		e := cache.Entry{Name: name, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime}
+		old, known, _ := f.cfg.Tree.Lookup(dir, name)
 		if r.Op.Kind == journal.PutFile && r.Op.Meta != nil {
 			attrsFromMeta(r.Op.Meta, &e) // what was stored with it
-		} else if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && !old.MTime.IsZero() {
+			if known && e.Type() == syscall.S_IFLNK && old.Type() == syscall.S_IFLNK {
+				e.Target = old.Target // the body, not in the metadata
+			}
+		} else if known && !old.MTime.IsZero() {
 			// A copy carries its source's metadata, which the entry
 			// shown for it has.
-			e.MTime, e.Mode, e.Attrs = old.MTime, old.Mode, old.Attrs
+			e.CopyAttrs(old)
 		}
 		f.putEntry(dir, e)
 		stored = e
@@ -132,7 +143,7 @@ func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 	defer n.mu.Unlock()
 	if r.Conflict == nil && !r.Dropped {
 		n.entry.ETag, n.entry.Size, n.entry.Local = r.Info.ETag, r.Info.Size, false
-		n.entry.MTime, n.entry.Mode, n.entry.Attrs = stored.MTime, stored.Mode, stored.Attrs
+		n.entry.CopyAttrs(stored)
 		n.ownETag = r.Info.ETag
 		if n.work != nil {
 			// The next commit of this working copy edits what was just
@@ -158,8 +169,9 @@ func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 		n.work.close()
 		n.work = nil
 		if r.Conflict == nil && !r.Dropped {
-			// The entry holds the mode and mtime that were uploaded.
+			// The entry holds the attributes that were uploaded.
 			n.mode, n.mtime = 0, time.Time{}
+			n.owned, n.atime, n.ctime = false, time.Time{}, time.Time{}
 		}
 	}
 }
@@ -265,11 +277,16 @@ func (f *FS) Reconcile() error {
 			if known && !old.Dir {
 				e.MTime = old.MTime
 			}
+			attrsFromMeta(p.Meta, &e) // the type and attributes committed
+			if known && e.Type() == syscall.S_IFLNK && old.Type() == syscall.S_IFLNK {
+				e.Target = old.Target
+			}
 		case journal.Copy, journal.PutMarker, journal.MoveTree:
 			if known && old.Local && !old.Gone {
 				continue // already shown
 			}
 			e = cache.Entry{Name: name, Dir: p.Kind != journal.Copy, Local: true}
+			attrsFromMeta(p.Meta, &e)
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}
 		default:

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -88,11 +89,53 @@ type attrDoc struct {
 	Files   map[string]attrRecord `json:"files"`
 }
 
-// attrRecord is the mode and mtime of one version of a file.
+// attrRecord is the attributes of one version of a file, or of a folder
+// (no ETag: a listing does not show a marker's). Fields other than those
+// three are absent from older indexes, which this reads as before; older
+// versions ignore them, and a mode with type bits (> 0o7777).
 type attrRecord struct {
 	ETag  string `json:"etag"`
 	MTime int64  `json:"mtime"` // Unix ns; 0: unknown
-	Mode  uint32 `json:"mode"`  // permission bits; 0: unknown
+	// Mode is st_mode (permission bits alone: a regular file, as older
+	// versions wrote); 0: unknown.
+	Mode  uint32  `json:"mode"`
+	UID   *uint32 `json:"uid,omitempty"` // nil: the mounting user's
+	GID   *uint32 `json:"gid,omitempty"`
+	ATime int64   `json:"atime,omitempty"`
+	CTime int64   `json:"ctime,omitempty"`
+	Link  string  `json:"link,omitempty"` // a symlink's target, when short
+	Rdev  uint32  `json:"rdev,omitempty"`
+}
+
+// recordOf is the index record of e, version etag ("" for a folder).
+func recordOf(e cache.Entry, etag string) *attrRecord {
+	rec := &attrRecord{ETag: etag, Mode: e.Mode, ATime: unixNanoOf(e.ATime), CTime: unixNanoOf(e.CTime), Rdev: e.Rdev}
+	if e.Type() == syscall.S_IFREG && e.Mode&0o7777 != 0 {
+		rec.Mode = e.Mode & 0o7777 // as older versions wrote and read it
+	}
+	rec.MTime = unixNanoOf(e.MTime)
+	if e.Owner {
+		uid, gid := e.UID, e.GID
+		rec.UID, rec.GID = &uid, &gid
+	}
+	if len(e.Target) <= maxIndexedTarget {
+		rec.Link = e.Target
+	}
+	return rec
+}
+
+func unixNanoOf(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// same reports whether two records say the same.
+func (rec attrRecord) same(o attrRecord) bool {
+	eq := func(a, b *uint32) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	return rec.ETag == o.ETag && rec.MTime == o.MTime && rec.Mode == o.Mode && eq(rec.UID, o.UID) && eq(rec.GID, o.GID) &&
+		rec.ATime == o.ATime && rec.CTime == o.CTime && rec.Link == o.Link && rec.Rdev == o.Rdev
 }
 
 // sidecar is one version of a folder's index: etag "" when there was none.
@@ -239,6 +282,9 @@ func (f *FS) indexListing(ctx context.Context, dir, prefix string, pages []backe
 			if x.clearing(cache.JoinPath(dir, e.Name)) && !f.shown(dir, e.Name) {
 				continue
 			}
+			if rec, ok := files[e.Name]; ok && rec.ETag == "" {
+				rec.apply(&e)
+			}
 		case e.ETag != "":
 			if rec, ok := files[e.Name]; ok && rec.ETag == e.ETag {
 				rec.apply(&e)
@@ -260,8 +306,23 @@ func (rec attrRecord) apply(e *cache.Entry) {
 	if rec.MTime != 0 {
 		e.MTime, e.Attrs = time.Unix(0, rec.MTime), true
 	}
-	if rec.Mode != 0 && rec.Mode <= 0o7777 {
-		e.Mode, e.Attrs = rec.Mode, true
+	if rec.Mode != 0 {
+		setMode(e, rec.Mode)
+	}
+	if rec.UID != nil && rec.GID != nil {
+		e.Owner, e.UID, e.GID, e.Attrs = true, *rec.UID, *rec.GID, true
+	}
+	if rec.ATime != 0 {
+		e.ATime, e.Attrs = time.Unix(0, rec.ATime), true
+	}
+	if rec.CTime != 0 {
+		e.CTime, e.Attrs = time.Unix(0, rec.CTime), true
+	}
+	if rec.Link != "" && e.Type() == syscall.S_IFLNK {
+		e.Target = rec.Link
+	}
+	if rec.Rdev != 0 {
+		e.Rdev = rec.Rdev
 	}
 }
 
@@ -376,18 +437,35 @@ func (f *FS) indexApplied(r journal.Result, stored cache.Entry) {
 		if e.Attrs {
 			f.indexFile(r.Op.Key, r.Info.ETag, e)
 		}
+	case journal.PutMarker:
+		rel, ok := f.relPath(strings.TrimSuffix(r.Op.Key, "/"))
+		if ok && showable(rel) && stored.Name != "" && stored.Attrs {
+			dir, _ := splitPath(rel)
+			f.indexFolder(dir, stored)
+		}
 	case journal.Delete:
 		rel, ok := f.relPath(strings.TrimSuffix(r.Op.Key, "/"))
 		if !ok || !showable(rel) {
 			return // not shown, so not in a sidecar (a sidecar itself, say)
 		}
+		dir, name := splitPath(rel)
 		if strings.HasSuffix(r.Op.Key, "/") {
 			f.attrs.folderGone(rel)
+			if _, shown, err := f.cfg.Tree.Lookup(dir, name); err == nil && !shown {
+				f.attrs.change(dir, name, nil) // its record in the parent's
+			}
 			return
 		}
-		dir, name := splitPath(rel)
 		f.attrs.change(dir, name, nil)
 	}
+}
+
+// indexFolder records the attributes of folder e, in dir, in dir's index.
+func (f *FS) indexFolder(dir string, e cache.Entry) {
+	if f.attrs == nil || !showable(cache.JoinPath(dir, e.Name)) {
+		return
+	}
+	f.attrs.change(dir, e.Name, recordOf(e, ""))
 }
 
 // indexFile records the attributes e holds for version etag of key, or,
@@ -403,11 +481,7 @@ func (f *FS) indexFile(key, etag string, e cache.Entry) {
 		f.attrs.change(dir, name, nil)
 		return
 	}
-	rec := &attrRecord{ETag: etag, Mode: e.Mode}
-	if !e.MTime.IsZero() {
-		rec.MTime = e.MTime.UnixNano()
-	}
-	f.attrs.change(dir, name, rec)
+	f.attrs.change(dir, name, recordOf(e, etag))
 }
 
 // copiedAttrs finds the attributes of a server-side copy's source in the
@@ -681,7 +755,7 @@ func merge(files map[string]attrRecord, changes map[string]*attrRecord) (map[str
 		case rec == nil && had:
 			delete(out, name)
 			changed = true
-		case rec != nil && (!had || old != *rec):
+		case rec != nil && (!had || !old.same(*rec)):
 			out[name] = *rec
 			changed = true
 		}

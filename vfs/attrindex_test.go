@@ -42,7 +42,7 @@ func newIndexedFS(t *testing.T, store *memStore) (*FS, *cache.Tree) {
 // mode and mtime as its metadata.
 func uploaded(f *FS, store *memStore, key string, mode uint32, mtime time.Time) backend.ObjectInfo {
 	info := store.put(key, "content of "+key)
-	f.Applied(journal.Result{Op: journal.Op{Kind: journal.PutFile, Key: key, Meta: attrMeta(mode, mtime)}, Info: info})
+	f.Applied(journal.Result{Op: journal.Op{Kind: journal.PutFile, Key: key, Meta: attrMeta(cache.Entry{Mode: mode, MTime: mtime})}, Info: info})
 	return info
 }
 
@@ -118,7 +118,7 @@ func TestAttrIndexBatchesAndListsWithoutHEAD(t *testing.T) {
 	for i := range n {
 		name := fmt.Sprintf("f%04d", i)
 		e := ents[name]
-		if !e.Attrs || e.Mode != 0o640 || !e.MTime.Equal(mtime.Add(time.Duration(i)*time.Second)) {
+		if !e.Attrs || e.Mode != syscall.S_IFREG|0o640 || !e.MTime.Equal(mtime.Add(time.Duration(i)*time.Second)) {
 			t.Fatalf("other mount lists %s as %+v, want mode 0640 and its mtime", name, e)
 		}
 	}
@@ -135,12 +135,12 @@ func TestAttrIndexBatchesAndListsWithoutHEAD(t *testing.T) {
 	if d := store.count("Get", "d/"+attrIndexName) - gets; d != 1 {
 		t.Errorf("listing again read the unchanged sidecar: %d reads in all, want 1", d)
 	}
-	if e := ents["f0001"]; e.Mode != 0o640 {
+	if e := ents["f0001"]; e.Mode != syscall.S_IFREG|0o640 {
 		t.Errorf("after listing again, f0001 = %+v, want mode 0640 kept", e)
 	}
 	// The writer's own listing needs no read either: it wrote that version.
 	gets = store.count("Get", "d/"+attrIndexName)
-	if e := listed(t, a, treeA, "d")["f0002"]; e.Mode != 0o640 {
+	if e := listed(t, a, treeA, "d")["f0002"]; e.Mode != syscall.S_IFREG|0o640 {
 		t.Errorf("writer lists f0002 as %+v", e)
 	}
 	if d := store.count("Get", "d/"+attrIndexName) - gets; d != 0 {
@@ -259,7 +259,7 @@ func TestListingAppliesAttrsOnlyForMatchingETag(t *testing.T) {
 	store.put("d/"+attrIndexName, string(doc))
 	f, tree := newIndexedFS(t, store)
 	ents := listed(t, f, tree, "d")
-	if e := ents["a"]; !e.Attrs || e.Mode != 0o640 || !e.MTime.Equal(mtime) {
+	if e := ents["a"]; !e.Attrs || e.Mode != syscall.S_IFREG|0o640 || !e.MTime.Equal(mtime) {
 		t.Errorf("a = %+v, want mode 0640 and mtime %v from the sidecar", e, mtime)
 	}
 	if e := ents["b"]; e.Attrs || e.Mode != 0 || e.MTime.Equal(mtime) {

@@ -47,16 +47,32 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 // childInode returns the inode for a known child, reusing the live one when
-// the kernel still holds it, and fills its attributes.
+// the kernel still holds it (and it is of the same type), and fills its
+// attributes.
 func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr) *fs.Inode {
-	if e.Dir {
-		n.fsys.fillDirAttr(out)
-		if ch := n.GetChild(e.Name); ch != nil && ch.IsDir() {
+	typ := e.Type()
+	ch := n.GetChild(e.Name)
+	if ch != nil && ch.StableAttr().Mode != typ {
+		ch = nil // the name changed type: a new inode
+	}
+	switch {
+	case e.Dir:
+		n.fsys.fillDirAttr(cache.JoinPath(n.path(), e.Name), e, out)
+		if ch != nil {
 			return ch
 		}
 		return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR})
+	case isMetaOnly(e):
+		n.fsys.fillFileAttr(e, out)
+		if ch != nil {
+			if mn, ok := ch.Operations().(*metaNode); ok {
+				mn.remember(e)
+				return ch
+			}
+		}
+		return n.NewInode(ctx, &metaNode{fsys: n.fsys, last: e}, fs.StableAttr{Mode: typ})
 	}
-	if ch := n.GetChild(e.Name); ch != nil && !ch.IsDir() {
+	if ch != nil {
 		if fn, ok := ch.Operations().(*fileNode); ok {
 			fn.refresh(e, out)
 			return ch
@@ -76,11 +92,7 @@ func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	}
 	var list []fuse.DirEntry
 	err := n.fsys.cfg.Tree.Children(dir, func(e cache.Entry) bool {
-		mode := uint32(syscall.S_IFREG)
-		if e.Dir {
-			mode = syscall.S_IFDIR
-		}
-		list = append(list, fuse.DirEntry{Name: e.Name, Mode: mode, Ino: nameIno(dir, e.Name)})
+		list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Type(), Ino: nameIno(dir, e.Name)})
 		return true
 	})
 	if err != nil {
@@ -102,8 +114,31 @@ func nameIno(dir, name string) uint64 {
 var _ = (fs.NodeGetattrer)((*dirNode)(nil))
 
 func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fsys.fillDirAttr(&out.Attr)
+	path, _, e, err := n.entry()
+	if err != nil {
+		return toErrno(n.fsys.log, "getattr", err)
+	}
+	n.fsys.fillDirAttr(path, e, &out.Attr)
 	return 0
+}
+
+// entry returns the folder's path, its parent's, and its entry there (the
+// root's is kept in memory).
+func (n *dirNode) entry() (path, parent string, e cache.Entry, err error) {
+	name, p := n.Parent()
+	if p == nil {
+		if n.IsRoot() {
+			return "", "", n.fsys.rootEntry(), nil
+		}
+		return "", "", cache.Entry{Name: name, Dir: true}, nil // removed while in use
+	}
+	parent = p.Path(nil)
+	path = cache.JoinPath(parent, name)
+	e, ok, err := n.fsys.cfg.Tree.Lookup(parent, name)
+	if err != nil || !ok || !e.Dir {
+		e = cache.Entry{Name: name, Dir: true}
+	}
+	return path, parent, e, err
 }
 
 var _ = (fs.NodeStatfser)((*dirNode)(nil))

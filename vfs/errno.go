@@ -12,9 +12,11 @@ import (
 // errNameInvalid and errNameTooLong are returned for names the store cannot
 // hold as keys, errNameReserved for names nimbus keeps for its own objects.
 var (
-	errNameInvalid  = errors.New("name is not valid UTF-8")
-	errNameTooLong  = errors.New("key longer than 1024 bytes")
-	errNameReserved = errors.New("name is reserved for nimbus's own objects (.nimbus-attrs, .nimbus-snapshots, .nimbus-trash): choose another name")
+	errNameInvalid = errors.New("name is not valid UTF-8")
+	errNameTooLong = errors.New("key longer than 1024 bytes")
+	// errSegmentTooLong: a name longer than NAME_MAX (statfs's namelen).
+	errSegmentTooLong = errors.New("name longer than 255 bytes")
+	errNameReserved   = errors.New("name is reserved for nimbus's own objects (.nimbus-attrs, .nimbus-snapshots, .nimbus-trash): choose another name")
 )
 
 // toErrno is the one place where errors become errnos. It logs the original
@@ -35,7 +37,7 @@ func toErrno(log *slog.Logger, op string, err error) syscall.Errno {
 		errno = syscall.ESTALE
 	case errors.Is(err, backend.ErrAccess):
 		errno = syscall.EACCES
-	case errors.Is(err, errNameTooLong):
+	case errors.Is(err, errNameTooLong), errors.Is(err, errSegmentTooLong):
 		errno = syscall.ENAMETOOLONG
 	case errors.Is(err, errNameInvalid), errors.Is(err, errNameReserved), errors.Is(err, backend.ErrInvalidKey):
 		errno = syscall.EINVAL

@@ -38,9 +38,14 @@ type fileNode struct {
 	// handle later, asynchronously, so writers may still count it.
 	// GUARDED_BY(mu)
 	unclosed int
-	// mode and mtime set locally (0 and zero: from the store). GUARDED_BY(mu)
+	// mode and mtime set locally (0 and zero: from the store); mode holds
+	// S_IFREG, so that mode 0 is set. GUARDED_BY(mu)
 	mode  uint32
 	mtime time.Time
+	// The other attributes set locally (see attrs.go). GUARDED_BY(mu)
+	owned        bool // uid and gid are set
+	uid, gid     uint32
+	atime, ctime time.Time
 	// ownETag is the ETag of this machine's last upload of the file: a
 	// version that changed to it needs no conflict. GUARDED_BY(mu)
 	ownETag string
@@ -127,8 +132,14 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 		h.mu.Unlock()
 		if opened {
 			// An open handle describes the version it reads.
-			e := n.getEntry()
-			n.fsys.fillFileAttr(cache.Entry{Size: size, MTime: e.MTime, Mode: e.Mode}, &out.Attr)
+			n.mu.Lock()
+			e := n.attrsLocked()
+			n.mu.Unlock()
+			e.Size = size
+			n.fsys.fillFileAttr(e, &out.Attr)
+			if _, _, key := n.location(); key == "" {
+				out.Nlink = 0 // unlinked, still open
+			}
 			return 0
 		}
 	}

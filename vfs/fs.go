@@ -52,7 +52,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -79,6 +78,7 @@ type onlineReporter interface {
 type treeStore interface {
 	Lookup(dir, name string) (cache.Entry, bool, error)
 	Children(dir string, fn func(cache.Entry) bool) error
+	Subdirs(dir string) (int, error)
 	Dir(dir string) (cache.DirState, bool, error)
 	ReplaceDir(dir string, entries []cache.Entry, skippedPrefix string, skipped []cache.Skipped, listedAt time.Time) error
 	PutEntry(dir string, e cache.Entry) error
@@ -151,6 +151,9 @@ type FS struct {
 
 	root *dirNode // set by Root
 
+	rootMu    sync.Mutex
+	rootAttrs cache.Entry // GUARDED_BY(rootMu): the root's mode, owner and times (not stored)
+
 	watched watchSet    // directories to poll
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
@@ -185,6 +188,7 @@ func New(cfg Config) *FS {
 		listing: make(map[string]*listFlight),
 		applied: make(map[string]uint64),
 	}
+	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
 	f.attrs = f.newAttrIndex()
 	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
 		go f.keepSweeping()
@@ -210,11 +214,19 @@ func (f *FS) Root() fs.InodeEmbedder {
 // Options returns the go-fuse options the file system is designed for.
 func (f *FS) Options(name string, allowOther bool) *fs.Options {
 	attr := time.Second
+	var opts []string
+	if allowOther {
+		// Other users see the mount: the kernel enforces the stored modes
+		// and owners for them (nimbus itself checks none).
+		opts = append(opts, "default_permissions")
+	}
 	return &fs.Options{
 		EntryTimeout: &attr,
 		AttrTimeout:  &attr,
 		UID:          f.uid,
 		GID:          f.gid,
+		// Mode 0 is a real mode (a locked file), not "unset".
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			FsName:       name,
 			Name:         "nimbus",
@@ -230,6 +242,7 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 			DisableSplice: true,
 			// Parallel lookups and reads: the store is remote.
 			MaxBackground: 64,
+			Options:       opts,
 		},
 	}
 }
@@ -344,31 +357,9 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 // overtaking; the last one is recorded anyway.
 const maxRelist = 4
 
-// fillDirAttr describes a directory.
-func (f *FS) fillDirAttr(out *fuse.Attr) {
-	out.Mode = syscall.S_IFDIR | 0o755
-	out.Nlink = 2
-	f.fillCommon(out, f.start)
-}
-
-// fillFileAttr describes a file from its entry.
-func (f *FS) fillFileAttr(e cache.Entry, out *fuse.Attr) {
-	out.Mode = syscall.S_IFREG | 0o644
-	if e.Mode != 0 {
-		out.Mode = syscall.S_IFREG | e.Mode
-	}
-	out.Nlink = 1
-	out.Size = uint64(e.Size)
-	out.Blocks = (uint64(e.Size) + 511) / 512
-	mtime := e.MTime
-	if mtime.IsZero() {
-		mtime = f.start
-	}
-	f.fillCommon(out, mtime)
-}
-
-func (f *FS) fillCommon(out *fuse.Attr, mtime time.Time) {
-	out.Uid, out.Gid = f.uid, f.gid
-	out.Blksize = 1 << 20
-	out.SetTimes(&mtime, &mtime, &mtime)
+// rootEntry is the mount root's entry: its attributes live in memory.
+func (f *FS) rootEntry() cache.Entry {
+	f.rootMu.Lock()
+	defer f.rootMu.Unlock()
+	return f.rootAttrs
 }

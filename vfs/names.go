@@ -50,6 +50,22 @@ func checkName(name string) error {
 	if reservedName(name) {
 		return fmt.Errorf("%q: %w", name, errNameReserved)
 	}
+	if len(name) > maxNameLen {
+		return errSegmentTooLong
+	}
+	return nil
+}
+
+// checkSegments refuses a key whose last segment (the name being made) is
+// longer than NAME_MAX; the kernel itself allows up to 1,024 bytes.
+func checkSegments(key string) error {
+	name := strings.TrimSuffix(key, "/")
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		name = name[i+1:]
+	}
+	if len(name) > maxNameLen {
+		return errSegmentTooLong
+	}
 	return nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -41,33 +40,6 @@ type journalLog interface {
 	PendingBefore(key string, seq uint64) (journal.PendingOp, bool)
 	PendingUnder(prefix string) []journal.PendingOp
 	IsConflictCopy(key string) bool
-}
-
-// Object metadata names for what POSIX keeps and S3 does not.
-const (
-	metaMTime = "nimbus-mtime" // modification time, Unix nanoseconds
-	metaMode  = "nimbus-mode"  // permission bits, octal
-)
-
-// attrMeta is the object metadata that keeps a file's mode (0: the
-// default) and mtime.
-func attrMeta(mode uint32, mtime time.Time) map[string]string {
-	meta := map[string]string{metaMTime: strconv.FormatInt(mtime.UnixNano(), 10)}
-	if mode != 0 {
-		meta[metaMode] = strconv.FormatUint(uint64(mode), 8)
-	}
-	return meta
-}
-
-// attrsFromMeta sets e's mtime and mode from object metadata that has them
-// (written by attrMeta, here or on another machine).
-func attrsFromMeta(meta map[string]string, e *cache.Entry) {
-	if ns, err := strconv.ParseInt(meta[metaMTime], 10, 64); err == nil {
-		e.MTime, e.Attrs = time.Unix(0, ns), true
-	}
-	if m, err := strconv.ParseUint(meta[metaMode], 8, 32); err == nil && m != 0 && m <= 0o7777 {
-		e.Mode, e.Attrs = uint32(m), true
-	}
 }
 
 // workFile is the local content of a file.
@@ -367,13 +339,16 @@ func (n *fileNode) commitLocked() error {
 		return nil
 	}
 	if n.mtime.IsZero() {
-		n.mtime = time.Now()
+		// No write or truncate set it: a change of attributes only,
+		// which keeps the mtime the file had.
+		n.mtime = n.entry.MTime
+		if n.mtime.IsZero() {
+			n.mtime = time.Now()
+		}
 	}
-	mode := n.mode
-	if mode == 0 {
-		mode = n.entry.Mode // an edit keeps the mode the file had
-	}
-	meta := attrMeta(mode, n.mtime)
+	stored := n.attrsLocked()
+	stored.CTime = time.Now()
+	meta := attrMeta(stored)
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("fsync working copy of %q: %w", key, err)
 	}
@@ -383,7 +358,9 @@ func (n *fileNode) commitLocked() error {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
 	w.dirty, w.committed = false, true
-	n.entry = cache.Entry{Name: name, Size: w.size, MTime: n.mtime, Mode: mode, Attrs: true, ETag: n.entry.ETag, Local: true}
+	n.entry = cache.Entry{Name: name, Size: w.size, ETag: n.entry.ETag, Local: true}
+	n.entry.CopyAttrs(stored)
+	n.ctime = stored.CTime
 	if err := n.fsys.cfg.Tree.PutEntry(dir, n.entry); err != nil {
 		n.fsys.log.Warn("record local change", "key", key, "err", err)
 	}
@@ -452,7 +429,15 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 	size, hasSize := in.GetSize()
 	mode, hasMode := in.GetMode()
 	mtime, hasMTime := in.GetMTime()
-	if hasSize || hasMode || hasMTime {
+	atime, hasATime := in.GetATime()
+	uid, hasUID := in.GetUID()
+	gid, hasGID := in.GetGID()
+	hasOwner := hasUID || hasGID
+	// The kernel sends no atime of reads (FUSE inodes are noatime): an
+	// atime comes from utimensat and goes up with the other attributes.
+	setMTime := hasMTime
+	hasMTime = hasMTime || hasATime
+	if hasSize || hasMode || hasMTime || hasOwner {
 		if err := n.fsys.writable(); err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
 		}
@@ -463,7 +448,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		if err := n.lockWork(ctx, size == 0, true); err != nil {
 			return toErrno(n.fsys.log, "truncate", err)
 		}
-	case hasMode || hasMTime:
+	case hasMode || hasMTime || hasOwner:
 		// Mode and mtime travel as metadata with the content, so they
 		// are uploaded with it. A store that copies ranges server-side
 		// gets only the metadata (journal.Delta covers every byte).
@@ -476,11 +461,29 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 	}
 	defer n.fsys.localMu.Unlock()
 	defer n.mu.Unlock()
-	if hasMode {
-		n.mode = mode & 0o7777
-	}
-	if hasMTime {
-		n.mtime = mtime
+	if hasMode || hasMTime || hasOwner {
+		cur := n.attrsLocked()
+		if hasMode {
+			n.mode = syscall.S_IFREG | mode&0o7777
+		}
+		if setMTime {
+			n.mtime = mtime
+		} else if n.mtime.IsZero() {
+			n.mtime = cur.MTime // an atime change keeps it
+		}
+		if hasATime {
+			n.atime = atime
+		}
+		if hasOwner {
+			n.owned, n.uid, n.gid = true, cur.UID, cur.GID
+			if hasUID {
+				n.uid = uid
+			}
+			if hasGID {
+				n.gid = gid
+			}
+		}
+		n.ctime = time.Now()
 	}
 	if hasSize {
 		w, err := n.forWritingLocked()
@@ -493,10 +496,10 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		w.size, w.dirty = int64(size), true
 		w.changes.truncate(int64(size))
 		n.fsys.truncated(w, int64(size))
-		if !hasMTime {
+		if !setMTime {
 			n.mtime = time.Now()
 		}
-	} else if hasMode || hasMTime {
+	} else if hasMode || hasMTime || hasOwner {
 		// A committed copy is the journal's: the change needs a copy of
 		// its own.
 		w, err := n.forWritingLocked()
@@ -519,17 +522,39 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 
 // fillAttrLocked describes the file as this machine sees it.
 func (n *fileNode) fillAttrLocked(out *fuse.Attr) {
-	e := n.entry
+	e := n.attrsLocked()
 	if n.work != nil {
 		e.Size = n.work.size
 	}
+	n.fsys.fillFileAttr(e, out)
+	if _, _, key := n.location(); key == "" {
+		out.Nlink = 0 // unlinked, still open
+	}
+}
+
+// attrsLocked is the file's entry with the attributes set locally.
+// Called with n.mu held.
+func (n *fileNode) attrsLocked() cache.Entry {
+	e := n.entry
 	if !n.mtime.IsZero() {
 		e.MTime = n.mtime
 	}
 	if n.mode != 0 {
 		e.Mode = n.mode
 	}
-	n.fsys.fillFileAttr(e, out)
+	if n.owned {
+		e.Owner, e.UID, e.GID = true, n.uid, n.gid
+	} else if !e.Owner {
+		e.UID, e.GID = n.fsys.uid, n.fsys.gid
+	}
+	if !n.atime.IsZero() {
+		e.ATime = n.atime
+	}
+	if !n.ctime.IsZero() {
+		e.CTime = n.ctime
+	}
+	e.Attrs = e.Attrs || n.mode != 0 || !n.mtime.IsZero() || n.owned
+	return e
 }
 
 // --- directory operations ---
@@ -552,9 +577,13 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	}
 	w.dirty = true // an empty new file is a change too
 	now := time.Now()
-	e := cache.Entry{Name: name, MTime: now, Local: true}
+	e := cache.Entry{Name: name, MTime: now, ATime: now, CTime: now, Mode: syscall.S_IFREG | mode&0o7777, Attrs: true, Local: true}
+	n.fsys.newOwner(caller(ctx), n.parentEntry(), &e)
 	n.fsys.localMu.Lock()
 	err = n.fsys.cfg.Tree.PutEntry(dir, e)
+	if err == nil {
+		n.fsys.touchDir(dir, now)
+	}
 	n.fsys.localMu.Unlock()
 	if err != nil {
 		w.close()
@@ -563,9 +592,8 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	}
 	node := newFileNode(n.fsys, e)
 	node.work, node.mtime, node.writers, node.unclosed = w, now, 1, 1
-	if m := mode & 0o7777; m != 0o644 {
-		node.mode = m
-	}
+	node.mode, node.atime, node.ctime = e.Mode, now, now
+	node.owned, node.uid, node.gid = e.Owner, e.UID, e.GID
 	node.fillAttrLocked(&out.Attr)
 	ch := n.NewInode(ctx, node, fs.StableAttr{Mode: syscall.S_IFREG})
 	return ch, &fileHandle{fsys: n.fsys, node: node, writable: true}, 0, 0
@@ -574,6 +602,9 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 // checkNew validates a name to be created in dir.
 func (n *dirNode) checkNew(ctx context.Context, dir, key string) error {
 	if err := n.fsys.writable(); err != nil {
+		return err
+	}
+	if err := checkSegments(key); err != nil {
 		return err
 	}
 	if err := checkKey(key); err != nil {
@@ -597,19 +628,27 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	} else if ok {
 		return nil, syscall.EEXIST
 	}
+	now := time.Now()
+	e := cache.Entry{Name: name, Dir: true, MTime: now, ATime: now, CTime: now, Mode: syscall.S_IFDIR | mode&0o7777, Attrs: true, Local: true}
+	parent := n.parentEntry()
+	n.fsys.newOwner(caller(ctx), parent, &e)
+	if parent.Mode&syscall.S_ISGID != 0 {
+		e.Mode |= syscall.S_ISGID // inherited, as on Linux
+	}
 	n.fsys.localMu.Lock()
 	defer n.fsys.localMu.Unlock()
-	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.PutMarker, Key: key}); err != nil {
+	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.PutMarker, Key: key, Meta: attrMeta(e)}); err != nil {
 		return nil, toErrno(n.fsys.log, "mkdir", err)
 	}
-	if err := n.fsys.cfg.Tree.PutEntry(dir, cache.Entry{Name: name, Dir: true, Local: true}); err != nil {
+	if err := n.fsys.cfg.Tree.PutEntry(dir, e); err != nil {
 		return nil, toErrno(n.fsys.log, "mkdir", err)
 	}
+	n.fsys.touchDir(dir, now)
 	// The new folder is known to be empty: no listing needed, even offline.
 	if err := n.fsys.cfg.Tree.ReplaceDir(path, nil, key, nil, time.Now()); err != nil {
 		return nil, toErrno(n.fsys.log, "mkdir", err)
 	}
-	n.fsys.fillDirAttr(&out.Attr)
+	n.fsys.fillDirAttr(path, e, &out.Attr)
 	return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 }
 
@@ -642,6 +681,7 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := n.fsys.removeLocally(dir, name, false); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
+	n.fsys.touchDir(dir, time.Now())
 	n.fsys.cfg.Blocks.Forget(key, "")
 	return 0
 }
@@ -730,7 +770,11 @@ func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return toErrno(n.fsys.log, "rmdir", err)
 	}
-	return toErrno(n.fsys.log, "rmdir", n.fsys.removeLocally(dir, name, true))
+	if err := n.fsys.removeLocally(dir, name, true); err != nil {
+		return toErrno(n.fsys.log, "rmdir", err)
+	}
+	n.fsys.touchDir(dir, time.Now())
+	return 0
 }
 
 var _ = (fs.NodeRenamer)((*dirNode)(nil))
@@ -759,6 +803,9 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		return err
 	}
 	dstKey := f.fileKey(cache.JoinPath(dstDir, newName))
+	if err := checkSegments(dstKey); err != nil {
+		return err
+	}
 	if err := checkKey(dstKey + "/"); err != nil {
 		return err
 	}
@@ -813,9 +860,14 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		if live != nil {
 			resetMoved(live)
 		}
+		f.renamed(srcDir, dstDir)
 		return nil
 	}
-	return f.renameFile(srcDir, name, dstDir, newName, live, liveDst)
+	if err := f.renameFile(srcDir, name, dstDir, newName, live, liveDst); err != nil {
+		return err
+	}
+	f.renamed(srcDir, dstDir)
+	return nil
 }
 
 // renameFile journals the move of one file and updates the tree.
@@ -858,7 +910,7 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.
 	if w != nil {
 		// Local content: upload it under the new name.
 		size = w.size
-		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(src.Mode, src.MTime), Partial: w.partial.describe()}
+		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(withMTime(src)), Partial: w.partial.describe()}
 	} else {
 		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
 	}
@@ -883,7 +935,10 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.
 	}
 	// The source's cached blocks stay: the file is read from them until
 	// the server-side copy is done.
-	return f.cfg.Tree.PutEntry(dstDir, cache.Entry{Name: newName, Size: size, MTime: src.MTime, Mode: src.Mode, Attrs: src.Attrs, Local: true})
+	moved := cache.Entry{Name: newName, Size: size, Local: true}
+	moved.CopyAttrs(src)
+	moved.CTime = time.Now() // a rename changes the inode
+	return f.cfg.Tree.PutEntry(dstDir, moved)
 }
 
 // copyLocalContent copies the content of a file that exists only locally
