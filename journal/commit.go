@@ -487,6 +487,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Staged:    op.staged,
 			Size:      op.size,
 			SHA256:    op.sha256,
+			Token:     tokenFor(op.Kind),
 			Src:       op.Src,
 			SrcETag:   op.SrcETag,
 			Version:   op.Version,
@@ -549,8 +550,8 @@ func inherit(e, prev *entry) {
 	}
 	slices.Sort(e.rec.Groups)
 	prior := slices.Clone(prev.rec.Prior)
-	if prev.maybeSent && prev.rec.SHA256 != "" && !slices.Contains(prior, prev.rec.SHA256) {
-		prior = append(prior, prev.rec.SHA256)
+	if id := prev.rec.uploadID(); prev.maybeSent && id != "" && !slices.Contains(prior, id) {
+		prior = append(prior, id)
 	}
 	if len(prior) > maxPrior {
 		prior = prior[len(prior)-maxPrior:]
@@ -558,6 +559,24 @@ func inherit(e, prev *entry) {
 	e.rec.Prior = prior
 	e.rec.Committed = prev.rec.Committed
 	e.queuedAt = prev.queuedAt // bounds the upload delay (coalesce.go)
+}
+
+// tokenFor returns a new upload token for an op of kind k that uploads
+// content, else "".
+func tokenFor(k Kind) string {
+	if k == PutFile {
+		return newToken()
+	}
+	return ""
+}
+
+// uploadID is what identifies r's uploads on the store: its token, or its
+// content hash for a record from before tokens.
+func (r *record) uploadID() string {
+	if r.Token != "" {
+		return r.Token
+	}
+	return r.SHA256
 }
 
 // removeGarbage removes files in Config.Dir that no record references:

@@ -23,8 +23,9 @@
 // so numbers keep increasing even when the log has drained. A record holds
 // the op (kind as a name: "put", "marker", "copy", "delete"), the staged
 // file's base name in Config.Dir, its size and SHA-256, the base the write
-// is conditioned on, the commit groups it belongs to, the hashes of earlier
-// versions it superseded that may have reached the store, the PutFile's
+// is conditioned on, the commit groups it belongs to, its upload token,
+// the tokens of earlier versions it superseded that may have reached the
+// store, the PutFile's
 // delta if it has one (the ETag it refers to and the unchanged ranges, as
 // [offset, length] pairs; optional, so older records read as "no delta"),
 // and, once decided, the time and reason of a conflict (so that a replay
@@ -80,17 +81,25 @@
 // An op is superseded only while it is the last op of its key and of its
 // groups, so no other op was ordered after it. Because a superseded attempt
 // may have reached the store before failing (a lost response), the new op
-// keeps the hashes of such earlier versions: finding one of them remotely
-// means "our own earlier write", not a conflict.
+// keeps the upload tokens of such earlier versions: finding one of them
+// remotely means "our own earlier write", not a conflict.
 //
 // # Conflicts and idempotent replay
 //
 // Every upload is conditional (If-Match the base ETag, or If-None-Match).
-// On a failed precondition the uploader looks at the remote object: its
-// "nimbus-sha256" metadata equal to ours means the upload already happened
-// (a replay after a crash), an absent object is re-created, anything else
-// is a conflict: the remote keeps the name and our content goes to
-// conflictName(key, host, time). Deletes are conditional too, and a remote
+// On a failed precondition the uploader looks at the remote object. Each
+// PutFile record holds a random upload token, made at commit and stored with
+// every upload of it as "nimbus-upload" metadata: the remote object carrying
+// our token means the upload already happened (a replay after a crash, a
+// lost answer). Content cannot say that: another mount writing the same
+// bytes (two empty files) would be taken for us, and the next write would
+// then be conditioned on the other writer's version. An absent object is
+// re-created. An object holding exactly our bytes ("nimbus-sha256", or
+// both empty) is no conflict: the chain continues from it. An empty version
+// (a new file, a truncate) whose object another writer changed keeps no
+// copy, since it holds nothing, and its chain continues from its own base,
+// so that a later write of it conflicts. Anything else is a conflict: the remote keeps the name and our
+// content goes to conflictName(key, host, time). Deletes are conditional too, and a remote
 // edit always survives a local delete. See the Kind constants for each op's
 // rules.
 //

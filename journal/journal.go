@@ -46,6 +46,11 @@ var (
 // SHA-256 of its content, so that a replay recognises its own upload.
 const shaMeta = "nimbus-sha256"
 
+// tokenMeta is the user-metadata name under which every PutFile stores its
+// upload token (record.Token): content alone cannot tell our upload from
+// another writer's of the same bytes (two empty files, say).
+const tokenMeta = "nimbus-upload"
+
 // Config configures Open.
 type Config struct {
 	// DB is the shared database; the journal owns the buckets named
@@ -97,9 +102,11 @@ type Kind int
 const (
 	// PutFile uploads Op.Staged to Op.Key: If-Match Base.ETag when
 	// Base.Exists, else If-None-Match. A failed precondition is resolved
-	// by a Stat: our own earlier upload (same nimbus-sha256) is done, an
-	// absent object is re-created, anything else is a conflict and our
-	// content goes to a conflicted copy. When the op has a Delta whose
+	// by a Stat: our own earlier upload (same upload token) is done, an
+	// absent object is re-created, an object holding the same bytes is
+	// taken as the result, an empty version gives way to the remote one
+	// (no copy: it holds nothing), anything else is a conflict and our content goes to a
+	// conflicted copy. When the op has a Delta whose
 	// SrcETag is the If-Match ETag, and the store is a
 	// backend.DeltaPutter, the upload goes through PutDelta, which may
 	// copy the unchanged ranges server-side; every other upload (another

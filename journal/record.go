@@ -1,13 +1,25 @@
 package journal
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/nimbus-fs/nimbus/backend"
 )
+
+// newToken returns a fresh upload token (see record.Token).
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24)
+	return hex.EncodeToString(b[:])
+}
 
 // The journal's bbolt buckets. Only this file reads or writes them.
 var (
@@ -33,14 +45,20 @@ type record struct {
 	Staged string `json:"staged,omitempty"`
 	Size   int64  `json:"size,omitempty"`
 	// SHA256 is the hex SHA-256 of the staged content (PutFile).
-	SHA256   string `json:"sha256,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	// Token (PutFile) is random, made at commit, and stored with every
+	// upload of the op as tokenMeta: no other writer can produce it, so a
+	// replay recognises its own upload by it. Records written before it
+	// existed have none; they are recognised by SHA256, as then.
+	Token    string `json:"token,omitempty"`
 	Src      string `json:"src,omitempty"`
 	SrcETag  string `json:"src_etag,omitempty"`
 	SrcAfter uint64 `json:"src_after,omitempty"`
 	Version  string `json:"version,omitempty"` // Restore
 	Base     base   `json:"base"`
-	// Prior are hashes of superseded versions of this key's content that
-	// may have reached the store (see "Coalescing" in the package doc).
+	// Prior are the tokens of superseded uploads of this key that may have
+	// reached the store (see "Coalescing" in the package doc); hashes of
+	// their content in records written before tokens existed.
 	Prior []string          `json:"prior,omitempty"`
 	Meta  map[string]string `json:"meta,omitempty"`
 	// Delta (PutFile, optional) is Op.Delta. Records written before it
@@ -64,6 +82,35 @@ type base struct {
 	Exists bool   `json:"exists"`
 	ETag   string `json:"etag,omitempty"`
 	After  uint64 `json:"after,omitempty"`
+}
+
+// isOurs reports whether info is an upload of this very op (its token; by
+// content only for a record from before tokens).
+func (r *record) isOurs(info backend.ObjectInfo) bool {
+	if r.Token != "" {
+		return info.Meta[tokenMeta] == r.Token
+	}
+	return r.SHA256 != "" && info.Meta[shaMeta] == r.SHA256
+}
+
+// isPrior reports whether info is an upload of an op this one superseded:
+// a version of this same edit chain, ours to replace.
+func (r *record) isPrior(info backend.ObjectInfo) bool {
+	if t := info.Meta[tokenMeta]; t != "" && slices.Contains(r.Prior, t) {
+		return true
+	}
+	// Prior entries of a record from before tokens are content hashes.
+	return r.Token == "" && slices.Contains(r.Prior, info.Meta[shaMeta])
+}
+
+// sameContent reports whether info holds exactly this op's content, by
+// whoever it was written: a name both sides gave the same bytes is no
+// conflict.
+func (r *record) sameContent(info backend.ObjectInfo) bool {
+	if info.Size != r.Size {
+		return false
+	}
+	return r.Size == 0 || (r.SHA256 != "" && info.Meta[shaMeta] == r.SHA256)
 }
 
 func (b base) public() Base { return Base{Exists: b.Exists, ETag: b.ETag} }

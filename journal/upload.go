@@ -236,6 +236,9 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 		meta = map[string]string{}
 	}
 	meta[shaMeta] = rec.SHA256
+	if rec.Token != "" {
+		meta[tokenMeta] = rec.Token
+	}
 	// The content: the staged file, completed from the object holding
 	// what a partial one lacks, read only where it is sent.
 	var body io.ReaderAt = f
@@ -263,7 +266,7 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 		}
 		return j.store.Put(ctx, key, f, rec.Size, meta, c)
 	}
-	isOurs := func(info backend.ObjectInfo) bool { return info.Meta[shaMeta] == rec.SHA256 }
+	isOurs := rec.isOurs
 
 	if rec.ConflictTime.IsZero() {
 		c := cond(rec.Base)
@@ -289,11 +292,29 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 				// Our upload got there before (a replay after a crash or
 				// a lost answer).
 				return outcome{info: cur, next: base{Exists: true, ETag: cur.ETag}}, nil
-			case slices.Contains(rec.Prior, cur.Meta[shaMeta]):
+			case rec.isPrior(cur):
 				// An earlier version of this same edit chain, which
 				// this op superseded: ours to replace.
 				c = backend.Cond{IfMatch: cur.ETag}
 				continue
+			case rec.sameContent(cur):
+				// Another writer stored these very bytes: nothing of
+				// ours is lost, so no conflicted copy. The chain goes
+				// on from that version, whose content is the one the
+				// next local edit was made on: a later write is
+				// conditioned on it and cannot overwrite a change
+				// made to it meanwhile.
+				j.log.Info("the remote object already holds this content", "key", rec.Key, "seq", rec.Seq, "etag", cur.ETag)
+				return outcome{info: cur, next: base{Exists: true, ETag: cur.ETag}}, nil
+			case rec.Size == 0:
+				// An empty version (a new file, a truncate), and the
+				// remote object changed meanwhile: the remote version
+				// keeps the name, and a conflicted copy would hold
+				// nothing. The chain goes on from this op's base, so a
+				// later write of the file here conflicts (and is kept as
+				// a copy) instead of overwriting the other writer's.
+				j.log.Info("an empty version gives way to the remote one", "key", rec.Key, "seq", rec.Seq, "etag", cur.ETag)
+				return outcome{dropped: true, next: rec.Base}, nil
 			}
 			reason := ReasonEdited
 			if !rec.Base.Exists {
@@ -421,7 +442,7 @@ func (j *Journal) deleteObject(ctx context.Context, rec *record) (outcome, error
 			return gone, nil
 		case err != nil:
 			return outcome{}, err
-		case !slices.Contains(rec.Prior, cur.Meta[shaMeta]):
+		case !rec.isPrior(cur):
 			return gone, nil // someone else's object: not ours to delete
 		}
 		ifMatch = cur.ETag
@@ -440,7 +461,7 @@ func (j *Journal) deleteObject(ctx context.Context, rec *record) (outcome, error
 			return gone, nil
 		case err != nil:
 			return outcome{}, err
-		case slices.Contains(rec.Prior, cur.Meta[shaMeta]):
+		case rec.isPrior(cur):
 			ifMatch = cur.ETag
 			continue
 		}
