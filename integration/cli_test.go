@@ -394,3 +394,86 @@ func TestDaemonStartsOffline(t *testing.T) {
 		})
 	}
 }
+
+// cliNoCredentials is an environment with no AWS credentials anywhere:
+// none in the environment, no config or credentials file, no IMDS.
+func cliNoCredentials(t *testing.T) []string {
+	home := t.TempDir()
+	env := []string{"HOME=" + home, "AWS_CONFIG_FILE=" + filepath.Join(home, "no-config"),
+		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(home, "no-credentials"), "AWS_EC2_METADATA_DISABLED=true"}
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "AWS_") && name != "AWS_EC2_METADATA_DISABLED" {
+			env = append(env, name+"=") // cliRun appends: the last one wins
+		}
+	}
+	return env
+}
+
+// checkShortLine checks that out is one line under 200 characters that
+// holds each of want.
+func checkShortLine(t *testing.T, what, out string, want ...string) {
+	t.Helper()
+	t.Logf("%s: %s", what, out)
+	line := strings.TrimSuffix(out, "\n")
+	if strings.Contains(line, "\n") || len(line) >= 200 {
+		t.Errorf("%s: %d lines, %d characters; want one line under 200:\n%s", what, strings.Count(out, "\n"), len(line), out)
+	}
+	for _, w := range want {
+		if !strings.Contains(line, w) {
+			t.Errorf("%s: %q does not say %q", what, line, w)
+		}
+	}
+}
+
+// TestErrorsAreOneShortLine checks the errors users meet most: no
+// credentials, and status and sync while the store is down.
+func TestErrorsAreOneShortLine(t *testing.T) {
+	e := newEnv(t)
+	t.Run("no_credentials", func(t *testing.T) {
+		mp := cliMountpoint(t)
+		out, code := cliRun(t, time.Minute, cliNoCredentials(t), "mount", "--endpoint", e.minio.Endpoint, "--cache-dir", t.TempDir(), "s3://"+e.bucket, mp)
+		if code != 1 {
+			t.Errorf("mount without credentials: exit %d, want 1", code)
+		}
+		checkShortLine(t, "mount without credentials", out, "no AWS credentials found", "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
+		if strings.Contains(out, "IMDS") {
+			t.Errorf("mount without credentials talks of IMDS: %s", out)
+		}
+	})
+	t.Run("offline", func(t *testing.T) {
+		e.put("uncached.txt", []byte("never read"))
+		m := e.mount(mountOpt{})
+		run(t, time.Minute, "ls", m.dir)
+		e.minio.Stop()
+		defer e.minio.Restart()
+		if err := os.WriteFile(m.path("new.txt"), []byte("pending"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.ReadFile(m.path("uncached.txt")); err == nil {
+			t.Fatal("read an uncached file with the store down")
+		}
+		deadline := time.Now().Add(time.Minute)
+		for m.status().Online {
+			if time.Now().After(deadline) {
+				t.Fatal("still online a minute after the store went down")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		out, code := cliRun(t, time.Minute, nil, "status", m.dir)
+		if code != 0 {
+			t.Errorf("status offline: exit %d: %s", code, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "state:") {
+				checkShortLine(t, "status offline", line, "OFFLINE", "connection refused", "changes are queued")
+			} else if len(line) >= 200 {
+				t.Errorf("status offline: a line of %d characters: %s", len(line), line)
+			}
+		}
+		out, code = cliRun(t, time.Minute, nil, "sync", "--timeout", "3s", m.dir)
+		if code != 1 {
+			t.Errorf("sync offline: exit %d, want 1", code)
+		}
+		checkShortLine(t, "sync offline", out, "not everything is uploaded", "1 change(s) (7 B)", "offline", "connection refused", "upload once it is back")
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -128,9 +129,10 @@ func isNetworkFailure(err error) bool {
 	return false
 }
 
-// reason is a short, human cause for err, for the messages of New: the API
-// code and message when the store answered, else the innermost network
-// error, else the whole text.
+// reason is a short, human cause for err, for one-line messages: the API
+// code and message when the store answered, else the system error of a
+// failed connection (connection refused), else the innermost error. The
+// SDK's whole text (operation, attempts, request id…) is for the log.
 func reason(err error) string {
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
@@ -139,55 +141,81 @@ func reason(err error) string {
 		}
 		return apiErr.ErrorCode()
 	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) {
-		return opErr.Error()
-	}
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
 		return dnsErr.Error()
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr.Error()
 	}
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) {
 		return urlErr.Err.Error() // without the URL, which the message names already
 	}
-	return err.Error()
+	return innermost(err).Error()
 }
 
+// innermost follows err's chain of single wraps to its end.
+func innermost(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
+}
+
+// requestError is the error of a failed request. Its text is one short
+// line, `get "a/b" in s3://bkt at http://127.0.0.1:9000: backend
+// unreachable: connection refused`; the domain error and the SDK's error
+// stay reachable with errors.Is and errors.As.
+type requestError struct {
+	msg  string
+	errs []error
+}
+
+func (e *requestError) Error() string   { return e.msg }
+func (e *requestError) Unwrap() []error { return e.errs }
+
 // opError wraps err from operation op on key with the domain error it
-// means, keeping the SDK text for logs:
-//
-//	get "a/b" in s3://bkt at http://127.0.0.1:9000: not found: operation error S3: GetObject, …
-//
+// means (see requestError). The SDK's whole text is logged at debug level.
 // A cancelled ctx wins over any classification, so that callers see
 // context.Canceled (EINTR) rather than "offline".
 func (s *Store) opError(ctx context.Context, op, key string, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		if errors.Is(err, ctxErr) {
-			return fmt.Errorf("%s %q in %s: %w", op, key, s, err)
+	kind := classify(err)
+	if ctx.Err() == nil {
+		if isSSECRefusal(err, s.customerKey) {
+			kind = fmt.Errorf("%w: %w", backend.ErrAccess, errNeedsKey)
+		} else if kind == backend.ErrAccess && s.customerKey && (op == "get" || op == "stat") {
+			kind = fmt.Errorf("%w: %w", backend.ErrAccess, errWrongKey)
 		}
-		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, ctxErr, err)
 	}
-	if isSSECRefusal(err, s.customerKey) {
-		return fmt.Errorf("%s %q in %s: %w: %w: %w", op, key, s, backend.ErrAccess, errNeedsKey, err)
-	}
-	if kind := classify(err); kind != nil {
-		if kind == backend.ErrAccess && s.customerKey && (op == "get" || op == "stat") {
-			return fmt.Errorf("%s %q in %s: %w: %w: %w", op, key, s, kind, errWrongKey, err)
-		}
-		return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, kind, err)
-	}
-	return fmt.Errorf("%s %q in %s: %w", op, key, s, err)
+	return s.requestError(ctx, op, key, kind, err)
 }
 
 // opErrorAs is opError with the domain error decided by the caller, for
 // answers whose meaning depends on the request (a 404 to a conditional put
 // is a failed precondition).
 func (s *Store) opErrorAs(ctx context.Context, op, key string, kind, err error) error {
-	if ctx.Err() != nil {
-		return s.opError(ctx, op, key, err)
+	return s.requestError(ctx, op, key, kind, err)
+}
+
+func (s *Store) requestError(ctx context.Context, op, key string, kind, err error) error {
+	slog.Debug("s3 request failed", "op", op, "key", key, "store", s.name, "err", err)
+	what := fmt.Sprintf("%s %q in %s", op, key, s)
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return &requestError{msg: what + ": " + ctxErr.Error(), errs: []error{ctxErr, err}}
 	}
-	return fmt.Errorf("%s %q in %s: %w: %w", op, key, s, kind, err)
+	if kind == nil {
+		return &requestError{msg: what + ": " + reason(err), errs: []error{err}}
+	}
+	return &requestError{msg: what + ": " + kind.Error() + ": " + reason(err), errs: []error{kind, err}}
 }
 
 // openError is an error of New: a short message for the user that wraps the

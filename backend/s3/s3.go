@@ -53,6 +53,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/nimbus-fs/nimbus/backend"
 )
@@ -172,6 +173,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		// AWS_CA_BUNDLE to it, and refuses other client types.
 		config.WithHTTPClient(newHTTPClient()),
 		config.WithRetryer(newRetryer),
+		// The SDK's own logger writes to stderr ("WARN falling back to
+		// IMDSv1"); its lines belong in nimbus's log.
+		config.WithLogger(sdkLogger{}),
 	}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
@@ -186,6 +190,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if awsCfg.Region == "" {
 		awsCfg.Region = defaultRegion
+	}
+	if err := checkCredentials(ctx, awsCfg); err != nil {
+		return nil, err
 	}
 
 	s := newStore(awsCfg, cfg)
@@ -340,7 +347,11 @@ func (s *Store) openError(ctx context.Context, err error) error {
 			cause: err,
 		}
 	case nil:
-		return fmt.Errorf("open %s: %w", s, err)
+		return &openError{
+			msg:   fmt.Sprintf("open bucket %q at %s: %s", s.bucket, where, reason(err)),
+			kind:  err,
+			cause: err,
+		}
 	default:
 		return &openError{
 			msg:   fmt.Sprintf("open bucket %q at %s: %s", s.bucket, where, reason(err)),
@@ -348,6 +359,37 @@ func (s *Store) openError(ctx context.Context, err error) error {
 			cause: err,
 		}
 	}
+}
+
+// ErrNoCredentials is wrapped by New's error when no credentials could be
+// found or loaded; the message says where to set them.
+var ErrNoCredentials = errors.New("no AWS credentials")
+
+// checkCredentials loads the credentials once before the first request, so
+// that their absence reads as such rather than as a chain of SDK errors
+// ending in the EC2 metadata service, the last place the chain looks.
+func checkCredentials(ctx context.Context, awsCfg aws.Config) error {
+	if awsCfg.Credentials == nil {
+		return nil
+	}
+	_, err := awsCfg.Credentials.Retrieve(ctx)
+	if err == nil {
+		return nil
+	}
+	slog.Debug("s3: load credentials", "err", err)
+	msg := "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+	if !strings.Contains(err.Error(), "EC2 IMDS") {
+		// A source was found (a profile, SSO, a web identity) but failed.
+		msg = "AWS credentials could not be loaded (" + reason(err) + "): check AWS_PROFILE and ~/.aws/config"
+	}
+	return &openError{msg: msg, kind: backend.ErrAccess, cause: fmt.Errorf("%w: %w", ErrNoCredentials, err)}
+}
+
+// sdkLogger sends the SDK's log lines to slog, at debug level.
+type sdkLogger struct{}
+
+func (sdkLogger) Logf(c logging.Classification, format string, v ...any) {
+	slog.Debug("aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
 }
 
 // where names the endpoint for messages.

@@ -124,6 +124,8 @@ func (m *mountState) handleControl(conn net.Conn) {
 		}
 		result, err := m.dispatch(req)
 		if err != nil {
+			// The CLI may show a line of it; the log keeps the whole.
+			m.log.Info("control request failed", "op", req.Op, "path", req.Path, "err", err)
 			resp.Error = err.Error()
 		} else if resp.Result, err = json.Marshal(result); err != nil {
 			resp.Error = err.Error()

@@ -615,6 +615,8 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	switch {
 	case err == nil:
 		return st, nil
+	case errors.Is(err, s3.ErrNoCredentials):
+		return nil, err // says where to set them
 	case errors.Is(err, backend.ErrNoBucket):
 		return nil, fmt.Errorf("bucket %q not found at %s: check the bucket name and --endpoint", o.remote.bucket, where)
 	case errors.Is(err, backend.ErrAccess):
@@ -626,5 +628,5 @@ func openStore(o mountOptions) (backend.Backend, error) {
 		}
 		return st, msg
 	}
-	return nil, fmt.Errorf("open bucket %q at %s: %w", o.remote.bucket, where, err)
+	return nil, err // names the bucket, the endpoint and the cause
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 	"github.com/nimbus-fs/nimbus/vfs"
@@ -154,7 +155,7 @@ func mustAbs(p string) string {
 func printStatus(w io.Writer, r *statusReport) {
 	state := "online"
 	if !r.Online {
-		state = fmt.Sprintf("OFFLINE since %s (%s)", r.Since.Format(time.TimeOnly), r.Error)
+		state = fmt.Sprintf("OFFLINE since %s (%s); changes are queued until the store is back", r.Since.Format(time.TimeOnly), offlineCause(r.Error))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "remote:\t%s (%s)\n", r.Remote, r.Store)
@@ -256,4 +257,24 @@ func readDirNames(path string) ([]string, error) {
 	names, err := d.Readdirnames(-1)
 	sort.Strings(names)
 	return names, err
+}
+
+// offlineCause is the part of the error that made a mount go offline that
+// says why, short enough for one line: "backend unreachable: connection
+// refused" rather than the request that met it. status --json and the log
+// have the whole error.
+func offlineCause(err string) string {
+	if i := strings.Index(err, backend.ErrOffline.Error()); i >= 0 {
+		err = err[i:]
+	}
+	return shorten(err, 100)
+}
+
+// shorten cuts s to at most n runes, marking the cut with "…".
+func shorten(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }

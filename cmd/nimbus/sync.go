@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
@@ -60,10 +62,37 @@ func cmdSync(pos []string, timeout time.Duration, stdout io.Writer) error {
 	}
 	var msg string
 	if err := callControlReq(path, controlRequest{Op: "sync", Timeout: timeout}, &msg); err != nil {
-		return fmt.Errorf("not everything is uploaded: %w", err)
+		var de daemonError
+		if errors.As(err, &de) {
+			return syncFailure(path, err)
+		}
+		return err
 	}
 	fmt.Fprintln(stdout, msg)
 	return nil
+}
+
+// syncFailure says in one line why a sync did not finish, from the
+// mount's status; the mount's log has the journal's whole account
+// (every op, every attempt).
+func syncFailure(path string, err error) error {
+	var rep statusReport
+	if serr := callControl(path, "status", &rep); serr != nil {
+		return fmt.Errorf("not everything is uploaded: %s", shorten(oneLine(err.Error()), 150))
+	}
+	left := fmt.Sprintf("%d change(s) (%s)", rep.Uploads.Pending, cache.FormatBytes(rep.Uploads.PendingBytes))
+	switch {
+	case !rep.Online:
+		return fmt.Errorf("not everything is uploaded: %s wait while the store is offline (%s); they upload once it is back",
+			left, offlineCause(rep.Error))
+	case len(rep.Uploads.Parked) > 0:
+		p := rep.Uploads.Parked[0]
+		return fmt.Errorf("not everything is uploaded: %d change(s) are stuck, such as %q (%s): see nimbus status",
+			len(rep.Uploads.Parked), shorten(p.Key, 40), shorten(p.Err, 60))
+	case rep.Uploads.Pending == 0:
+		return fmt.Errorf("not everything is uploaded: %s", shorten(oneLine(err.Error()), 150))
+	}
+	return fmt.Errorf("not everything is uploaded yet: %s still uploading; run nimbus sync again, or with a longer --timeout", left)
 }
 
 func newConflictsCmd() *cobra.Command {
