@@ -261,9 +261,17 @@ func TestWriteOperations(t *testing.T) {
 	} else {
 		t.Logf("hard link: %v", err)
 	}
-	if err := os.Symlink("trunc.txt", m.path("symlink")); err == nil {
-		t.Error("symlink succeeded; want an error")
+	// A symlink is an object whose body is its target.
+	if err := os.Symlink("trunc.txt", m.path("symlink")); err != nil {
+		t.Errorf("symlink: %v", err)
 	}
+	checkLink := func(root string) {
+		t.Helper()
+		if target, err := os.Readlink(filepath.Join(root, "symlink")); err != nil || target != "trunc.txt" {
+			t.Errorf("readlink %s/symlink = %q, %v; want trunc.txt", root, target, err)
+		}
+	}
+	checkLink(m.dir)
 
 	// What the mount shows, before and after upload.
 	expect := map[string]string{
@@ -297,10 +305,18 @@ func TestWriteOperations(t *testing.T) {
 	check(m.dir)
 	m.sync(2 * time.Minute)
 	check(m.dir)
-	sameTree(t, localTree(t, m.dir), e.objects())
+	// localTree reads through the link; the bucket holds its target.
+	local, objs := localTree(t, m.dir), e.objects()
+	if string(objs["symlink"]) != "trunc.txt" {
+		t.Errorf("bucket symlink body = %q; want trunc.txt", objs["symlink"])
+	}
+	delete(local, "symlink")
+	delete(objs, "symlink")
+	sameTree(t, local, objs)
 
 	other := e.mount(mountOpt{})
 	check(other.dir)
+	checkLink(other.dir)
 }
 
 func sha(b []byte) [32]byte { return pattern{}.shaOf(b) }
