@@ -193,6 +193,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 	} else {
 		n.mu.Lock()
+		if n.work == nil {
+			// Reads through this handle see a pending change; the first
+			// write copies it (copy on write).
+			n.adoptPendingLocked()
+		}
 	}
 	defer n.mu.Unlock()
 	if flags&syscall.O_TRUNC != 0 && n.work.size > 0 {
@@ -219,22 +224,30 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 func (n *fileNode) openLocal() (*fileHandle, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.work != nil {
-		n.openedETag = ""
-		return &fileHandle{fsys: n.fsys, node: n}, true
+	if n.work == nil && !n.adoptPendingLocked() {
+		return nil, false
 	}
+	n.openedETag = ""
+	return &fileHandle{fsys: n.fsys, node: n}, true
+}
+
+// adoptPendingLocked gives n, which has no working copy, the content of a
+// committed change the journal has not uploaded yet, as a committed working
+// copy: a node made afresh (the kernel forgot the old one) must read what
+// was written, not the store's older version or none. It reports whether
+// there was such content. Called with n.mu held.
+func (n *fileNode) adoptPendingLocked() bool {
 	_, _, key := n.location()
 	staged, size, part, ok := n.fsys.pendingContent(key)
 	if !ok {
-		return nil, false
+		return false
 	}
 	f, err := os.Open(staged)
 	if err != nil {
-		return nil, false // uploaded meanwhile: read the store's version
+		return false // uploaded meanwhile: read the store's version
 	}
 	n.work = &workFile{f: f, size: size, committed: true, base: remoteBase(n.entry), partial: n.fsys.holding(part)}
-	n.openedETag = ""
-	return &fileHandle{fsys: n.fsys, node: n}, true
+	return true
 }
 
 // revalidate asks the store for the object's current version (one HEAD),
