@@ -33,17 +33,10 @@ import (
 // in-process tier, without MinIO or a process per mount, so that it runs
 // many more operations. NIMBUS_VFS_DIFF_SEED replays a run (the seed is
 // logged); NIMBUS_VFS_DIFF_OPS sets the number of operations (default
-// modelDefaultOps, sized to stay under a minute under -race on a loaded
-// 2-core machine; 50000 and more on demand). A failure logs the last 200
+// modelDefaultOps, sized to about a minute under -race on a 2-core
+// machine; 50000 and more on demand). A failure logs the last 200
 // ops, or all with NIMBUS_VFS_DIFF_LOG_ALL=1.
 func TestModelDifferential(t *testing.T) {
-	// Opt-in until the bugs it finds are fixed: about a third of the runs
-	// of 3000 ops fail on them (spurious conflicted copies and ESTALE in a
-	// single mount, extra folders after a folder rename, non-empty
-	// folders missing from the store), so it would be flaky in CI.
-	if os.Getenv("NIMBUS_VFS_DIFF") != "1" && os.Getenv("NIMBUS_VFS_DIFF_OPS") == "" {
-		t.Skip("opt-in until the bugs it finds are fixed: NIMBUS_VFS_DIFF=1 or NIMBUS_VFS_DIFF_OPS=N runs it")
-	}
 	nOps := modelDefaultOps
 	if s := os.Getenv("NIMBUS_VFS_DIFF_OPS"); s != "" {
 		v, err := strconv.Atoi(s)
@@ -139,14 +132,6 @@ type modelRun struct {
 	// view has lost to one, and those modes are not compared on it.
 	knownBugs bool
 	lostMode  map[string]bool
-	// lostDirs are the empty folders the last compareStore found missing
-	// from the store, lost to a known bug of the dir: store, unless
-	// knownBugs: a marker Put If-None-Match on a folder that exists only
-	// because a key under it does fails as "exists", the journal counts
-	// the marker as done, and deleting that key then prunes the folder.
-	// The journal uploads the marker and the key in parallel, so whether
-	// the file's Put comes first is a race.
-	lostDirs map[string]bool
 }
 
 // modelFiles and modelDirs are few, so that names collide: an op often
@@ -697,11 +682,6 @@ func (d *modelRun) compareTrees(root, when string, fresh bool) {
 		c = nil
 	}
 	want := c.modelTree(d.t, d.ref)
-	if fresh {
-		for k := range d.lostDirs { // not in the store, so not on a fresh mount
-			delete(want, k)
-		}
-	}
 	reportDiffs(d.t, "tree "+when, want, c.modelTree(d.t, root))
 }
 
@@ -778,28 +758,6 @@ func (d *modelRun) compareStore(when string) {
 					break
 				}
 			}
-		}
-	}
-	d.lostDirs = make(map[string]bool)
-	if !d.knownBugs {
-		for k := range want {
-			if !strings.HasSuffix(k, "/") || got[k] != "" {
-				continue
-			}
-			empty := true
-			for w := range want {
-				if w != k && strings.HasPrefix(w, k) {
-					empty = false
-					break
-				}
-			}
-			if empty {
-				d.lostDirs[strings.TrimSuffix(k, "/")] = true
-				delete(want, k)
-			}
-		}
-		if len(d.lostDirs) > 0 {
-			d.t.Logf("store %s: %d empty folders lost to the known dir: marker bug: %v", when, len(d.lostDirs), sortedKeys(d.lostDirs))
 		}
 	}
 	reportDiffs(d.t, "store "+when, want, got)

@@ -5,11 +5,12 @@
 // # Keys and files
 //
 // Key "a/b.txt" is the file ROOT/a/b.txt. A directory marker key "a/" is the
-// directory ROOT/a: every directory is a marker, so an empty directory
-// persists, List("a/") includes the object "a/" itself, and ListFlat
-// includes "a/" before the keys under it. Deleting the last file of a
-// directory leaves the directory (S3 would drop the prefix unless a marker
-// existed). Keys that a file system cannot hold (empty, "." or ".."
+// directory ROOT/a when it was Put (it holds markerName) or holds no key at
+// all, so an empty directory persists; then List("a/") includes the object
+// "a/" itself, and ListFlat includes "a/" before the keys under it. A
+// directory that only holds keys is a prefix, as in S3: no object, so a
+// conditional Put of its marker creates it. Deleting the last file of a
+// directory with no marker removes the directory, as S3 drops the prefix. Keys that a file system cannot hold (empty, "." or ".."
 // segments, a leading "/", segments over 255 bytes, keys over 1024 bytes,
 // invalid UTF-8, a path that would be both a file and a directory) fail with
 // backend.ErrInvalidKey. Names starting with ".nimbus-" are this package's
@@ -50,6 +51,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -188,6 +190,38 @@ func checkName(seg string) error {
 		return fmt.Errorf("%q is a name this store uses for itself: %w", seg, backend.ErrInvalidKey)
 	}
 	return nil
+}
+
+// isMarker reports whether the directory at path is a marker object: one
+// that was Put ("a/", holding markerName), or one that holds nothing but
+// this package's own files, which S3 would not have unless its marker
+// existed. A directory that only holds keys is a prefix, as in S3, and not
+// an object: listings, Stat and conditions do not see it.
+func isMarker(path string) (bool, error) {
+	if _, err := os.Lstat(filepath.Join(path, markerName)); err == nil {
+		return true, nil
+	} else if !isAbsent(err) {
+		return false, err
+	}
+	d, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer closeQuietly(d)
+	for {
+		names, err := d.Readdirnames(64)
+		for _, n := range names {
+			if !isInternal(n) {
+				return false, nil
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
 }
 
 // isInternal reports whether name is one of this package's own files.

@@ -142,7 +142,8 @@ func TestFileDirectoryClash(t *testing.T) {
 	}
 	// Nothing changed, and no temp files were left behind.
 	keys, _ := listAll(t, s, "", true)
-	if want := []string{"a/", "a/b/", "a/b/c", "f"}; !equal(keys, want) {
+	// Folders that only hold keys are prefixes, not objects, as in S3.
+	if want := []string{"a/b/c", "f"}; !equal(keys, want) {
 		t.Fatalf("ListFlat = %q; want %q", keys, want)
 	}
 	assertNoTempFiles(t, s.root)
@@ -269,8 +270,13 @@ func TestMarkerDeleteKeepsNonEmptyDirectory(t *testing.T) {
 	if _, err := s.Stat(ctx, "d/f"); err != nil {
 		t.Fatalf("d/f after deleting the marker: %v", err)
 	}
-	if err := s.Delete(ctx, "d/", "0123456789abcdef0123456789abcdef"); !errors.Is(err, backend.ErrPrecondition) {
-		t.Fatalf("Delete(d/) with a wrong ETag = %v; want ErrPrecondition", err)
+	// The marker is gone and d holds a key: d/ is a prefix, no object, and
+	// deleting an absent key is no error (as in S3), whatever the ETag.
+	if _, err := s.Stat(ctx, "d/"); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("Stat(d/) after deleting the marker = %v; want ErrNotFound", err)
+	}
+	if err := s.Delete(ctx, "d/", "0123456789abcdef0123456789abcdef"); err != nil {
+		t.Fatalf("Delete(d/) of the absent marker = %v; want nil", err)
 	}
 	if err := s.Delete(ctx, "d/f", ""); err != nil {
 		t.Fatal(err)
@@ -663,5 +669,37 @@ func TestOtherDotNimbusNamesAreKeys(t *testing.T) {
 	}
 	if want := []string{".nimbus-attrs", ".nimbus-snapshots/m/1", "d/.nimbus-attrs"}; !equal(keys, want) {
 		t.Errorf("ListFlat = %q; want %q", keys, want)
+	}
+}
+
+// A marker Put If-None-Match over a folder that exists only because a key
+// is under it is created (S3 has no object there), and keeps the folder
+// when that key goes: the folder the user made survives.
+func TestMarkerOverAnImplicitFolder(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	put(t, s, "r/q/f", "x", backend.Cond{})
+	if _, err := s.Put(ctx, "r/q/", strings.NewReader(""), 0, nil, backend.Cond{IfNoneMatch: true}); err != nil {
+		t.Fatalf("Put(r/q/) If-None-Match over an implicit folder: %v", err)
+	}
+	if err := s.Delete(ctx, "r/q/f", ""); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := listAll(t, s, "", true)
+	if want := []string{"r/q/"}; !equal(keys, want) {
+		t.Fatalf("ListFlat = %q; want %q", keys, want)
+	}
+}
+
+// An empty folder made on the remote's disk by hand (no key under it, no
+// marker file) is listed as a marker, so that it shows, as before.
+func TestEmptyFolderIsAMarker(t *testing.T) {
+	s := newStore(t)
+	if err := os.MkdirAll(filepath.Join(s.root, "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := listAll(t, s, "", true)
+	if want := []string{"e/"}; !equal(keys, want) {
+		t.Fatalf("ListFlat = %q; want %q", keys, want)
 	}
 }

@@ -71,6 +71,15 @@ func (s *Store) open(op string, obj object) (*os.File, fs.FileInfo, error) {
 		closeQuietly(f)
 		return nil, nil, s.opError(op, obj.key, backend.ErrNotFound, nil)
 	}
+	if obj.marker {
+		if ok, err := isMarker(obj.path); err != nil || !ok {
+			closeQuietly(f)
+			if err != nil {
+				return nil, nil, s.opError(op, obj.key, osKind(err), err)
+			}
+			return nil, nil, s.opError(op, obj.key, backend.ErrNotFound, nil) // a prefix only
+		}
+	}
 	return f, fi, nil
 }
 
@@ -393,6 +402,9 @@ func (s *Store) current(obj object, wantETag bool) (etag string, exists bool, er
 	}
 	switch {
 	case obj.marker && fi.IsDir():
+		if ok, err := isMarker(obj.path); err != nil || !ok {
+			return "", false, err // a prefix only
+		}
 		return emptyETag, true, nil
 	case obj.marker || !fi.Mode().IsRegular():
 		return "", false, nil
