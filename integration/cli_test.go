@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,23 +99,32 @@ func cliMountpoint(t testing.TB) string {
 // and returns its combined output and exit code (-1: killed at the timeout).
 func cliRun(t testing.TB, timeout time.Duration, env []string, args ...string) (string, int) {
 	t.Helper()
+	var out bytes.Buffer
+	code := nimbusCommand(t, timeout, env, &out, &out, args...)
+	return out.String(), code
+}
+
+// nimbusCommand runs the nimbus binary with extra environment, at most
+// timeout, writing to stdout and stderr, and returns its exit code (-1:
+// killed at the timeout).
+func nimbusCommand(t testing.TB, timeout time.Duration, env []string, stdout, stderr io.Writer, args ...string) int {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, nimbusBin, args...)
 	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), env...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	// A --daemon mount leaves its child holding the output pipe: wait for
 	// the command itself, not for the pipe to close.
 	cmd.WaitDelay = time.Second
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		return out.String(), -1
+		return -1
 	}
 	if err != nil && cmd.ProcessState == nil {
 		t.Fatalf("nimbus %s: %v", strings.Join(args, " "), err)
 	}
-	return out.String(), cmd.ProcessState.ExitCode()
+	return cmd.ProcessState.ExitCode()
 }
 
 // cliDirRemote returns a local folder holding one file, for dir: mounts.

@@ -75,8 +75,14 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, minio.Options{})
+}
+
+// newEnvWith is newEnv on a MinIO started with opts (TLS, a KMS).
+func newEnvWith(t testing.TB, opts minio.Options) *env {
+	t.Helper()
 	requireFUSE(t)
-	srv := minio.Start(t)
+	srv := minio.StartWith(t, opts)
 	e := &env{t: t, minio: srv, s3: srv.Client(), bucket: "nimbus-test"}
 	srv.MakeBucket(t, e.bucket)
 	return e
