@@ -348,19 +348,8 @@ func (s *Store) Copy(ctx context.Context, src, srcETag, dst string, cond backend
 		if err := s.checkCond(ctx, dst, cond); err != nil {
 			return backend.ObjectInfo{}, err
 		}
-		in := &awss3.CopyObjectInput{
-			Bucket:            aws.String(s.bucket),
-			Key:               aws.String(dst),
-			CopySource:        aws.String(copySource(s.bucket, src)),
-			CopySourceIfMatch: quoteETag(info.ETag),
-			MetadataDirective: types.MetadataDirectiveCopy,
-		}
-		if cond.IfMatch != "" {
-			in.IfMatch = quoteETag(cond.IfMatch)
-		}
-		if cond.IfNoneMatch {
-			in.IfNoneMatch = aws.String("*")
-		}
+		in := s.copyInput(dst, copySource(s.bucket, src), cond)
+		in.CopySourceIfMatch = quoteETag(info.ETag)
 		out, err := s.client.CopyObject(ctx, in)
 		if err != nil {
 			kind := classify(err)
@@ -374,13 +363,36 @@ func (s *Store) Copy(ctx context.Context, src, srcETag, dst string, cond backend
 			}
 			return backend.ObjectInfo{}, s.opError(ctx, op, src, err)
 		}
-		res := backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag}
-		if r := out.CopyObjectResult; r != nil {
-			res.ETag = unquoteETag(r.ETag)
-			res.ModTime = aws.ToTime(r.LastModified)
-		}
-		return res, nil
+		return copied(backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag}, out), nil
 	}
+}
+
+// copyInput is the CopyObject of source (copySource's form) to dst with the
+// metadata of the source, conditioned on dst by cond.
+func (s *Store) copyInput(dst, source string, cond backend.Cond) *awss3.CopyObjectInput {
+	in := &awss3.CopyObjectInput{
+		Bucket:            aws.String(s.bucket),
+		Key:               aws.String(dst),
+		CopySource:        aws.String(source),
+		MetadataDirective: types.MetadataDirectiveCopy,
+	}
+	if cond.IfMatch != "" {
+		in.IfMatch = quoteETag(cond.IfMatch)
+	}
+	if cond.IfNoneMatch {
+		in.IfNoneMatch = aws.String("*")
+	}
+	return in
+}
+
+// copied is res, the copy's destination, with the ETag and time the copy
+// answered.
+func copied(res backend.ObjectInfo, out *awss3.CopyObjectOutput) backend.ObjectInfo {
+	if r := out.CopyObjectResult; r != nil {
+		res.ETag = unquoteETag(r.ETag)
+		res.ModTime = aws.ToTime(r.LastModified)
+	}
+	return res
 }
 
 // checkCond checks cond against key's current state with a HeadObject.

@@ -160,28 +160,12 @@ func (s *Store) CopyVersion(ctx context.Context, src, id, dst string, cond backe
 	if err := s.checkCond(ctx, dst, cond); err != nil {
 		return backend.ObjectInfo{}, err
 	}
-	in := &awss3.CopyObjectInput{
-		Bucket:            aws.String(s.bucket),
-		Key:               aws.String(dst),
-		CopySource:        aws.String(copySource(s.bucket, src) + "?versionId=" + url.QueryEscape(id)),
-		MetadataDirective: types.MetadataDirectiveCopy,
-	}
-	if cond.IfMatch != "" {
-		in.IfMatch = quoteETag(cond.IfMatch)
-	}
-	if cond.IfNoneMatch {
-		in.IfNoneMatch = aws.String("*")
-	}
+	in := s.copyInput(dst, copySource(s.bucket, src)+"?versionId="+url.QueryEscape(id), cond)
 	out, err := s.client.CopyObject(ctx, in)
 	if err != nil {
 		return backend.ObjectInfo{}, s.opError(ctx, "copy version "+id+" of "+src+" to", dst, err)
 	}
-	res := backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag, Meta: info.Meta}
-	if r := out.CopyObjectResult; r != nil {
-		res.ETag = unquoteETag(r.ETag)
-		res.ModTime = aws.ToTime(r.LastModified)
-	}
-	return res, nil
+	return copied(backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag, Meta: info.Meta}, out), nil
 }
 
 // versionError is opError for a request naming a version: a version ID
