@@ -235,3 +235,59 @@ func lineDiff(want, got string) string {
 	}
 	return b.String()
 }
+
+// TestAllowOtherEnforcesModes mounts with --allow-other, which implies
+// default_permissions: the kernel checks the stored modes and owners for
+// other users, so user nobody can neither write into root's 0755 folder
+// nor read root's 0600 file, and can read a 0644 one.
+func TestAllowOtherEnforcesModes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("acting as another user needs root")
+		}
+		t.Skip("acting as another user needs root")
+	}
+	e := newEnv(t)
+	m := e.mount(mountOpt{args: []string{"--allow-other"}})
+	if err := os.Mkdir(m.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.path("d/secret"), []byte("root only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.path("d/public"), []byte("anyone\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// 65534 is nobody on Debian.
+	asNobody := func(script string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "sh", "-c", script)
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return cmd.Run()
+	}
+	// The test's temporary folders above the mount are 0700: nobody could
+	// not reach the mount at all. Open the path to it for the test.
+	for dir := filepath.Dir(m.dir); dir != "/" && dir != "."; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(dir, fi.Mode().Perm()|0o001); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.Chmod(dir, fi.Mode().Perm()) }) // the folder goes with the test anyway
+		}
+	}
+	if err := asNobody("cat " + m.path("d/public") + " >/dev/null"); err != nil {
+		t.Fatalf("nobody cannot read a 0644 file: %v (the test proves nothing)", err)
+	}
+	if err := asNobody("touch " + m.path("d/intruder")); err == nil {
+		t.Error("nobody created a file in root's 0755 folder")
+	}
+	if err := asNobody("cat " + m.path("d/secret")); err == nil {
+		t.Error("nobody read root's 0600 file")
+	}
+}
