@@ -20,12 +20,7 @@ import (
 // empty cache folder must read the bytes of fsx's model from the store.
 func TestFSX(t *testing.T) {
 	fsx := thirdPartyPath(t, xfstestsDir, "fsx")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("fsx drops the kernel's caches at each reopen: run as root")
-		}
-		t.Skip("fsx drops the kernel's caches at each reopen: needs root")
-	}
+	requireRoot(t, "fsx drops the kernel's caches at each reopen")
 	e := newEnv(t)
 	m := e.mount(mountOpt{})
 	good := t.TempDir() // fsx's log and model (.fsxgood), off the mount

@@ -65,6 +65,18 @@ func requireFUSE(t testing.TB) {
 	}
 }
 
+// requireRoot fails under CI and skips elsewhere when the test does not run
+// as root; why says what needs it.
+func requireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s: run as root", why)
+		}
+		t.Skipf("%s: needs root", why)
+	}
+}
+
 // env is one test's world: a MinIO server with a bucket.
 type env struct {
 	t      testing.TB

@@ -27,12 +27,7 @@ const pjdfsMinPass = 0.95
 // file and number.
 func TestPjdfstest(t *testing.T) {
 	bin := thirdPartyPath(t, pjdfstestDir, "pjdfstest")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("pjdfstest must run as root")
-		}
-		t.Skip("pjdfstest must run as root")
-	}
+	requireRoot(t, "pjdfstest acts as other users and makes devices")
 	if _, err := exec.LookPath("prove"); err != nil {
 		t.Fatalf("prove (perl) is needed: %v", err)
 	}

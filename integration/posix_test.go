@@ -241,12 +241,7 @@ func lineDiff(want, got string) string {
 // other users, so user nobody can neither write into root's 0755 folder
 // nor read root's 0600 file, and can read a 0644 one.
 func TestAllowOtherEnforcesModes(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("acting as another user needs root")
-		}
-		t.Skip("acting as another user needs root")
-	}
+	requireRoot(t, "acting as another user")
 	e := newEnv(t)
 	m := e.mount(mountOpt{args: []string{"--allow-other"}})
 	if err := os.Mkdir(m.path("d"), 0o755); err != nil {
