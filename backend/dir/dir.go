@@ -99,6 +99,9 @@ type Store struct {
 
 	mu       sync.Mutex // serialises writers in this process
 	lockFile *os.File   // GUARDED_BY(mu); ROOT/.nimbus-lock, opened on first write
+
+	stagingMu sync.Mutex
+	staging   map[string]int // GUARDED_BY(stagingMu); folder → Puts staging into it
 }
 
 var _ backend.Backend = (*Store)(nil)
@@ -196,12 +199,17 @@ func checkName(seg string) error {
 // that was Put ("a/", holding markerName), or one that holds nothing but
 // this package's own files, which S3 would not have unless its marker
 // existed. A directory that only holds keys is a prefix, as in S3, and not
-// an object: listings, Stat and conditions do not see it.
-func isMarker(path string) (bool, error) {
+// an object: listings, Stat and conditions do not see it. Nor is one that
+// a Put in this process is staging into: it made the folder for its key,
+// and S3 shows nothing there until that key lands.
+func (s *Store) isMarker(path string) (bool, error) {
 	if _, err := os.Lstat(filepath.Join(path, markerName)); err == nil {
 		return true, nil
 	} else if !isAbsent(err) {
 		return false, err
+	}
+	if s.isStaging(path) {
+		return false, nil
 	}
 	d, err := os.Open(path)
 	if err != nil {
@@ -222,6 +230,39 @@ func isMarker(path string) (bool, error) {
 			return false, err
 		}
 	}
+}
+
+// stageInto marks dir and the folders above it, which the Put may create
+// one by one, as folders a Put is staging into, until the returned
+// function is called.
+func (s *Store) stageInto(dir string) (done func()) {
+	var dirs []string
+	for d := dir; d != s.root && strings.HasPrefix(d, s.root+string(filepath.Separator)); d = filepath.Dir(d) {
+		dirs = append(dirs, d)
+	}
+	s.stagingMu.Lock()
+	defer s.stagingMu.Unlock()
+	if s.staging == nil {
+		s.staging = make(map[string]int)
+	}
+	for _, d := range dirs {
+		s.staging[d]++
+	}
+	return func() {
+		s.stagingMu.Lock()
+		defer s.stagingMu.Unlock()
+		for _, d := range dirs {
+			if s.staging[d]--; s.staging[d] == 0 {
+				delete(s.staging, d)
+			}
+		}
+	}
+}
+
+func (s *Store) isStaging(dir string) bool {
+	s.stagingMu.Lock()
+	defer s.stagingMu.Unlock()
+	return s.staging[dir] > 0
 }
 
 // isInternal reports whether name is one of this package's own files.

@@ -703,3 +703,55 @@ func TestEmptyFolderIsAMarker(t *testing.T) {
 		t.Fatalf("ListFlat = %q; want %q", keys, want)
 	}
 }
+
+// gateReader blocks its first Read until release is closed, so that a Put
+// can be held mid-stage: its folder made, its temp file open.
+type gateReader struct {
+	started chan struct{}
+	release chan struct{}
+	r       io.ReadSeeker
+	once    sync.Once
+}
+
+func (g *gateReader) Seek(off int64, whence int) (int64, error) { return g.r.Seek(off, whence) }
+
+func (g *gateReader) Read(p []byte) (int, error) {
+	g.once.Do(func() { close(g.started); <-g.release })
+	return g.r.Read(p)
+}
+
+// A folder that a Put in flight made for its key is no object: a marker
+// Put If-None-Match at the same moment is created, not refused as already
+// there, and the folder stays a marker once the key lands. (A folder
+// rename uploads its subfolder's marker and the files in it at once.)
+func TestMarkerBesideAPutInFlight(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	g := &gateReader{started: make(chan struct{}), release: make(chan struct{}), r: strings.NewReader("bb")}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Put(ctx, "d/sub/b", g, 2, nil, backend.Cond{IfNoneMatch: true})
+		done <- err
+	}()
+	select {
+	case <-g.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Put never read its body")
+	}
+	if keys, _ := listAll(t, s, "", true); len(keys) != 0 {
+		t.Errorf("ListFlat with only a Put in flight = %q; want nothing", keys)
+	}
+	for _, marker := range []string{"d/", "d/sub/"} {
+		if _, err := s.Put(ctx, marker, strings.NewReader(""), 0, nil, backend.Cond{IfNoneMatch: true}); err != nil {
+			t.Errorf("marker Put If-None-Match beside a Put in flight: %v", err)
+		}
+	}
+	close(g.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := listAll(t, s, "", true)
+	if want := []string{"d/", "d/sub/", "d/sub/b"}; !equal(keys, want) {
+		t.Fatalf("ListFlat = %q; want %q", keys, want)
+	}
+}

@@ -71,7 +71,7 @@ func (s *Store) walk(p *pager, dirKey, namePrefix string, flat bool) error {
 			// Nothing under this prefix (or it runs through a file).
 			return nil
 		}
-		if ok, err := isMarker(dirPath); err != nil && !isAbsent(err) {
+		if ok, err := s.isMarker(dirPath); err != nil && !isAbsent(err) {
 			return err
 		} else if ok {
 			if err := p.addObject(markerInfo(dirKey, fi)); err != nil {

@@ -72,7 +72,7 @@ func (s *Store) open(op string, obj object) (*os.File, fs.FileInfo, error) {
 		return nil, nil, s.opError(op, obj.key, backend.ErrNotFound, nil)
 	}
 	if obj.marker {
-		if ok, err := isMarker(obj.path); err != nil || !ok {
+		if ok, err := s.isMarker(obj.path); err != nil || !ok {
 			closeQuietly(f)
 			if err != nil {
 				return nil, nil, s.opError(op, obj.key, osKind(err), err)
@@ -182,6 +182,7 @@ func (s *Store) put(ctx context.Context, op string, obj object, body io.Reader, 
 		return s.putMarker(ctx, op, obj, encoded, cond)
 	}
 
+	defer s.stageInto(filepath.Dir(obj.path))()
 	tmp, created, err := s.stage(ctx, op, obj, body, size, encoded)
 	if err != nil {
 		return backend.ObjectInfo{}, err
@@ -402,7 +403,7 @@ func (s *Store) current(obj object, wantETag bool) (etag string, exists bool, er
 	}
 	switch {
 	case obj.marker && fi.IsDir():
-		if ok, err := isMarker(obj.path); err != nil || !ok {
+		if ok, err := s.isMarker(obj.path); err != nil || !ok {
 			return "", false, err // a prefix only
 		}
 		return emptyETag, true, nil
