@@ -77,12 +77,21 @@ func (j *Journal) Commit(ops ...Op) error {
 		return ErrClosed
 	}
 	p, err := j.planLocked(prepared)
+	copiesGone := j.copiesGoneLocked(prepared)
 	j.mu.Unlock()
 	if err != nil {
 		j.writeMu.Unlock()
 		return err
 	}
+	var cleared []Conflict
 	err = j.db.Update(func(tx *bbolt.Tx) error {
+		if len(copiesGone) > 0 {
+			var err error
+			cleared, err = deleteConflictsTx(tx, func(c Conflict) bool { return copiesGone[c.ConflictKey] })
+			if err != nil {
+				return err
+			}
+		}
 		for _, e := range p.removed {
 			if err := deleteRecord(tx, e.rec.Seq); err != nil {
 				return err
@@ -106,6 +115,7 @@ func (j *Journal) Commit(ops ...Op) error {
 		return fmt.Errorf("journal: record %d op(s): %w", len(ops), err)
 	}
 	j.lastSeq = p.lastSeq
+	j.forgetConflictsLocked(cleared)
 	for _, e := range p.removed {
 		j.removeLocked(e)
 	}
@@ -130,6 +140,9 @@ func (j *Journal) Commit(ops ...Op) error {
 	}
 	for _, c := range p.coalesced {
 		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+	}
+	for _, c := range cleared {
+		j.log.Info("conflict cleared: its conflicted copy was deleted or moved", "key", c.Key, "copy", c.ConflictKey)
 	}
 	return nil
 }

@@ -287,6 +287,9 @@ type Conflict struct {
 	ConflictKey string    `json:"conflict_key,omitempty"`
 	Time        time.Time `json:"time"`
 	Reason      string    `json:"reason"`
+	// Recorded is when the conflict was recorded, its copy uploaded: a
+	// listing started later shows the copy if it still exists.
+	Recorded time.Time `json:"recorded,omitempty"`
 }
 
 // Conflict reasons.

@@ -247,6 +247,9 @@ func setLastSeq(tx *bbolt.Tx, seq uint64) error {
 }
 
 func putConflict(tx *bbolt.Tx, c *Conflict) error {
+	if c.Recorded.IsZero() {
+		c.Recorded = time.Now()
+	}
 	b := tx.Bucket(conflictsBucket)
 	n, err := b.NextSequence()
 	if err != nil {

@@ -149,7 +149,9 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 	case "sync":
 		return m.sync(req.Timeout)
 	case "conflicts":
-		return m.journal.Conflicts(), nil
+		return m.conflicts(), nil
+	case "clear-conflicts":
+		return m.clearConflicts(req.Args)
 	case "pin":
 		return m.pin(req.Path)
 	case "unpin":

@@ -62,7 +62,7 @@ func (m *mountState) status() (*statusReport, error) {
 	hs := m.health.State()
 	bs := m.blocks.Stats()
 	js := m.journal.Stats()
-	conflicts := m.journal.Conflicts()
+	conflicts := m.conflicts()
 	if conflicts == nil {
 		conflicts = []journal.Conflict{}
 	}

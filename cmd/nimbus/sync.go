@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nimbus-fs/nimbus/cache"
-	"github.com/nimbus-fs/nimbus/journal"
 )
 
 // sync waits for the journal to drain and the attribute index to be
@@ -36,7 +34,6 @@ func (m *mountState) sync(timeout time.Duration) (string, error) {
 
 func init() {
 	addCommand(newSyncCmd)
-	addCommand(newConflictsCmd)
 }
 
 func newSyncCmd() *cobra.Command {
@@ -93,42 +90,4 @@ func syncFailure(path string, err error) error {
 		return fmt.Errorf("not everything is uploaded: %s", shorten(oneLine(err.Error()), 150))
 	}
 	return fmt.Errorf("not everything is uploaded yet: %s still uploading; run nimbus sync again, or with a longer --timeout", left)
-}
-
-func newConflictsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "conflicts [MOUNTPOINT]",
-		Short: "Conflicts found while uploading",
-		Long: `List the files that were changed both here and elsewhere, and where this
-machine's version went (its conflicted copy).`,
-		Args: argsBetween(0, 1, "at most one MOUNTPOINT"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return cmdConflicts(args, cmd.OutOrStdout())
-		},
-	}
-}
-
-func cmdConflicts(pos []string, stdout io.Writer) error {
-	path, err := optionalPath(pos, "MOUNTPOINT")
-	if err != nil {
-		return err
-	}
-	var conflicts []journal.Conflict
-	if err := callControl(path, "conflicts", &conflicts); err != nil {
-		return err
-	}
-	if len(conflicts) == 0 {
-		fmt.Fprintln(stdout, "no conflicts")
-		return nil
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tFILE\tYOUR VERSION\tWHY")
-	for _, c := range conflicts {
-		copyKey := c.ConflictKey
-		if copyKey == "" {
-			copyKey = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Time.Local().Format("2006-01-02 15:04:05"), c.Key, copyKey, c.Reason)
-	}
-	return tw.Flush()
 }
