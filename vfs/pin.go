@@ -257,25 +257,58 @@ func (f *FS) Unpin(rel string) (inherited bool, err error) {
 	return false, nil
 }
 
-// Free drops the cached content under rel now, unpinning rel if it was
-// pinned itself. Data not yet uploaded is not in the block cache (it is in
-// the journal), so it is never dropped. A path pinned through a folder
+// Free drops the cached content under rel now. Data not yet uploaded is
+// not in the block cache (it is in the journal), so it is never dropped.
+// While rel, or a path under it, is pinned, Free refuses,
+// since freeing would silently undo the pin, unless unpin is set: then
+// those pins go first, and are returned. A path pinned through a folder
 // above it cannot be freed: that would undo the folder's pin.
-func (f *FS) Free(rel string) (int64, error) {
+func (f *FS) Free(rel string, unpin bool) (freed int64, unpinned []string, err error) {
 	if pinned, by, err := f.cfg.Pins.Pinned(rel); err != nil {
-		return 0, err
+		return 0, nil, err
 	} else if pinned && by != rel {
-		return 0, fmt.Errorf("%q is pinned through %q: unpin that folder first", rel, "/"+by)
-	} else if pinned {
-		if _, err := f.Unpin(rel); err != nil {
-			return 0, err
+		return 0, nil, fmt.Errorf("%q is pinned through %q: unpin that folder first", "/"+rel, "/"+by)
+	}
+	paths, err := f.cfg.Pins.List()
+	if err != nil {
+		return 0, nil, err
+	}
+	var under []string
+	for _, p := range paths {
+		if rel == "" || p == rel || strings.HasPrefix(p, rel+"/") {
+			under = append(under, p)
 		}
 	}
-	var freed int64
+	if len(under) > 0 && !unpin {
+		return 0, nil, fmt.Errorf("%s kept for offline use: nimbus free --unpin unpins and frees, or nimbus unpin first", pinList(under))
+	}
+	for _, p := range under {
+		if _, err := f.Unpin(p); err != nil {
+			return 0, unpinned, err
+		}
+		unpinned = append(unpinned, p)
+	}
 	for _, key := range f.keysUnder(rel) {
 		freed += f.cfg.Blocks.Free(key)
 	}
-	return freed, nil
+	return freed, unpinned, nil
+}
+
+// pinList names pinned paths for a message, the first few only.
+func pinList(paths []string) string {
+	const show = 3
+	names := make([]string, 0, show)
+	for _, p := range paths[:min(len(paths), show)] {
+		names = append(names, "/"+p)
+	}
+	out := strings.Join(names, ", ")
+	if len(paths) > show {
+		out += fmt.Sprintf(" and %d more", len(paths)-show)
+	}
+	if len(paths) == 1 {
+		return out + " is pinned,"
+	}
+	return out + " are pinned,"
 }
 
 // keysUnder returns the keys the block cache holds at or below rel.

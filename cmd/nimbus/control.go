@@ -157,7 +157,9 @@ func (m *mountState) dispatch(req controlRequest) (any, error) {
 	case "unpin":
 		return m.unpin(req.Path)
 	case "free":
-		return m.free(req.Path)
+		return m.free(req.Path, false)
+	case "free-unpin":
+		return m.free(req.Path, true)
 	case "pins":
 		return m.fsys.PinStatus()
 	case "unmount":

@@ -55,16 +55,20 @@ func (m *mountState) unpin(path string) (any, error) {
 	return "", nil
 }
 
-func (m *mountState) free(path string) (any, error) {
+func (m *mountState) free(path string, unpin bool) (any, error) {
 	rel, err := m.relPath(path)
 	if err != nil {
 		return nil, err
 	}
-	freed, err := m.fsys.Free(rel)
+	freed, unpinned, err := m.fsys.Free(rel, unpin)
 	if err != nil {
 		return nil, err
 	}
-	return fmt.Sprintf("freed %s under %s", cache.FormatBytes(freed), path), nil
+	msg := fmt.Sprintf("freed %s under %s", cache.FormatBytes(freed), path)
+	if len(unpinned) > 0 {
+		msg = fmt.Sprintf("unpinned %d path(s) and %s", len(unpinned), msg)
+	}
+	return msg, nil
 }
 
 func init() {
@@ -102,15 +106,24 @@ func newUnpinCmd() *cobra.Command {
 }
 
 func newFreeCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "free PATH…",
+	var unpin bool
+	cmd := &cobra.Command{
+		Use:   "free PATH… [--unpin]",
 		Short: "Drop the cached content of PATH now",
-		Long:  `Drop the cached clean content of each PATH now. Changes not uploaded yet are never dropped.`,
-		Args:  argsBetween(1, -1, "at least one PATH"),
+		Long: `Drop the cached clean content of each PATH now. Changes not uploaded yet are
+never dropped. A pinned PATH (or one holding pins) is refused, since its
+content is kept for offline use; --unpin unpins it first.`,
+		Args: argsBetween(1, -1, "at least one PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return eachPath("free", args, cmd.OutOrStdout())
+			op := "free"
+			if unpin {
+				op = "free-unpin"
+			}
+			return eachPath(op, args, cmd.OutOrStdout())
 		},
 	}
+	cmd.Flags().BoolVar(&unpin, "unpin", false, "unpin PATH (and pins under it) first, then free it")
+	return cmd
 }
 
 // absPaths makes each PATH absolute and checks that it exists.
@@ -202,21 +215,27 @@ func pinSuffix(path, rel string) string {
 // progressLine is one line of the progress bar: files, bytes, rate, ETA.
 func progressLine(path string, p *vfs.PinProgress, elapsed time.Duration) string {
 	const width = 24
-	frac := 1.0
-	if p.Bytes > 0 {
+	counting := p.Running && p.Files == 0 // still listing what to fetch
+	frac := 0.0
+	switch {
+	case p.Bytes > 0:
 		frac = float64(p.BytesDone) / float64(p.Bytes)
+	case !counting && !p.Running:
+		frac = 1 // nothing to fetch: done
 	}
-	filled := int(frac * width)
+	filled := min(int(frac*width), width)
 	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
 	rate := float64(p.BytesDone) / max(elapsed.Seconds(), 0.001)
-	eta := "-"
-	if rate > 0 && p.Running {
-		eta = (time.Duration(float64(p.Bytes-p.BytesDone)/rate) * time.Second / time.Second).Round(time.Second).String()
-	}
 	state := "done"
-	if p.Running {
-		state = "ETA " + eta
-	} else if p.Err != "" {
+	switch {
+	case counting:
+		return fmt.Sprintf("%s [%s] listing what to download…", path, bar)
+	case p.Running && rate > 0:
+		left := time.Duration(float64(p.Bytes-p.BytesDone) / rate * float64(time.Second))
+		state = "ETA " + left.Round(time.Second).String()
+	case p.Running:
+		state = "ETA -"
+	case p.Err != "":
 		state = "stopped"
 	}
 	return fmt.Sprintf("%s [%s] %d/%d files, %s/%s, %s/s, %s", path, bar, p.FilesDone, p.Files,
@@ -241,7 +260,10 @@ func eachPath(op string, pos []string, stdout io.Writer) error {
 	for _, p := range paths {
 		var msg string
 		if err := callControlReq(p, controlRequest{Op: op, Path: p}, &msg); err != nil {
-			return fmt.Errorf("%s %s: %w", op, p, err)
+			if strings.Contains(err.Error(), p) {
+				return err
+			}
+			return fmt.Errorf("%s: %w", p, err)
 		}
 		if msg != "" {
 			fmt.Fprintln(stdout, msg)
