@@ -331,26 +331,38 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 	}
 
 	// Our version goes to a conflicted copy; the remote keeps the name.
-	for n := 1; n <= maxConflictNames; n++ {
-		name := conflictNameN(rec.Key, j.host, rec.ConflictTime, n)
+	return j.toConflictCopy(rec, func(name string) (outcome, bool, error) {
 		for range maxRounds {
 			info, err := put(name, backend.Cond{IfNoneMatch: true})
 			if err == nil {
-				return j.conflictOutcome(rec, info), nil
+				return j.conflictOutcome(rec, info), false, nil
 			}
 			if !errors.Is(err, backend.ErrPrecondition) {
-				return outcome{}, err
+				return outcome{}, false, err
 			}
 			cur, err := j.store.Stat(ctx, name)
 			switch {
 			case errors.Is(err, backend.ErrNotFound):
 				continue // deleted meanwhile: try the name again
 			case err != nil:
-				return outcome{}, err
+				return outcome{}, false, err
 			case isOurs(cur):
-				return j.conflictOutcome(rec, cur), nil
+				return j.conflictOutcome(rec, cur), false, nil
 			}
-			break // taken by something else: next name
+			break // taken by something else
+		}
+		return outcome{}, true, nil
+	})
+}
+
+// toConflictCopy tries rec's conflicted-copy names in turn ("x (conflicted
+// copy … host).txt", then " 2", …): try places our version at name, or
+// reports the name taken by something else, or fails.
+func (j *Journal) toConflictCopy(rec *record, try func(name string) (out outcome, taken bool, err error)) (outcome, error) {
+	for n := 1; n <= maxConflictNames; n++ {
+		out, taken, err := try(conflictNameN(rec.Key, j.host, rec.ConflictTime, n))
+		if err != nil || !taken {
+			return out, err
 		}
 	}
 	return outcome{}, fmt.Errorf("%w: no free conflicted-copy name for %q", backend.ErrInvalidKey, rec.Key)
@@ -566,35 +578,35 @@ func (j *Journal) copyObject(ctx context.Context, e *entry, rec *record) (outcom
 		}
 	}
 
-	for n := 1; n <= maxConflictNames; n++ {
-		name := conflictNameN(rec.Key, j.host, rec.ConflictTime, n)
+	return j.toConflictCopy(rec, func(name string) (outcome, bool, error) {
 		for range maxRounds {
 			info, err := j.store.Copy(ctx, rec.Src, srcETag, name, backend.Cond{IfNoneMatch: true})
 			if err == nil {
-				return j.conflictOutcome(rec, info), nil
+				return j.conflictOutcome(rec, info), false, nil
 			}
 			if !errors.Is(err, backend.ErrPrecondition) && !errors.Is(err, backend.ErrNotFound) {
-				return outcome{}, err
+				return outcome{}, false, err
 			}
 			src, cur, err := look(name)
 			if err != nil {
-				return outcome{}, err
+				return outcome{}, false, err
 			}
 			switch {
 			case cur != nil && isCopy(*cur, src):
-				return j.conflictOutcome(rec, *cur), nil
+				return j.conflictOutcome(rec, *cur), false, nil
 			case src == nil:
-				return srcGone()
+				out, err := srcGone()
+				return out, false, err
 			case srcETag != "" && src.ETag != srcETag:
 				srcETag = src.ETag
 				continue
 			case cur == nil:
 				continue
 			}
-			break // name taken: next one
+			break // name taken
 		}
-	}
-	return outcome{}, fmt.Errorf("%w: no free conflicted-copy name for %q", backend.ErrInvalidKey, rec.Key)
+		return outcome{}, true, nil
+	})
 }
 
 // sameMeta reports whether a stored object's metadata already holds meta.
