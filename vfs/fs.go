@@ -40,9 +40,19 @@
 // journal's completion reports; fileNode.mu guards a node's entry and
 // working copy. Neither is held across a call to the store; they are held
 // across local disk work (an fsync at commit). The listing singleflight
-// (FS.listMu) and the pin jobs' map are leaf locks. Kernel notifications
+// (FS.listMu) and the pin jobs' map are leaf locks. Entry notifications
 // are sent from goroutines, never while a lock is held or from inside the
-// operation they concern.
+// operation they concern (the kernel holds the folder's lock there). The
+// one exception is Open's invalidation of the file's own attributes
+// (NotifyContent with offset -1), which takes no lock an open holds.
+//
+// Across packages the order is:
+//
+//	vfs FS.localMu → vfs fileNode.mu → journal writeMu → journal mu
+//	                                 → cache BlockStore flushMu → mu
+//
+// The journal calls FS.Applied with none of its locks held, and the cache
+// calls back into nothing, so no lock is ever taken against this order.
 package vfs
 
 import (
