@@ -38,7 +38,9 @@
 // LOCK ORDER: FS.localMu, then fileNode.mu. localMu orders local changes
 // (a journal Commit and the tree update that shows it) against the
 // journal's completion reports; fileNode.mu guards a node's entry and
-// working copy. Neither is held across a call to the store; they are held
+// working copy. Neither is held across a call to the store, with one
+// exception: a partial working copy's missing ranges are fetched under
+// fileNode.mu, so that no write changes them meanwhile. They are held
 // across local disk work (an fsync at commit). The listing singleflight
 // (FS.listMu) and the pin jobs' map are leaf locks. Entry notifications
 // are sent from goroutines, never while a lock is held or from inside the
