@@ -93,7 +93,7 @@ func (f *FS) Applied(r journal.Result) {
 	}
 	// Tell the kernel, asynchronously: never from inside an operation.
 	if len(notify) > 0 {
-		go f.notifyEntries(notify)
+		f.background(func() { f.notifyEntries(notify) })
 	}
 }
 

@@ -342,11 +342,11 @@ func (n *fileNode) notifyGone(name string) {
 	if parent == nil {
 		return
 	}
-	go func() {
+	n.fsys.background(func() {
 		if errno := parent.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
 			n.fsys.log.Debug("notify entry", "name", name, "errno", errno)
 		}
-	}()
+	})
 }
 
 var _ = (fs.NodeGetxattrer)((*fileNode)(nil))

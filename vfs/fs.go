@@ -172,9 +172,13 @@ type FS struct {
 	snaps   snapshots   // snapshots of files edited without download (partial.go)
 	attrs   *attrIndex  // per-folder sidecars of mode and mtime (attrindex.go); nil: none
 
-	// bgCtx is the context of background work (pin jobs); Stop ends it.
+	// bgCtx is the context of background work (listings, pin jobs, the
+	// snapshot sweeper, kernel notifications), all started by background;
+	// Stop ends it and waits for them.
 	bgCtx  context.Context
 	bgStop context.CancelFunc
+	bgMu   sync.Mutex     // orders background's Add against Stop's Wait
+	bgWG   sync.WaitGroup // the goroutines background started
 }
 
 type listFlight struct {
@@ -203,18 +207,38 @@ func New(cfg Config) *FS {
 	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
 	f.attrs = f.newAttrIndex()
 	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
-		go f.keepSweeping()
+		f.background(f.keepSweeping)
 	}
 	return f
 }
 
-// Stop ends background work (pin jobs, the attribute index's writers,
-// after a last short flush); the mount is being torn down.
+// background runs fn in a goroutine that Stop waits for, and reports
+// whether it did: once Stop has begun, it starts nothing.
+func (f *FS) background(fn func()) bool {
+	f.bgMu.Lock()
+	defer f.bgMu.Unlock()
+	if f.bgCtx.Err() != nil {
+		return false
+	}
+	f.bgWG.Add(1)
+	go func() {
+		defer f.bgWG.Done()
+		fn()
+	}()
+	return true
+}
+
+// Stop ends background work (pin jobs, listings, the snapshot sweeper,
+// kernel notifications, the attribute index's writers after a last short
+// flush) and returns once it is done; the mount is being torn down.
 func (f *FS) Stop() {
 	if f.attrs != nil {
 		f.attrs.stop(f.online())
 	}
+	f.bgMu.Lock()
 	f.bgStop()
+	f.bgMu.Unlock()
+	f.bgWG.Wait()
 }
 
 // Root returns the root directory node.
@@ -297,21 +321,24 @@ func (f *FS) ensureListed(ctx context.Context, dir string) error {
 }
 
 // listShared lists dir once for all concurrent callers. The listing itself
-// runs on a background context so that one caller's interrupt does not fail
-// the others; each caller stops waiting when its own ctx ends.
+// runs on the background context so that one caller's interrupt does not
+// fail the others; each caller stops waiting when its own ctx ends.
 func (f *FS) listShared(ctx context.Context, dir string) error {
 	f.listMu.Lock()
 	fl, ok := f.listing[dir]
 	if !ok {
 		fl = &listFlight{done: make(chan struct{})}
 		f.listing[dir] = fl
-		go func() {
-			fl.err = f.listDir(context.Background(), dir)
+		run := func() {
+			fl.err = f.listDir(f.bgCtx, dir)
 			f.listMu.Lock()
 			delete(f.listing, dir)
 			f.listMu.Unlock()
 			close(fl.done)
-		}()
+		}
+		if !f.background(run) {
+			run() // stopping: bgCtx is done, so it fails at once
+		}
 	}
 	f.listMu.Unlock()
 	select {

@@ -127,7 +127,7 @@ func (f *FS) startPinJob(rel string) *pinJob {
 	}
 	j := &pinJob{path: rel, started: time.Now(), finished: make(chan struct{})}
 	f.pinJobs.jobs[rel] = j
-	go func() {
+	if !f.background(func() {
 		j.err = f.runPinJob(f.bgCtx, j)
 		if j.err != nil {
 			f.log.Warn("pin incomplete", "path", rel, "err", j.err)
@@ -135,7 +135,10 @@ func (f *FS) startPinJob(rel string) *pinJob {
 			f.log.Info("pin complete", "path", rel, "files", j.files.Load(), "bytes", j.bytes.Load())
 		}
 		close(j.finished)
-	}()
+	}) {
+		j.err = fmt.Errorf("pin %q: the mount is stopping", rel)
+		close(j.finished)
+	}
 	return j
 }
 

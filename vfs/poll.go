@@ -129,7 +129,7 @@ func (f *FS) refreshDir(ctx context.Context, dir string) error {
 		for i, name := range changed {
 			paths[i] = cache.JoinPath(dir, name)
 		}
-		go f.notifyEntries(paths)
+		f.background(func() { f.notifyEntries(paths) })
 	}
 	return nil
 }
@@ -152,11 +152,11 @@ func (f *FS) contentChanged(path string, e cache.Entry) {
 	if local {
 		return
 	}
-	go func() {
+	f.background(func() {
 		if errno := n.NotifyContent(0, 0); errno != 0 {
 			f.log.Debug("notify content", "path", path, "errno", errno)
 		}
-	}()
+	})
 }
 
 // attrsChanged gives a live node without local changes the new mode and
