@@ -3,12 +3,9 @@ package vfs
 import (
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
@@ -51,15 +48,7 @@ func (j *fakeJournal) PendingUnder(prefix string) []journal.PendingOp {
 // have come between a commit and its tree update), no file whose create
 // was never committed, and tombstones for pending deletes.
 func TestReconcileShowsTheJournal(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	tree, err := cache.OpenTree(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := newTestTree(t)
 	mtime := time.Unix(1700000000, 0)
 	for _, e := range []cache.Entry{
 		{Name: "edited.bin", Size: 31309, MTime: mtime, Local: true}, // shown after an fsync

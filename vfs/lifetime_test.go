@@ -2,16 +2,12 @@ package vfs
 
 import (
 	"context"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/dir"
-	"github.com/nimbus-fs/nimbus/cache"
 )
 
 // stuckList never answers a listing until its context ends.
@@ -37,15 +33,7 @@ func TestStopWaitsForBackgroundWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "tree.db"), 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	tree, err := cache.OpenTree(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := newTestTree(t)
 	stuck := &stuckList{Backend: store, started: make(chan struct{})}
 	f := New(Config{Store: stuck, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -54,15 +54,7 @@ func TestListingDoesNotUndoAnUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "tree.db"), 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	tree, err := cache.OpenTree(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := newTestTree(t)
 	slow := &slowList{Backend: store, started: make(chan struct{}), release: make(chan struct{})}
 	f := New(Config{Store: slow, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
 
@@ -83,4 +75,19 @@ func TestListingDoesNotUndoAnUpload(t *testing.T) {
 	if _, ok, err := tree.Lookup("", "new.txt"); err != nil || !ok {
 		t.Fatalf("new.txt after the listing: found %v, %v; want shown", ok, err)
 	}
+}
+
+// newTestTree opens a tree in a new bbolt file of t's, closed at cleanup.
+func newTestTree(t *testing.T) *cache.Tree {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "tree.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	tree, err := cache.OpenTree(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
 }
