@@ -216,7 +216,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	n.writers++
 	n.unclosed++
 	n.openedETag = ""
-	return &fileHandle{fsys: n.fsys, node: n, writable: true}, 0, 0
+	return &fileHandle{fsys: n.fsys, node: n, writable: true, appends: flags&syscall.O_APPEND != 0}, 0, 0
 }
 
 // openLocal opens a reader of the local content, if the file has any: a
@@ -366,6 +366,11 @@ type fileHandle struct {
 	fsys     *FS
 	node     *fileNode
 	writable bool
+	// appends: opened with O_APPEND. Every write goes to the end of the
+	// working copy, whatever offset the kernel computed: it computes it
+	// from the size it cached, which another mount's upload, seen by a
+	// revalidation or a poll, may have made stale.
+	appends bool
 	// closed: a writable handle had its first Flush. GUARDED_BY(node.mu)
 	closed bool
 

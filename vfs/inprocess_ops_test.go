@@ -2,12 +2,15 @@ package vfs
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"slices"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/backend"
 )
 
 // Each write syscall through the in-process tier: what the mount shows at
@@ -283,4 +286,37 @@ func TestTierFolderRename(t *testing.T) {
 		t.Fatalf("store keys %q, want %q", got, want)
 	}
 	m.wantRemote("other/new/sub/c", []byte("ccc"))
+}
+
+// TestTierAppendAfterRemoteChange appends through a handle opened just
+// after another writer replaced the file, while the kernel still holds the
+// size it cached before: the append lands after the other writer's
+// content, not over it at the kernel's stale end of file.
+func TestTierAppendAfterRemoteChange(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	m.mustWrite("log.txt", nil)
+	m.sync(tierSync)
+	before := m.wantRemote("log.txt", nil)
+	if st, err := os.Stat(m.path("log.txt")); err != nil || st.Size() != 0 {
+		t.Fatalf("stat: %v, %v; want an empty file", st, err)
+	}
+	// The kernel now caches size 0 (for the attribute timeout, 1 s).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	remote := []byte("other writer\n")
+	if _, err := m.store.Put(ctx, "log.txt", bytes.NewReader(remote), int64(len(remote)), nil, backend.Cond{IfMatch: before.ETag}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(m.path("log.txt"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("appended\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync)
+	m.wantRemote("log.txt", []byte("other writer\nappended\n"))
 }

@@ -371,7 +371,8 @@ var _ = (fs.NodeWriter)((*fileNode)(nil))
 
 func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx = uninterrupted(ctx)
-	if h, ok := fh.(*fileHandle); !ok || !h.writable {
+	h, ok := fh.(*fileHandle)
+	if !ok || !h.writable {
 		return 0, syscall.EBADF // opened read-only
 	}
 	// The first write makes the working copy, with the current content.
@@ -382,6 +383,9 @@ func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 	w, err := n.forWritingLocked()
 	if err != nil {
 		return 0, toErrno(n.fsys.log, "write", err)
+	}
+	if h.appends {
+		off = w.size
 	}
 	written, err := w.f.WriteAt(data, off)
 	if err != nil {
@@ -596,7 +600,7 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	node.owned, node.uid, node.gid = e.Owner, e.UID, e.GID
 	node.fillAttrLocked(&out.Attr)
 	ch := n.NewInode(ctx, node, fs.StableAttr{Mode: syscall.S_IFREG})
-	return ch, &fileHandle{fsys: n.fsys, node: node, writable: true}, 0, 0
+	return ch, &fileHandle{fsys: n.fsys, node: node, writable: true, appends: flags&syscall.O_APPEND != 0}, 0, 0
 }
 
 // checkNew validates a name to be created in dir.
