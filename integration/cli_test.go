@@ -385,7 +385,8 @@ func TestDaemonStartsOffline(t *testing.T) {
 			mp := cliMountpoint(t)
 			out, code := cliRun(t, time.Minute, e.minio.Env(), "mount", "--daemon", "--endpoint", c.endpoint, "--cache-dir", cacheDir, "s3://"+e.bucket, mp)
 			if code != 0 || !isMounted(mp) {
-				t.Fatalf("mount --daemon offline: exit %d, mounted %v: %s", code, isMounted(mp), out)
+				daemonLog, _ := os.ReadFile(filepath.Join(cacheDir, "nimbus.log")) // shown as it is; absent reads as empty
+				t.Fatalf("mount --daemon offline: exit %d, mounted %v: %s\ndaemon log:\n%s", code, isMounted(mp), out, lastLines(daemonLog, 40))
 			}
 			t.Logf("mount --daemon said: %s", out)
 			lines := strings.Split(strings.TrimSpace(out), "\n")

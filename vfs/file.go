@@ -185,18 +185,20 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		n.mu.Unlock()
 		return &fileHandle{fsys: n.fsys, node: n, content: c, h: n.fsys.cfg.Blocks.Open(c)}, fuseFlags, 0 // reads this version
 	}
-	// The working copy is made by the first write or truncate: the kernel
-	// sends O_TRUNC as a separate truncate to 0, which needs no download.
 	if flags&syscall.O_TRUNC != 0 {
+		// The kernel sends O_TRUNC as a separate truncate to 0, which
+		// needs no download.
 		if err := n.lockWork(ctx, true, false); err != nil {
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}
 	} else {
 		n.mu.Lock()
-		if n.work == nil {
-			// Reads through this handle see a pending change; the first
-			// write copies it (copy on write).
-			n.adoptPendingLocked()
+		// Reads through this handle see a pending change; the first
+		// write copies it (copy on write).
+		if n.work == nil && !n.adoptPendingLocked() {
+			n.mu.Unlock()
+			n.keepOpenedVersion(ctx)
+			n.mu.Lock()
 		}
 	}
 	defer n.mu.Unlock()
@@ -217,6 +219,35 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	n.unclosed++
 	n.openedETag = ""
 	return &fileHandle{fsys: n.fsys, node: n, writable: true, appends: flags&syscall.O_APPEND != 0}, 0, 0
+}
+
+// keepOpenedVersion makes the working copy of the version n has now, at an
+// open with write access: a write through this handle edits the version
+// the file had when it was opened, even if another client replaces it
+// before that write (the upload's condition then fails, and the edit
+// becomes a conflicted copy). A cached or small file is copied (a small
+// uncached one is fetched); a large uncached one is snapshotted
+// server-side, with nothing downloaded. If that fails (offline, say), the
+// first write makes the copy, as it would have. A copy that no write used
+// goes at the last release (dropUnusedWorkLocked).
+func (n *fileNode) keepOpenedVersion(ctx context.Context) {
+	if err := n.ensureWork(ctx, false); err != nil {
+		_, _, key := n.location()
+		n.fsys.log.Debug("open for writing: working copy left to the first write", "key", key, "err", err)
+	}
+}
+
+// dropUnusedWorkLocked drops a working copy that nothing wrote to once no
+// handle may write to it any more, so that later opens read the store's
+// version again. Called with n.mu held.
+func (n *fileNode) dropUnusedWorkLocked() {
+	w := n.work
+	if w == nil || w.dirty || w.committed || n.writers > 0 {
+		return
+	}
+	w.close() // releases a partial copy's snapshot for the sweep
+	removeQuietly(w.f.Name())
+	n.work = nil
 }
 
 // openLocal opens a reader of the local content, if the file has any: a
@@ -292,6 +323,14 @@ func (n *fileNode) revalidate(ctx context.Context) error {
 	}
 	if old.ETag != e.ETag {
 		n.fsys.cfg.Blocks.Forget(key, e.ETag)
+	}
+	// The kernel's attributes (the size above all) may be up to
+	// AttrTimeout old: it would cut reads of a longer new version at the
+	// old size. Only they are dropped (offset -1); the open's reply drops
+	// the page cache. Safe inside Open: no lock the kernel holds for an
+	// open is one the invalidation takes.
+	if errno := n.NotifyContent(-1, 0); errno != 0 && errno != syscall.ENOENT {
+		n.fsys.log.Debug("notify attributes", "key", key, "errno", errno)
 	}
 	return nil
 }
@@ -483,6 +522,7 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 		n.mu.Lock()
 		n.writers--
 		fh.markClosedLocked()
+		n.dropUnusedWorkLocked()
 		n.mu.Unlock()
 	}
 	return 0
