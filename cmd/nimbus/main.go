@@ -80,6 +80,11 @@ is kept as a conflicted copy.`,
 // 2 usage. Errors are printed as one line that says what went wrong and
 // what to do.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && fuseRemote(args[0]) {
+		// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …` and waits for it:
+		// mount, and return once mounted.
+		args = append([]string{"mount", "--daemon"}, args...)
+	}
 	root := newRoot()
 	root.SetArgs(longFlagsWithOneDash(root, args))
 	root.SetOut(stdout)

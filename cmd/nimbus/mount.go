@@ -76,7 +76,15 @@ func mountCommand() (*cobra.Command, *mountOptions) {
 		Short: "Mount s3://BUCKET[/PREFIX] or dir:/PATH on MOUNTPOINT",
 		Long: `Mount s3://BUCKET[/PREFIX], or dir:/PATH (a local folder acting as the
 remote), on MOUNTPOINT, an empty folder. In the foreground by default:
-Ctrl-C or nimbus unmount unmounts cleanly.`,
+Ctrl-C or nimbus unmount unmounts cleanly.
+
+Every flag is also an -o option ("_" and "-" alike), so that mount(8) can
+mount from an fstab line such as
+  s3://my-bucket /mnt/bucket fuse.nimbus cache_size=20GiB,cache_dir=/var/cache/nimbus,_netdev 0 0
+mount.fuse then runs "nimbus REMOTE MOUNTPOINT -o OPTIONS", which mounts and
+returns once mounted, as --daemon does. Options of mount(8) and systemd
+(rw, defaults, noauto, _netdev, nofail, x-systemd.*, user, dev, suid, exec…)
+are ignored; ro is --read-only.`,
 		Example: `  nimbus mount --endpoint http://127.0.0.1:9000 s3://my-bucket/some/prefix ~/bucket
   nimbus mount --daemon --cache-size 20GiB s3://my-bucket ~/bucket`,
 		Args: argsBetween(2, 2, "REMOTE and MOUNTPOINT"),
@@ -101,6 +109,7 @@ Ctrl-C or nimbus unmount unmounts cleanly.`,
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail")
 	o.store.addFlags(f)
+	f.StringArrayVarP(&o.options, "options", "o", nil, "mount `options`, comma-separated, for fstab: every flag, as in cache_size=64MiB,dir_ttl=5m,ro")
 	f.SortFlags = false
 	return cmd, o
 }
@@ -122,7 +131,10 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 }
 
 // finish checks the parsed flags and fills in what follows from them.
-func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
+func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
+	if err := applyOptions(f, o.options); err != nil {
+		return err
+	}
 	var err error
 	if o.remote, err = parseRemote(pos[0]); err != nil {
 		return usageError{err.Error()}

@@ -198,3 +198,39 @@ func TestSizeOverflow(t *testing.T) {
 		t.Errorf("parseSize(8388607TiB) = %d, %v", n, err)
 	}
 }
+
+func TestMountOptions(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/xdg")
+	o, err := parseMountArgs([]string{"s3://bkt", "/m", "-o", "rw,cache_size=64MiB,dir-ttl=5m,endpoint=http://127.0.0.1:9000",
+		"-o", "ro,allow_other,noauto,_netdev,nofail,x-systemd.automount,user,users,dev,suid,exec,nodev,nosuid,noexec,defaults,auto,cache_dir=/c"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cacheSize != 64<<20 || o.dirTTL != 5*time.Minute || o.endpoint != "http://127.0.0.1:9000" ||
+		!o.readOnly || !o.allowOther || o.cacheDir != "/c" {
+		t.Errorf("-o options not applied: %+v", o)
+	}
+	for opt, want := range map[string]string{
+		"bogus=1":         "-o bogus: unknown option",
+		"cache_size":      "-o cache_size needs a value",
+		"cache_size=9e18": "cache_size=9e18",
+		"help":            "-o help: unknown option",
+		"options=ro":      "-o options: unknown option",
+	} {
+		var out, errOut strings.Builder
+		code := run([]string{"mount", "s3://bkt", "/m", "-o", opt}, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), want) {
+			t.Errorf("-o %s: code %d, stderr %q; want 2 and %q", opt, code, errOut.String(), want)
+		}
+	}
+}
+
+func TestMountFuseForm(t *testing.T) {
+	// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …`: that is nimbus mount
+	// --daemon. A bad option is a usage error naming it.
+	var out, errOut strings.Builder
+	code := run([]string{"dir:/nonexistent", "/m", "-o", "rw,frobnicate"}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "nimbus mount: -o frobnicate: unknown option") {
+		t.Errorf("code %d, stderr %q", code, errOut.String())
+	}
+}

@@ -1,0 +1,153 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Tests of nimbus as a system mount: mount(8) and fstab, systemd's
+// readiness protocol, metrics, the AWS config, logs.
+
+// fuseType is the mount(8) type that runs this test's nimbus binary.
+// mount(8) runs its helpers with no PATH (the shell then looks in
+// /usr/local/bin and the like), so the test cannot put its binary first on
+// PATH; "fuse.nimbus" would run an installed nimbus. mount.fuse runs the
+// type's name after "fuse." as the command, so an absolute path goes the
+// same way through mount(8) and mount.fuse, and installs nothing.
+func fuseType() string { return "fuse." + nimbusBin }
+
+// runMount8 runs mount(8) with args and extra environment, and returns its
+// combined output and exit code.
+func runMount8(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "mount", args...)
+	cmd.Env = append(append(os.Environ(), "AWS_EC2_METADATA_DISABLED=true"), env...)
+	// The daemon nimbus leaves holds the output pipe: do not wait for it.
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("mount %s: still running after a minute: %s", strings.Join(args, " "), out)
+	}
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("mount %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// statusOf is nimbus status --json of a mount the test did not start.
+func statusOf(t *testing.T, mp string) statusReport {
+	t.Helper()
+	m := &mount{t: t, dir: mp}
+	return m.status()
+}
+
+// mountOptionsReport is the options part of nimbus status --json.
+type mountOptionsReport struct {
+	Options struct {
+		DirTTL   string `json:"dir_ttl"`
+		ReadOnly bool   `json:"read_only"`
+	} `json:"options"`
+}
+
+func statusOptions(t *testing.T, mp string) mountOptionsReport {
+	t.Helper()
+	out, code := cliRun(t, 30*time.Second, nil, "status", "--json", mp)
+	if code != 0 {
+		t.Fatalf("nimbus status: exit %d: %s", code, out)
+	}
+	var r mountOptionsReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	return r
+}
+
+// TestMountTypeFuseNimbus mounts MinIO with mount -t fuse.nimbus and -o
+// options, as an administrator would: mount(8) returns once the mount is
+// up, and the options took effect.
+func TestMountTypeFuseNimbus(t *testing.T) {
+	requireRoot(t, "mount(8) with a FUSE helper")
+	e := newEnv(t)
+	e.put("docs/a.txt", []byte("from minio\n"))
+	mp := cliMountpoint(t)
+	opts := "rw,cache_size=64MiB,dir_ttl=5m,endpoint=" + e.minio.Endpoint + ",cache-dir=" + t.TempDir() + ",noauto,_netdev,nofail,x-systemd.automount,dev,suid"
+	out, code := runMount8(t, e.minio.Env(), "-t", fuseType(), "s3://"+e.bucket, mp, "-o", opts)
+	if code != 0 {
+		t.Fatalf("mount -t fuse.nimbus: exit %d: %s", code, out)
+	}
+	if !isMounted(mp) {
+		t.Fatalf("mount returned 0 but %s is not mounted: %s", mp, out)
+	}
+	if got := string(run(t, 30*time.Second, "cat", filepath.Join(mp, "docs/a.txt"))); got != "from minio\n" {
+		t.Fatalf("read %q", got)
+	}
+	if st := statusOf(t, mp); st.Cache.Capacity != 64<<20 {
+		t.Errorf("cache capacity %d; want 64MiB from -o cache_size=64MiB", st.Cache.Capacity)
+	}
+	if o := statusOptions(t, mp).Options; o.DirTTL != "5m0s" || o.ReadOnly {
+		t.Errorf("options %+v; want dir_ttl 5m0s, read-write", o)
+	}
+	if out, code := cliRun(t, time.Minute, nil, "unmount", mp); code != 0 {
+		t.Fatalf("nimbus unmount: exit %d: %s", code, out)
+	}
+
+	// A mount that fails says why in one line, and mount(8) fails.
+	out, code = runMount8(t, nil, "-t", fuseType(), "dir:"+filepath.Join(t.TempDir(), "missing"), mp, "-o", "cache_dir="+t.TempDir())
+	if code == 0 || !strings.Contains(out, "does not exist") || isMounted(mp) {
+		t.Errorf("mount of a missing folder: exit %d: %q; want a failure that says it does not exist", code, out)
+	}
+	// An unknown option is named.
+	out, code = runMount8(t, nil, "-t", fuseType(), "dir:"+cliDirRemote(t), mp, "-o", "cache_dir="+t.TempDir()+",frobnicate=1")
+	if code == 0 || !strings.Contains(out, "-o frobnicate: unknown option") || isMounted(mp) {
+		t.Errorf("mount with an unknown option: exit %d: %q; want a failure naming it", code, out)
+	}
+}
+
+// TestMountFromFstab mounts a dir: remote from an fstab line with mount -T.
+func TestMountFromFstab(t *testing.T) {
+	requireRoot(t, "mount(8) with a FUSE helper")
+	requireFUSE(t)
+	remote := cliDirRemote(t)
+	mp := cliMountpoint(t)
+	fstab := filepath.Join(t.TempDir(), "fstab")
+	line := "# nimbus\ndir:" + remote + " " + mp + " " + fuseType() +
+		" defaults,ro,cache_size=64MiB,dir_ttl=90s,cache_dir=" + t.TempDir() + ",noauto,nofail,x-systemd.requires=network-online.target,user,users,exec 0 0\n"
+	if err := os.WriteFile(fstab, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runMount8(t, nil, "-T", fstab, mp)
+	if code != 0 || !isMounted(mp) {
+		t.Fatalf("mount -T %s %s: exit %d: %s", fstab, mp, code, out)
+	}
+	if got := string(run(t, 30*time.Second, "cat", filepath.Join(mp, "hello.txt"))); got != "hello\n" {
+		t.Fatalf("read %q", got)
+	}
+	if st := statusOf(t, mp); st.Cache.Capacity != 64<<20 {
+		t.Errorf("cache capacity %d; want 64MiB", st.Cache.Capacity)
+	}
+	if o := statusOptions(t, mp).Options; o.DirTTL != "1m30s" || !o.ReadOnly {
+		t.Errorf("options %+v; want dir_ttl 1m30s, read-only", o)
+	}
+	if err := os.WriteFile(filepath.Join(mp, "new.txt"), []byte("x"), 0o644); err == nil {
+		t.Error("a write succeeded on a mount with the fstab option ro")
+	}
+	// umount(8) works too: the daemon sees the kernel unmount and exits.
+	if out, err := exec.Command("umount", mp).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(cliProcesses(mp)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nimbus still running 20s after umount")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
