@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,5 +150,79 @@ func TestMountFromFstab(t *testing.T) {
 			t.Fatal("nimbus still running 20s after umount")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSystemdNotify runs a foreground mount as a Type=notify unit would:
+// READY=1 arrives on NOTIFY_SOCKET once the mount serves, STOPPING=1 at
+// unmount.
+func TestSystemdNotify(t *testing.T) {
+	requireFUSE(t)
+	sockPath := filepath.Join(t.TempDir(), "notify")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	read := func(want string) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		if err := sock.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := sock.Read(buf)
+		if err != nil {
+			t.Fatalf("waiting for %s on NOTIFY_SOCKET: %v", want, err)
+		}
+		if got := string(buf[:n]); got != want {
+			t.Fatalf("NOTIFY_SOCKET got %q; want %q", got, want)
+		}
+	}
+	cacheDir := t.TempDir()
+	m := startMount(t, []string{"NOTIFY_SOCKET=" + sockPath}, cacheDir,
+		[]string{"mount", "--cache-dir", cacheDir, "dir:" + cliDirRemote(t)})
+	read("READY=1")
+	// Ready means serving: the file is there, and status answers.
+	if got := string(run(t, 30*time.Second, "cat", m.path("hello.txt"))); got != "hello\n" {
+		t.Fatalf("read %q", got)
+	}
+	m.status()
+	m.unmount()
+	read("STOPPING=1")
+}
+
+// TestSystemdUnitsVerify checks the shipped units with systemd-analyze
+// verify, with ExecStart pointing at this test's binary instead of
+// /usr/local/bin/nimbus.
+func TestSystemdUnitsVerify(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze is not installed (Debian package systemd)")
+	}
+	dir := t.TempDir()
+	for unit, name := range map[string]string{"nimbus-mount.service": "nimbus-mount.service", "nimbus@.service": "nimbus@my-bucket.service"} {
+		raw, err := os.ReadFile(filepath.Join("..", "scripts", "systemd", unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.ReplaceAll(string(raw), "/usr/local/bin/nimbus", nimbusBin)
+		if !strings.Contains(text, "Type=notify") {
+			t.Errorf("%s is not Type=notify", unit)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"verify", "--man=no", path}
+		if strings.Contains(unit, "@") {
+			args = []string{"verify", "--user", "--man=no", path}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, "systemd-analyze", args...)
+		cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Errorf("systemd-analyze %s: %v: %s", strings.Join(args, " "), err, out)
+		}
 	}
 }

@@ -506,7 +506,16 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		}
 	}
 	mountReport(report)
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("systemd readiness", "err", err)
+	}
 
+	// Also when unmounted from outside (umount, fusermount3 -u).
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("systemd notification", "err", err)
+		}
+	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -517,9 +526,11 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		case <-m.unmountC:
 			log.Info("unmounting on request")
 		}
+		stopping()
 		m.unmount()
 	}()
 	m.server.Wait()
+	stopping()
 	log.Info("unmounted", "mountpoint", o.mountpoint)
 	// No file is open any more: snapshots no pending upload needs can go.
 	sweepCtx, stopSweep := context.WithTimeout(context.Background(), 10*time.Second)

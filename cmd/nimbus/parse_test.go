@@ -2,7 +2,10 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +235,30 @@ func TestMountFuseForm(t *testing.T) {
 	code := run([]string{"dir:/nonexistent", "/m", "-o", "rw,frobnicate"}, &out, &errOut)
 	if code != 2 || !strings.Contains(errOut.String(), "nimbus mount: -o frobnicate: unknown option") {
 		t.Errorf("code %d, stderr %q", code, errOut.String())
+	}
+}
+
+func TestSdNotifyAbstractSocket(t *testing.T) {
+	name := fmt.Sprintf("@nimbus-test-%d", os.Getpid())
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	t.Setenv("NOTIFY_SOCKET", name)
+	if err := sdNotify("READY=1"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if err := sock.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := sock.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := sdNotify("READY=1"); err != nil {
+		t.Errorf("without NOTIFY_SOCKET: %v", err)
 	}
 }
