@@ -226,3 +226,41 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		}
 	}
 }
+
+// TestVersionCompletionMan checks the CLI's --version, shell completions and
+// man pages on the built binary.
+func TestVersionCompletionMan(t *testing.T) {
+	out, code := cliRun(t, 30*time.Second, nil, "--version")
+	if code != 0 || !strings.HasPrefix(out, "nimbus ") || !strings.Contains(out, "go1.") || strings.Count(out, "\n") != 1 {
+		t.Errorf("nimbus --version: exit %d, %q; want one line: nimbus VERSION…, GO VERSION", code, out)
+	}
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		var script, errOut strings.Builder
+		if code := nimbusCommand(t, 30*time.Second, nil, &script, &errOut, "completion", shell); code != 0 || !strings.Contains(script.String(), "nimbus") {
+			t.Errorf("nimbus completion %s: exit %d: %s", shell, code, errOut.String())
+		}
+		if shell != "bash" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		check := exec.CommandContext(ctx, "bash", "-n")
+		check.Stdin = strings.NewReader(script.String())
+		if out, err := check.CombinedOutput(); err != nil {
+			t.Errorf("nimbus completion bash | bash -n: %v: %s", err, out)
+		}
+		cancel()
+	}
+	if out, _ := cliRun(t, 30*time.Second, nil, "help"); !strings.Contains(out, "completion") || !strings.Contains(out, "man ") {
+		t.Errorf("nimbus help does not list completion and man:\n%s", out)
+	}
+	dir := filepath.Join(t.TempDir(), "man1")
+	if out, code := cliRun(t, 30*time.Second, nil, "man", dir); code != 0 {
+		t.Fatalf("nimbus man: exit %d: %s", code, out)
+	}
+	for _, page := range []string{"nimbus.1", "nimbus-mount.1", "nimbus-unmount.1", "nimbus-status.1"} {
+		b, err := os.ReadFile(filepath.Join(dir, page))
+		if err != nil || !strings.Contains(string(b), ".TH") {
+			t.Errorf("man page %s: %v", page, err)
+		}
+	}
+}
