@@ -264,3 +264,69 @@ func TestVersionCompletionMan(t *testing.T) {
 		}
 	}
 }
+
+// waitForFile waits until the file at path holds want.
+func waitForFile(t *testing.T, path, want string, exited <-chan struct{}) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(path) // missing until nimbus made it
+		if strings.Contains(string(b), want) {
+			return string(b)
+		}
+		select {
+		case <-exited:
+			t.Fatalf("nimbus exited before %s held %q:\n%s", path, want, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not hold %q after 30s:\n%s", path, want, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLogFile mounts in the foreground with --log-file and -v: the log goes
+// to the file, the mount says where, and debug lines of the backend (here
+// the dir store's, about a name it cannot show) are in it.
+func TestLogFile(t *testing.T) {
+	requireFUSE(t)
+	remote := cliDirRemote(t)
+	if err := os.WriteFile(filepath.Join(remote, "bad-\xff.txt"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(t.TempDir(), "logs", "mount.log")
+	cacheDir := t.TempDir()
+	mp := cliMountpoint(t)
+	m := &mount{t: t, dir: mp, cacheDir: cacheDir, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	m.cmd = exec.Command(nimbusBin, "mount", "-v", "--cache-dir", cacheDir, "--log-file", logPath, "dir:"+remote, mp)
+	m.cmd.Stderr = m.stderr
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = m.cmd.Wait() // the status is not needed
+		close(m.exited)
+	}()
+	t.Cleanup(m.cleanup)
+	waitForFile(t, logPath, "msg=mounted", m.exited)
+	if !strings.Contains(m.stderr.String(), "logging to "+logPath) {
+		t.Errorf("the mount does not say where it logs: %q", m.stderr.String())
+	}
+	run(t, 30*time.Second, "ls", mp)
+	waitForFile(t, logPath, "dir: skipping a name that is not UTF-8", m.exited)
+	m.unmount()
+	if strings.Contains(m.stderr.String(), "msg=") {
+		t.Errorf("log lines on stderr with --log-file:\n%s", m.stderr)
+	}
+
+	// --daemon (here -o log_file, as fstab says it) logs to the file and
+	// says so.
+	mp2 := cliMountpoint(t)
+	logPath2 := filepath.Join(t.TempDir(), "daemon.log")
+	out, code := cliRun(t, time.Minute, nil, "mount", "--daemon", "--cache-dir", t.TempDir(), "-o", "log_file="+logPath2, "dir:"+remote, mp2)
+	if code != 0 || !strings.Contains(out, "log in "+logPath2) {
+		t.Fatalf("mount --daemon -o log_file: exit %d: %q; want it to say where the log is", code, out)
+	}
+	waitForFile(t, logPath2, "msg=mounted", nil)
+}

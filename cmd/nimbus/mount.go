@@ -53,6 +53,8 @@ type mountOptions struct {
 	readOnly   bool
 	allowOther bool
 	verbose    bool
+	logFile    string       // --log-file; "" = stderr, or <cache-dir>/nimbus.log for --daemon
+	logMaxSize int64        // rotate the log file at this size
 	store      storeOptions // --sse…, --trash, --at: mount_store.go
 	options    []string     // -o lists, applied by applyOptions
 	argv       []string     // the whole command line, run again by a --daemon child
@@ -70,7 +72,7 @@ func newMountCmd() *cobra.Command {
 
 // mountCommand returns nimbus mount and the options its flags fill in.
 func mountCommand() (*cobra.Command, *mountOptions) {
-	o := &mountOptions{cacheSize: 10 << 30, partialMin: 32 << 20}
+	o := &mountOptions{cacheSize: 10 << 30, partialMin: 32 << 20, logMaxSize: defaultLogMaxSize}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REMOTE MOUNTPOINT",
 		Short: "Mount s3://BUCKET[/PREFIX] or dir:/PATH on MOUNTPOINT",
@@ -107,7 +109,9 @@ are ignored; ro is --read-only.`,
 	f.BoolVar(&o.daemon, "daemon", false, "return once mounted, serving in the background")
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
-	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail, from every part of nimbus")
+	f.StringVar(&o.logFile, "log-file", "", "log to this `file`, rotated at --log-max-size (default: stderr; <cache-dir>/nimbus.log with --daemon)")
+	f.Var((*sizeValue)(&o.logMaxSize), "log-max-size", "rotate the log file at this size, keeping 3 older ones")
 	o.store.addFlags(f)
 	f.StringArrayVarP(&o.options, "options", "o", nil, "mount `options`, comma-separated, for fstab: every flag, as in cache_size=64MiB,dir_ttl=5m,ro")
 	f.SortFlags = false
@@ -168,7 +172,23 @@ func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
 	if o.cacheDir, err = filepath.Abs(o.cacheDir); err != nil {
 		return err
 	}
+	if o.logMaxSize < 64<<10 {
+		return usageError{"--log-max-size must be at least 64KiB"}
+	}
+	if o.logFile != "" {
+		if o.logFile, err = filepath.Abs(o.logFile); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// logPath returns the file the mount logs to; "" means stderr.
+func (o *mountOptions) logPath(daemon bool) string {
+	if o.logFile == "" && daemon {
+		return filepath.Join(o.cacheDir, "nimbus.log")
+	}
+	return o.logFile
 }
 
 func cmdMount(o mountOptions, stderr io.Writer) error {
@@ -239,7 +259,9 @@ func startDaemon(args []string, o mountOptions, stderr io.Writer) error {
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
-	logPath := filepath.Join(o.cacheDir, "nimbus.log")
+	logPath := o.logPath(true)
+	// The child logs there itself, rotating it; this is its stderr, for
+	// what is no log line (a crash).
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("daemon log %s: %w", logPath, err)
@@ -275,9 +297,11 @@ func startDaemon(args []string, o mountOptions, stderr io.Writer) error {
 	status, notice, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
 	switch status {
 	case "ok":
-		if notice != "" {
-			fmt.Fprintln(stderr, "nimbus: "+notice)
+		// One line: the notice if there is one, and where the log is.
+		if notice == "" {
+			notice = fmt.Sprintf("mounted %s on %s", o.remote, o.mountpoint)
 		}
+		fmt.Fprintf(stderr, "nimbus: %s; log in %s\n", notice, logPath)
 		return nil
 	case "":
 		return errors.New("the daemon exited before mounting; see " + logPath)
@@ -348,7 +372,25 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var logOut io.Writer = stderr
+	if path := o.logPath(daemonChild()); path != "" {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return fmt.Errorf("log folder: %w (check --log-file)", err)
+		}
+		lf, err := openLogFile(path, o.logMaxSize)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		logOut = lf
+		if !daemonChild() {
+			fmt.Fprintf(stderr, "nimbus: logging to %s\n", path)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	// The packages that log to the default logger (the backends, the AWS
+	// SDK's lines) log here too, at the same level.
+	slog.SetDefault(log)
 	setSoftMemoryLimit()
 	startProfiling(log)
 

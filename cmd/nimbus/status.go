@@ -47,6 +47,7 @@ type optionsReport struct {
 	Poll       string `json:"poll"`
 	ReadOnly   bool   `json:"read_only"`
 	AllowOther bool   `json:"allow_other"`
+	LogFile    string `json:"log_file"` // "" = stderr
 }
 
 type uploadReport struct {
@@ -113,6 +114,7 @@ func (m *mountState) status() (*statusReport, error) {
 		Options: optionsReport{
 			DirTTL: m.opts.dirTTL.String(), Poll: m.opts.poll.String(),
 			ReadOnly: m.opts.readOnly, AllowOther: m.opts.allowOther,
+			LogFile: m.opts.logPath(daemonChild()),
 		},
 	}, nil
 }
