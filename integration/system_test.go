@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -329,4 +330,84 @@ func TestLogFile(t *testing.T) {
 		t.Fatalf("mount --daemon -o log_file: exit %d: %q; want it to say where the log is", code, out)
 	}
 	waitForFile(t, logPath2, "msg=mounted", nil)
+}
+
+// awsFiles writes an AWS config and credentials file for profile (with the
+// test MinIO's keys) and returns the environment that uses only them.
+func awsFiles(t *testing.T, e *env, profile, config string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath, credPath := filepath.Join(dir, "config"), filepath.Join(dir, "credentials")
+	creds := "[" + profile + "]\naws_access_key_id = " + e.minio.AccessKey + "\naws_secret_access_key = " + e.minio.SecretKey + "\n"
+	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(credPath, []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return append(cliNoCredentials(t), "AWS_CONFIG_FILE="+cfgPath, "AWS_SHARED_CREDENTIALS_FILE="+credPath, "AWS_PROFILE="+profile)
+}
+
+// TestEndpointFromAWSConfig mounts MinIO with no --endpoint: the endpoint
+// (a host name, localhost, so virtual-hosted addressing would fail), the
+// region and the credentials all come from the AWS files, by endpoint_url
+// in the profile and in its services section. An unreachable endpoint from
+// the config is named with where it was set.
+func TestEndpointFromAWSConfig(t *testing.T) {
+	e := newEnv(t)
+	e.put("cfg.txt", []byte("via the AWS config\n"))
+	u, err := url.Parse(e.minio.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "http://localhost:" + u.Port()
+	for name, config := range map[string]string{
+		"profile":  "[profile nimbus]\nregion = us-east-1\nendpoint_url = " + endpoint + "\n",
+		"services": "[profile nimbus]\nregion = us-east-1\nservices = local\n\n[services local]\ns3 =\n  endpoint_url = " + endpoint + "\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := awsFiles(t, e, "nimbus", config)
+			cacheDir := t.TempDir()
+			m := startMount(t, env, cacheDir, []string{"mount", "-v", "--cache-dir", cacheDir, "s3://" + e.bucket})
+			if got := string(run(t, 30*time.Second, "cat", m.path("cfg.txt"))); got != "via the AWS config\n" {
+				t.Fatalf("read %q", got)
+			}
+			if st := m.status(); !strings.Contains(statusStore(t, m), "localhost:"+u.Port()) || !st.Online {
+				t.Errorf("store %q online %v; want the endpoint of the config", statusStore(t, m), st.Online)
+			}
+			m.unmount()
+			if strings.Contains(m.stderr.String(), e.minio.SecretKey) {
+				t.Errorf("the secret key is in the log:\n%s", m.stderr)
+			}
+		})
+	}
+
+	// Nothing listens there: the error says where the endpoint was set.
+	dead := "http://localhost:1"
+	env := awsFiles(t, e, "nimbus", "[profile nimbus]\nregion = us-east-1\nendpoint_url = "+dead+"\n")
+	out, code := cliRun(t, time.Minute, env, "mount", "--cache-dir", t.TempDir(), "s3://"+e.bucket, cliMountpoint(t))
+	if code != 1 || !strings.Contains(out, "cannot reach "+dead+" (endpoint_url in profile nimbus of ") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("unreachable endpoint from the config: exit %d: %q; want one line naming it and where it was set", code, out)
+	}
+	env = append(awsFiles(t, e, "nimbus", "[profile nimbus]\nregion = us-east-1\n"), "AWS_ENDPOINT_URL_S3="+dead)
+	out, code = cliRun(t, time.Minute, env, "mount", "--cache-dir", t.TempDir(), "s3://"+e.bucket, cliMountpoint(t))
+	if code != 1 || !strings.Contains(out, "cannot reach "+dead+" (AWS_ENDPOINT_URL_S3)") {
+		t.Errorf("unreachable endpoint from AWS_ENDPOINT_URL_S3: exit %d: %q", code, out)
+	}
+}
+
+// statusStore is the store field of nimbus status --json.
+func statusStore(t *testing.T, m *mount) string {
+	t.Helper()
+	out, code := cliRun(t, 30*time.Second, nil, "status", "--json", m.dir)
+	if code != 0 {
+		t.Fatalf("nimbus status: exit %d: %s", code, out)
+	}
+	var r struct {
+		Store string `json:"store"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	return r.Store
 }

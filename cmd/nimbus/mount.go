@@ -52,12 +52,15 @@ type mountOptions struct {
 	daemon     bool
 	readOnly   bool
 	allowOther bool
-	verbose    bool
-	logFile    string       // --log-file; "" = stderr, or <cache-dir>/nimbus.log for --daemon
-	logMaxSize int64        // rotate the log file at this size
-	store      storeOptions // --sse…, --trash, --at: mount_store.go
-	options    []string     // -o lists, applied by applyOptions
-	argv       []string     // the whole command line, run again by a --daemon child
+	// virtualHost keeps virtual-hosted-style addressing with a custom
+	// endpoint (--virtual-host).
+	virtualHost bool
+	verbose     bool
+	logFile     string       // --log-file; "" = stderr, or <cache-dir>/nimbus.log for --daemon
+	logMaxSize  int64        // rotate the log file at this size
+	store       storeOptions // --sse…, --trash, --at: mount_store.go
+	options     []string     // -o lists, applied by applyOptions
+	argv        []string     // the whole command line, run again by a --daemon child
 }
 
 // readyFDEnv names the pipe a daemon child reports its mount outcome on.
@@ -101,7 +104,8 @@ are ignored; ro is --read-only.`,
 	f := cmd.Flags()
 	f.Var((*sizeValue)(&o.cacheSize), "cache-size", "cap on clean cached bytes (512MiB, 2GiB, …)")
 	f.Var((*sizeValue)(&o.partialMin), "partial-edit-min", "edit files this large that are not cached without downloading them first (0 = always download)")
-	f.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint `URL`; switches to path-style addressing")
+	f.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint `URL` (default: AWS_ENDPOINT_URL(_S3), endpoint_url in the AWS config, else AWS S3); a custom endpoint switches to path-style addressing")
+	f.BoolVar(&o.virtualHost, "virtual-host", false, "keep virtual-hosted-style addressing (bucket.host) with a custom endpoint")
 	f.StringVar(&o.region, "region", "", "`region` (default: from the AWS config/env, else us-east-1)")
 	f.StringVar(&o.cacheDir, "cache-dir", "", "cache `folder` (default $XDG_CACHE_HOME/nimbus/<id of the remote>)")
 	f.DurationVar(&o.dirTTL, "dir-ttl", 30*time.Second, "re-list a directory whose listing is older than this `duration`")
@@ -151,6 +155,9 @@ func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
 	}
 	if o.remote.scheme == "dir" && o.endpoint != "" {
 		return usageError{"--endpoint applies to s3:// remotes only"}
+	}
+	if o.remote.scheme == "dir" && o.virtualHost {
+		return usageError{"--virtual-host applies to s3:// remotes only"}
 	}
 	if err := o.store.finish(o); err != nil {
 		return err
@@ -668,26 +675,35 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	where := o.endpoint
-	if where == "" {
-		where = "AWS S3"
-	}
 	enc, err := o.store.encryption()
 	if err != nil {
 		return nil, err
 	}
-	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region, Encryption: enc})
+	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region,
+		VirtualHost: o.virtualHost, Encryption: enc})
+	// The store as the s3 package found it: the endpoint may come from the
+	// AWS configuration, and then says from where.
+	where, check := o.endpoint, "--endpoint"
+	if w, ok := s3.Where(err); ok {
+		where = w
+	}
+	if where == "" {
+		where = "AWS S3"
+	}
+	if o.endpoint == "" && !strings.HasPrefix(where, "AWS S3") {
+		check = "that setting"
+	}
 	switch {
 	case err == nil:
 		return st, nil
 	case errors.Is(err, s3.ErrNoCredentials):
 		return nil, err // says where to set them
 	case errors.Is(err, backend.ErrNoBucket):
-		return nil, fmt.Errorf("bucket %q not found at %s: check the bucket name and --endpoint", o.remote.bucket, where)
+		return nil, fmt.Errorf("bucket %q not found at %s: check the bucket name and %s", o.remote.bucket, where, check)
 	case errors.Is(err, backend.ErrAccess):
 		return nil, fmt.Errorf("access to bucket %q at %s was denied: check your credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and --region", o.remote.bucket, where)
 	case errors.Is(err, backend.ErrOffline):
-		msg := fmt.Errorf("%w: check --endpoint and the network", err)
+		msg := fmt.Errorf("%w: check %s and the network", err, check)
 		if st == nil {
 			return nil, msg
 		}
