@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -410,4 +414,94 @@ func statusStore(t *testing.T, m *mount) string {
 		t.Fatalf("status JSON: %v\n%s", err, out)
 	}
 	return r.Store
+}
+
+// freeLoopbackAddr returns a loopback HOST:PORT nothing listens on now.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// scrape returns the samples of http://addr/metrics by name with labels,
+// as the text format writes them: `nimbus_x{op="GetObject"}` → value.
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %s, %v", resp.Status, err)
+	}
+	samples := make(map[string]float64)
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		samples[line[:i]] = v
+	}
+	return samples
+}
+
+// TestMetrics scrapes /metrics of a MinIO mount (-o metrics_addr) before
+// and after a read: the GET counter, the bytes, the cache misses and the
+// FUSE read histogram move; the capacity and the online state are there.
+func TestMetrics(t *testing.T) {
+	e := newEnv(t)
+	data := bytes.Repeat([]byte("metrics "), 1<<15) // 256 KiB
+	e.put("m/data.bin", data)
+	addr := freeLoopbackAddr(t)
+	m := e.mount(mountOpt{args: []string{"-o", "metrics_addr=" + addr + ",cache_size=64MiB"}})
+	before := scrape(t, addr)
+	if got := run(t, 30*time.Second, "cat", m.path("m/data.bin")); !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes; want %d", len(got), len(data))
+	}
+	after := scrape(t, addr)
+	for _, name := range []string{
+		`nimbus_s3_requests_total{op="GetObject"}`,
+		`nimbus_s3_bytes_total{direction="in"}`,
+		`nimbus_cache_misses_total`,
+		`nimbus_fuse_operation_duration_seconds_count{op="read"}`,
+		`nimbus_fuse_operation_duration_seconds_count{op="open"}`,
+	} {
+		if after[name] <= before[name] {
+			t.Errorf("%s did not move with a read: %v → %v", name, before[name], after[name])
+		}
+	}
+	if got := after[`nimbus_s3_bytes_total{direction="in"}`] - before[`nimbus_s3_bytes_total{direction="in"}`]; got < float64(len(data)) {
+		t.Errorf("bytes in grew by %v; want at least %d", got, len(data))
+	}
+	for name, want := range map[string]float64{
+		"nimbus_cache_capacity_bytes": 64 << 20,
+		"nimbus_online":               1,
+		"nimbus_uploads_pending":      0,
+		"nimbus_conflicts":            0,
+	} {
+		if got, ok := after[name]; !ok || got != want {
+			t.Errorf("%s = %v (present %v); want %v", name, got, ok, want)
+		}
+	}
+	// Errors by errno: a lookup of a name that is not there.
+	if _, err := os.Stat(m.path("m/missing")); err == nil {
+		t.Fatal("stat of a missing file succeeded")
+	}
+	if got := scrape(t, addr)[`nimbus_fuse_errors_total{errno="ENOENT",op="lookup"}`]; got < 1 {
+		t.Errorf("lookup ENOENT errors = %v; want at least 1", got)
+	}
 }

@@ -56,6 +56,7 @@ type mountOptions struct {
 	// endpoint (--virtual-host).
 	virtualHost bool
 	verbose     bool
+	metricsAddr string       // --metrics-addr: serve /metrics there; "" = off
 	logFile     string       // --log-file; "" = stderr, or <cache-dir>/nimbus.log for --daemon
 	logMaxSize  int64        // rotate the log file at this size
 	store       storeOptions // --sse…, --trash, --at: mount_store.go
@@ -114,6 +115,7 @@ are ignored; ro is --read-only.`,
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail, from every part of nimbus")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9101)")
 	f.StringVar(&o.logFile, "log-file", "", "log to this `file`, rotated at --log-max-size (default: stderr; <cache-dir>/nimbus.log with --daemon)")
 	f.Var((*sizeValue)(&o.logMaxSize), "log-max-size", "rotate the log file at this size, keeping 3 older ones")
 	o.store.addFlags(f)
@@ -531,9 +533,23 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	m.server, err = fs.Mount(o.mountpoint, fsys.Root(), opts)
+	raw := fs.NewNodeFS(fsys.Root(), opts)
+	if o.metricsAddr != "" {
+		reg := newMetricsRegistry(m)
+		raw = newFuseMetrics(raw, reg)
+		srv, err := listenMetrics(o.metricsAddr, reg, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	m.server, err = fuse.NewServer(raw, o.mountpoint, &opts.MountOptions)
 	if err != nil {
 		return fmt.Errorf("mount on %s: %w (is /dev/fuse there, and fuse3 installed?)", o.mountpoint, err)
+	}
+	go m.server.Serve()
+	if err := m.server.WaitMount(); err != nil {
+		return fmt.Errorf("mount on %s: %w", o.mountpoint, err)
 	}
 	raiseReadahead(o.mountpoint, log)
 	ctl, err := listenControl(m.socket, m)

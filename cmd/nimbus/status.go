@@ -43,11 +43,12 @@ type statusReport struct {
 // optionsReport is what the mount was started with, for checking that
 // flags and -o options took effect.
 type optionsReport struct {
-	DirTTL     string `json:"dir_ttl"`
-	Poll       string `json:"poll"`
-	ReadOnly   bool   `json:"read_only"`
-	AllowOther bool   `json:"allow_other"`
-	LogFile    string `json:"log_file"` // "" = stderr
+	DirTTL      string `json:"dir_ttl"`
+	Poll        string `json:"poll"`
+	ReadOnly    bool   `json:"read_only"`
+	AllowOther  bool   `json:"allow_other"`
+	LogFile     string `json:"log_file"` // "" = stderr
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 }
 
 type uploadReport struct {
@@ -114,7 +115,7 @@ func (m *mountState) status() (*statusReport, error) {
 		Options: optionsReport{
 			DirTTL: m.opts.dirTTL.String(), Poll: m.opts.poll.String(),
 			ReadOnly: m.opts.readOnly, AllowOther: m.opts.allowOther,
-			LogFile: m.opts.logPath(daemonChild()),
+			LogFile: m.opts.logPath(daemonChild()), MetricsAddr: m.opts.metricsAddr,
 		},
 	}, nil
 }
