@@ -158,7 +158,7 @@ func errnoName(st fuse.Status) string {
 // listenMetrics serves reg at http://addr/metrics until the server is
 // closed.
 func listenMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", metricsListenAddr(addr))
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr %s: %w: give a free HOST:PORT, such as 127.0.0.1:9101", addr, err)
 	}
@@ -172,6 +172,16 @@ func listenMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*ht
 		}
 	}()
 	return srv, nil
+}
+
+// metricsListenAddr is addr with loopback for an empty host (":9101"):
+// the metrics have no authentication, so listening on every interface
+// takes saying so (0.0.0.0:9101, [::]:9101).
+func metricsListenAddr(addr string) string {
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
 
 // newMetricsRegistry holds the mount's metrics and Go's own.

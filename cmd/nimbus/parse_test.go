@@ -262,3 +262,16 @@ func TestSdNotifyAbstractSocket(t *testing.T) {
 		t.Errorf("without NOTIFY_SOCKET: %v", err)
 	}
 }
+
+func TestMetricsListenAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		":9101":          "127.0.0.1:9101",
+		"127.0.0.1:9101": "127.0.0.1:9101",
+		"0.0.0.0:9101":   "0.0.0.0:9101",
+		"[::1]:9101":     "[::1]:9101",
+	} {
+		if got := metricsListenAddr(in); got != want {
+			t.Errorf("metricsListenAddr(%q) = %q; want %q", in, got, want)
+		}
+	}
+}
