@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -273,5 +274,21 @@ func TestMetricsListenAddr(t *testing.T) {
 		if got := metricsListenAddr(in); got != want {
 			t.Errorf("metricsListenAddr(%q) = %q; want %q", in, got, want)
 		}
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}}
+	if got := versionOf(info); got != "nimbus (devel), go1.26.8" {
+		t.Errorf("without VCS: %q", got)
+	}
+	info.Main.Version = "v1.2.3"
+	info.Settings = []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123456789abcdef0123"},
+		{Key: "vcs.time", Value: "2026-12-07T03:00:00Z"},
+		{Key: "vcs.modified", Value: "true"},
+	}
+	if got, want := versionOf(info), "nimbus v1.2.3 (revision 0123456789ab 2026-12-07T03:00:00Z, modified), go1.26.8"; got != want {
+		t.Errorf("with VCS: %q; want %q", got, want)
 	}
 }

@@ -18,6 +18,11 @@ func version() string {
 	if !ok {
 		return "nimbus (unknown version: built without module information)"
 	}
+	return versionOf(info)
+}
+
+// versionOf is version for the build info info.
+func versionOf(info *debug.BuildInfo) string {
 	v := info.Main.Version
 	if v == "" {
 		v = "(devel)"
