@@ -224,6 +224,19 @@ type openError struct {
 	msg   string
 	kind  error
 	cause error
+	where string // the store, as Where returns it; "" when no request was made
+}
+
+// Where returns where New's error says the store is: the endpoint, with
+// where it was set when that was not --endpoint ("http://localhost:9000
+// (endpoint_url in profile default of ~/.aws/config)"), or "AWS S3 (region
+// R)". ok is false when err names no store.
+func Where(err error) (where string, ok bool) {
+	var oe *openError
+	if errors.As(err, &oe) && oe.where != "" {
+		return oe.where, true
+	}
+	return "", false
 }
 
 func (e *openError) Error() string   { return e.msg }

@@ -39,7 +39,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -84,6 +83,17 @@ type Config struct {
 	// ("http://127.0.0.1:9000"). When set, requests use path-style
 	// addressing. Empty means AWS S3.
 	Endpoint string
+	// EndpointSource says where Endpoint was set, for messages
+	// ("endpoint_url in profile default of ~/.aws/config"); "" means
+	// EndpointFromFlag. New fills it in when the endpoint comes from the
+	// AWS configuration (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3,
+	// endpoint_url in a profile or its services section).
+	EndpointSource string
+	// VirtualHost keeps virtual-hosted-style addressing
+	// (bucket.host/key) with a custom endpoint, which otherwise gets
+	// path-style addressing (host/bucket/key), as most S3-compatible
+	// stores need.
+	VirtualHost bool
 	// Region defaults to the AWS config/env (AWS_REGION, profile), else
 	// us-east-1.
 	Region string
@@ -124,7 +134,9 @@ type Store struct {
 	uploader *manager.Uploader // multipart Puts; see multipart.go
 	bucket   string
 	endpoint string // "" for AWS S3
-	name     string // String(), computed once; never holds credentials
+	// endpointSource says where endpoint was set when not by the flag.
+	endpointSource string
+	name           string // String(), computed once; never holds credentials
 	// multipartThreshold is Config.MultipartThreshold with its default.
 	multipartThreshold int64
 	// customerKey: requests carry an SSE-C key (see sse.go).
@@ -151,11 +163,14 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, errors.New("s3: no bucket given")
 	}
 	if cfg.Endpoint != "" {
-		u, err := url.Parse(cfg.Endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("s3: endpoint %q is not an http:// or https:// URL", cfg.Endpoint)
+		if cfg.EndpointSource == "" {
+			cfg.EndpointSource = EndpointFromFlag
 		}
-		cfg.Endpoint = strings.TrimRight(cfg.Endpoint, "/")
+		ep, err := checkEndpoint(cfg.Endpoint, cfg.EndpointSource)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Endpoint = ep
 	}
 	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
 		return nil, errors.New("s3: static credentials need both an access key and a secret key")
@@ -191,6 +206,18 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if awsCfg.Region == "" {
 		awsCfg.Region = defaultRegion
 	}
+	if cfg.Endpoint == "" {
+		// An endpoint from the AWS configuration is a store other than
+		// AWS S3 as much as one from the flag: it gets path-style
+		// addressing too, and messages say where it was set.
+		if ep, source := configuredEndpoint(awsCfg); ep != "" {
+			if cfg.Endpoint, err = checkEndpoint(ep, source); err != nil {
+				return nil, err
+			}
+			cfg.EndpointSource = source
+			slog.Debug("s3: endpoint from the AWS configuration", "endpoint", cfg.Endpoint, "source", source)
+		}
+	}
 	if err := checkCredentials(ctx, awsCfg); err != nil {
 		return nil, err
 	}
@@ -221,7 +248,7 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 	client := awss3.NewFromConfig(awsCfg, func(o *awss3.Options) {
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
-			o.UsePathStyle = true
+			o.UsePathStyle = !cfg.VirtualHost
 			// Third-party stores vary in their support of the newer
 			// flexible checksums; send them only when required.
 			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
@@ -243,6 +270,7 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		uploader:           newUploader(client, cfg),
 		bucket:             cfg.Bucket,
 		endpoint:           cfg.Endpoint,
+		endpointSource:     cfg.EndpointSource,
 		name:               name,
 		multipartThreshold: cfg.MultipartThreshold,
 		customerKey:        cfg.Encryption.CustomerKey != nil,
@@ -324,6 +352,7 @@ func (s *Store) openError(ctx context.Context, err error) error {
 			msg:   fmt.Sprintf("bucket %q is in region %s, not the one configured", s.bucket, region),
 			kind:  backend.ErrNoBucket,
 			cause: err,
+			where: where,
 		}
 	}
 	switch kind := classify(err); kind {
@@ -333,30 +362,35 @@ func (s *Store) openError(ctx context.Context, err error) error {
 			msg:   fmt.Sprintf("bucket %q not found at %s", s.bucket, where),
 			kind:  backend.ErrNoBucket,
 			cause: err,
+			where: where,
 		}
 	case backend.ErrAccess:
 		return &openError{
 			msg:   fmt.Sprintf("access to bucket %q at %s denied (%s)", s.bucket, where, reason(err)),
 			kind:  backend.ErrAccess,
 			cause: err,
+			where: where,
 		}
 	case backend.ErrOffline:
 		return &openError{
 			msg:   fmt.Sprintf("cannot reach %s (%s)", where, reason(err)),
 			kind:  backend.ErrOffline,
 			cause: err,
+			where: where,
 		}
 	case nil:
 		return &openError{
 			msg:   fmt.Sprintf("open bucket %q at %s: %s", s.bucket, where, reason(err)),
 			kind:  err,
 			cause: err,
+			where: where,
 		}
 	default:
 		return &openError{
 			msg:   fmt.Sprintf("open bucket %q at %s: %s", s.bucket, where, reason(err)),
 			kind:  kind,
 			cause: err,
+			where: where,
 		}
 	}
 }
@@ -394,6 +428,9 @@ func (sdkLogger) Logf(c logging.Classification, format string, v ...any) {
 
 // where names the endpoint for messages.
 func (s *Store) where() string {
+	if s.endpoint != "" && s.endpointSource != "" && s.endpointSource != EndpointFromFlag {
+		return s.endpoint + " (" + s.endpointSource + ")"
+	}
 	if s.endpoint != "" {
 		return s.endpoint
 	}

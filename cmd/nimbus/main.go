@@ -55,6 +55,7 @@ the whole remote tree at once; file contents are fetched when a program reads
 them, into a bounded disk cache. Changes are journaled on disk and uploaded in
 the background with conditional writes, so a change made meanwhile elsewhere
 is kept as a conflicted copy.`,
+		Version:       version(),
 		SilenceErrors: true, // run prints errors, as one line
 		SilenceUsage:  true,
 		// A first argument that is no command is a mistake, not a topic.
@@ -69,6 +70,7 @@ is kept as a conflicted copy.`,
 			return usageError{}
 		},
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
 	for _, newCmd := range commands {
 		root.AddCommand(newCmd())
@@ -80,6 +82,11 @@ is kept as a conflicted copy.`,
 // 2 usage. Errors are printed as one line that says what went wrong and
 // what to do.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && fuseRemote(args[0]) {
+		// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …` and waits for it:
+		// mount, and return once mounted.
+		args = append([]string{"mount", "--daemon"}, args...)
+	}
 	root := newRoot()
 	root.SetArgs(longFlagsWithOneDash(root, args))
 	root.SetOut(stdout)

@@ -52,10 +52,16 @@ type mountOptions struct {
 	daemon     bool
 	readOnly   bool
 	allowOther bool
-	verbose    bool
-	store      storeOptions // --sse…, --trash, --at: mount_store.go
-	options    []string     // -o lists, applied by applyOptions
-	argv       []string     // the whole command line, run again by a --daemon child
+	// virtualHost keeps virtual-hosted-style addressing with a custom
+	// endpoint (--virtual-host).
+	virtualHost bool
+	verbose     bool
+	metricsAddr string       // --metrics-addr: serve /metrics there; "" = off
+	logFile     string       // --log-file; "" = stderr, or <cache-dir>/nimbus.log for --daemon
+	logMaxSize  int64        // rotate the log file at this size
+	store       storeOptions // --sse…, --trash, --at: mount_store.go
+	options     []string     // -o lists, applied by applyOptions
+	argv        []string     // the whole command line, run again by a --daemon child
 }
 
 // readyFDEnv names the pipe a daemon child reports its mount outcome on.
@@ -70,13 +76,21 @@ func newMountCmd() *cobra.Command {
 
 // mountCommand returns nimbus mount and the options its flags fill in.
 func mountCommand() (*cobra.Command, *mountOptions) {
-	o := &mountOptions{cacheSize: 10 << 30, partialMin: 32 << 20}
+	o := &mountOptions{cacheSize: 10 << 30, partialMin: 32 << 20, logMaxSize: defaultLogMaxSize}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REMOTE MOUNTPOINT",
 		Short: "Mount s3://BUCKET[/PREFIX] or dir:/PATH on MOUNTPOINT",
 		Long: `Mount s3://BUCKET[/PREFIX], or dir:/PATH (a local folder acting as the
 remote), on MOUNTPOINT, an empty folder. In the foreground by default:
-Ctrl-C or nimbus unmount unmounts cleanly.`,
+Ctrl-C or nimbus unmount unmounts cleanly.
+
+Every flag is also an -o option ("_" and "-" alike), so that mount(8) can
+mount from an fstab line such as
+  s3://my-bucket /mnt/bucket fuse.nimbus cache_size=20GiB,cache_dir=/var/cache/nimbus,_netdev 0 0
+mount.fuse then runs "nimbus REMOTE MOUNTPOINT -o OPTIONS", which mounts and
+returns once mounted, as --daemon does. Options of mount(8) and systemd
+(rw, defaults, noauto, _netdev, nofail, x-systemd.*, user, dev, suid, exec…)
+are ignored; ro is --read-only.`,
 		Example: `  nimbus mount --endpoint http://127.0.0.1:9000 s3://my-bucket/some/prefix ~/bucket
   nimbus mount --daemon --cache-size 20GiB s3://my-bucket ~/bucket`,
 		Args: argsBetween(2, 2, "REMOTE and MOUNTPOINT"),
@@ -91,7 +105,8 @@ Ctrl-C or nimbus unmount unmounts cleanly.`,
 	f := cmd.Flags()
 	f.Var((*sizeValue)(&o.cacheSize), "cache-size", "cap on clean cached bytes (512MiB, 2GiB, …)")
 	f.Var((*sizeValue)(&o.partialMin), "partial-edit-min", "edit files this large that are not cached without downloading them first (0 = always download)")
-	f.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint `URL`; switches to path-style addressing")
+	f.StringVar(&o.endpoint, "endpoint", "", "S3-compatible endpoint `URL` (default: AWS_ENDPOINT_URL(_S3), endpoint_url in the AWS config, else AWS S3); a custom endpoint switches to path-style addressing")
+	f.BoolVar(&o.virtualHost, "virtual-host", false, "keep virtual-hosted-style addressing (bucket.host) with a custom endpoint")
 	f.StringVar(&o.region, "region", "", "`region` (default: from the AWS config/env, else us-east-1)")
 	f.StringVar(&o.cacheDir, "cache-dir", "", "cache `folder` (default $XDG_CACHE_HOME/nimbus/<id of the remote>)")
 	f.DurationVar(&o.dirTTL, "dir-ttl", 30*time.Second, "re-list a directory whose listing is older than this `duration`")
@@ -99,8 +114,12 @@ Ctrl-C or nimbus unmount unmounts cleanly.`,
 	f.BoolVar(&o.daemon, "daemon", false, "return once mounted, serving in the background")
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
-	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail, from every part of nimbus")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9101)")
+	f.StringVar(&o.logFile, "log-file", "", "log to this `file`, rotated at --log-max-size (default: stderr; <cache-dir>/nimbus.log with --daemon)")
+	f.Var((*sizeValue)(&o.logMaxSize), "log-max-size", "rotate the log file at this size, keeping 3 older ones")
 	o.store.addFlags(f)
+	f.StringArrayVarP(&o.options, "options", "o", nil, "mount `options`, comma-separated, for fstab: every flag, as in cache_size=64MiB,dir_ttl=5m,ro")
 	f.SortFlags = false
 	return cmd, o
 }
@@ -122,7 +141,10 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 }
 
 // finish checks the parsed flags and fills in what follows from them.
-func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
+func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
+	if err := applyOptions(f, o.options); err != nil {
+		return err
+	}
 	var err error
 	if o.remote, err = parseRemote(pos[0]); err != nil {
 		return usageError{err.Error()}
@@ -135,6 +157,9 @@ func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
 	}
 	if o.remote.scheme == "dir" && o.endpoint != "" {
 		return usageError{"--endpoint applies to s3:// remotes only"}
+	}
+	if o.remote.scheme == "dir" && o.virtualHost {
+		return usageError{"--virtual-host applies to s3:// remotes only"}
 	}
 	if err := o.store.finish(o); err != nil {
 		return err
@@ -156,7 +181,23 @@ func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
 	if o.cacheDir, err = filepath.Abs(o.cacheDir); err != nil {
 		return err
 	}
+	if o.logMaxSize < 64<<10 {
+		return usageError{"--log-max-size must be at least 64KiB"}
+	}
+	if o.logFile != "" {
+		if o.logFile, err = filepath.Abs(o.logFile); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// logPath returns the file the mount logs to; "" means stderr.
+func (o *mountOptions) logPath(daemon bool) string {
+	if o.logFile == "" && daemon {
+		return filepath.Join(o.cacheDir, "nimbus.log")
+	}
+	return o.logFile
 }
 
 func cmdMount(o mountOptions, stderr io.Writer) error {
@@ -227,7 +268,9 @@ func startDaemon(args []string, o mountOptions, stderr io.Writer) error {
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
-	logPath := filepath.Join(o.cacheDir, "nimbus.log")
+	logPath := o.logPath(true)
+	// The child logs there itself, rotating it; this is its stderr, for
+	// what is no log line (a crash).
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("daemon log %s: %w", logPath, err)
@@ -263,9 +306,11 @@ func startDaemon(args []string, o mountOptions, stderr io.Writer) error {
 	status, notice, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
 	switch status {
 	case "ok":
-		if notice != "" {
-			fmt.Fprintln(stderr, "nimbus: "+notice)
+		// One line: the notice if there is one, and where the log is.
+		if notice == "" {
+			notice = fmt.Sprintf("mounted %s on %s", o.remote, o.mountpoint)
 		}
+		fmt.Fprintf(stderr, "nimbus: %s; log in %s\n", notice, logPath)
 		return nil
 	case "":
 		return errors.New("the daemon exited before mounting; see " + logPath)
@@ -336,7 +381,25 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var logOut io.Writer = stderr
+	if path := o.logPath(daemonChild()); path != "" {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return fmt.Errorf("log folder: %w (check --log-file)", err)
+		}
+		lf, err := openLogFile(path, o.logMaxSize)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		logOut = lf
+		if !daemonChild() {
+			fmt.Fprintf(stderr, "nimbus: logging to %s\n", path)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	// The packages that log to the default logger (the backends, the AWS
+	// SDK's lines) log here too, at the same level.
+	slog.SetDefault(log)
 	setSoftMemoryLimit()
 	startProfiling(log)
 
@@ -470,9 +533,23 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	m.server, err = fs.Mount(o.mountpoint, fsys.Root(), opts)
+	raw := fs.NewNodeFS(fsys.Root(), opts)
+	if o.metricsAddr != "" {
+		reg := newMetricsRegistry(m)
+		raw = newFuseMetrics(raw, reg)
+		srv, err := listenMetrics(o.metricsAddr, reg, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	m.server, err = fuse.NewServer(raw, o.mountpoint, &opts.MountOptions)
 	if err != nil {
 		return fmt.Errorf("mount on %s: %w (is /dev/fuse there, and fuse3 installed?)", o.mountpoint, err)
+	}
+	go m.server.Serve()
+	if err := m.server.WaitMount(); err != nil {
+		return fmt.Errorf("mount on %s: %w", o.mountpoint, err)
 	}
 	raiseReadahead(o.mountpoint, log)
 	ctl, err := listenControl(m.socket, m)
@@ -494,7 +571,16 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		}
 	}
 	mountReport(report)
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("systemd readiness", "err", err)
+	}
 
+	// Also when unmounted from outside (umount, fusermount3 -u).
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("systemd notification", "err", err)
+		}
+	})
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -505,9 +591,11 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		case <-m.unmountC:
 			log.Info("unmounting on request")
 		}
+		stopping()
 		m.unmount()
 	}()
 	m.server.Wait()
+	stopping()
 	log.Info("unmounted", "mountpoint", o.mountpoint)
 	// No file is open any more: snapshots no pending upload needs can go.
 	sweepCtx, stopSweep := context.WithTimeout(context.Background(), 10*time.Second)
@@ -603,26 +691,35 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	where := o.endpoint
-	if where == "" {
-		where = "AWS S3"
-	}
 	enc, err := o.store.encryption()
 	if err != nil {
 		return nil, err
 	}
-	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region, Encryption: enc})
+	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region,
+		VirtualHost: o.virtualHost, Encryption: enc})
+	// The store as the s3 package found it: the endpoint may come from the
+	// AWS configuration, and then says from where.
+	where, check := o.endpoint, "--endpoint"
+	if w, ok := s3.Where(err); ok {
+		where = w
+	}
+	if where == "" {
+		where = "AWS S3"
+	}
+	if o.endpoint == "" && !strings.HasPrefix(where, "AWS S3") {
+		check = "that setting"
+	}
 	switch {
 	case err == nil:
 		return st, nil
 	case errors.Is(err, s3.ErrNoCredentials):
 		return nil, err // says where to set them
 	case errors.Is(err, backend.ErrNoBucket):
-		return nil, fmt.Errorf("bucket %q not found at %s: check the bucket name and --endpoint", o.remote.bucket, where)
+		return nil, fmt.Errorf("bucket %q not found at %s: check the bucket name and %s", o.remote.bucket, where, check)
 	case errors.Is(err, backend.ErrAccess):
 		return nil, fmt.Errorf("access to bucket %q at %s was denied: check your credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and --region", o.remote.bucket, where)
 	case errors.Is(err, backend.ErrOffline):
-		msg := fmt.Errorf("%w: check --endpoint and the network", err)
+		msg := fmt.Errorf("%w: check %s and the network", err, check)
 		if st == nil {
 			return nil, msg
 		}

@@ -2,7 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +200,95 @@ func TestSizeOverflow(t *testing.T) {
 	}
 	if n, err := parseSize("8388607TiB"); err != nil || n != 8388607<<40 {
 		t.Errorf("parseSize(8388607TiB) = %d, %v", n, err)
+	}
+}
+
+func TestMountOptions(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/xdg")
+	o, err := parseMountArgs([]string{"s3://bkt", "/m", "-o", "rw,cache_size=64MiB,dir-ttl=5m,endpoint=http://127.0.0.1:9000",
+		"-o", "ro,allow_other,noauto,_netdev,nofail,x-systemd.automount,user,users,dev,suid,exec,nodev,nosuid,noexec,defaults,auto,cache_dir=/c"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cacheSize != 64<<20 || o.dirTTL != 5*time.Minute || o.endpoint != "http://127.0.0.1:9000" ||
+		!o.readOnly || !o.allowOther || o.cacheDir != "/c" {
+		t.Errorf("-o options not applied: %+v", o)
+	}
+	for opt, want := range map[string]string{
+		"bogus=1":         "-o bogus: unknown option",
+		"cache_size":      "-o cache_size needs a value",
+		"cache_size=9e18": "cache_size=9e18",
+		"help":            "-o help: unknown option",
+		"options=ro":      "-o options: unknown option",
+	} {
+		var out, errOut strings.Builder
+		code := run([]string{"mount", "s3://bkt", "/m", "-o", opt}, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), want) {
+			t.Errorf("-o %s: code %d, stderr %q; want 2 and %q", opt, code, errOut.String(), want)
+		}
+	}
+}
+
+func TestMountFuseForm(t *testing.T) {
+	// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …`: that is nimbus mount
+	// --daemon. A bad option is a usage error naming it.
+	var out, errOut strings.Builder
+	code := run([]string{"dir:/nonexistent", "/m", "-o", "rw,frobnicate"}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "nimbus mount: -o frobnicate: unknown option") {
+		t.Errorf("code %d, stderr %q", code, errOut.String())
+	}
+}
+
+func TestSdNotifyAbstractSocket(t *testing.T) {
+	name := fmt.Sprintf("@nimbus-test-%d", os.Getpid())
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	t.Setenv("NOTIFY_SOCKET", name)
+	if err := sdNotify("READY=1"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if err := sock.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := sock.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := sdNotify("READY=1"); err != nil {
+		t.Errorf("without NOTIFY_SOCKET: %v", err)
+	}
+}
+
+func TestMetricsListenAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		":9101":          "127.0.0.1:9101",
+		"127.0.0.1:9101": "127.0.0.1:9101",
+		"0.0.0.0:9101":   "0.0.0.0:9101",
+		"[::1]:9101":     "[::1]:9101",
+	} {
+		if got := metricsListenAddr(in); got != want {
+			t.Errorf("metricsListenAddr(%q) = %q; want %q", in, got, want)
+		}
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}}
+	if got := versionOf(info); got != "nimbus (devel), go1.26.8" {
+		t.Errorf("without VCS: %q", got)
+	}
+	info.Main.Version = "v1.2.3"
+	info.Settings = []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123456789abcdef0123"},
+		{Key: "vcs.time", Value: "2026-12-07T03:00:00Z"},
+		{Key: "vcs.modified", Value: "true"},
+	}
+	if got, want := versionOf(info), "nimbus v1.2.3 (revision 0123456789ab 2026-12-07T03:00:00Z, modified), go1.26.8"; got != want {
+		t.Errorf("with VCS: %q; want %q", got, want)
 	}
 }

@@ -37,6 +37,18 @@ type statusReport struct {
 	Pins       []vfs.PinProgress  `json:"pins"`
 	Requests   map[string]int64   `json:"requests"`
 	Skipped    []cache.Skipped    `json:"skipped"`
+	Options    optionsReport      `json:"options"`
+}
+
+// optionsReport is what the mount was started with, for checking that
+// flags and -o options took effect.
+type optionsReport struct {
+	DirTTL      string `json:"dir_ttl"`
+	Poll        string `json:"poll"`
+	ReadOnly    bool   `json:"read_only"`
+	AllowOther  bool   `json:"allow_other"`
+	LogFile     string `json:"log_file"` // "" = stderr
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 }
 
 type uploadReport struct {
@@ -100,6 +112,11 @@ func (m *mountState) status() (*statusReport, error) {
 		Conflicts: conflicts,
 		Requests:  m.counts.Snapshot(),
 		Skipped:   skipped,
+		Options: optionsReport{
+			DirTTL: m.opts.dirTTL.String(), Poll: m.opts.poll.String(),
+			ReadOnly: m.opts.readOnly, AllowOther: m.opts.allowOther,
+			LogFile: m.opts.logPath(daemonChild()), MetricsAddr: m.opts.metricsAddr,
+		},
 	}, nil
 }
 
