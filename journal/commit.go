@@ -229,6 +229,9 @@ func validate(op Op) error {
 			return errors.New("copy needs a source other than its destination")
 		}
 	case Delete:
+		if op.Trash != "" && (op.Trash == op.Key || strings.HasSuffix(op.Key, "/") || strings.HasSuffix(op.Trash, "/")) {
+			return errors.New("only a file goes to the trash, under another key")
+		}
 	case MoveTree:
 		if !strings.HasSuffix(op.Src, "/") || !strings.HasSuffix(op.Key, "/") || strings.HasPrefix(op.Key, op.Src) || strings.HasPrefix(op.Src, op.Key) {
 			return errors.New("a tree move needs two folder prefixes, neither inside the other")
@@ -239,6 +242,9 @@ func validate(op Op) error {
 		}
 	default:
 		return fmt.Errorf("unknown op kind %d", int(op.Kind))
+	}
+	if op.Kind != Delete && op.Trash != "" {
+		return fmt.Errorf("%s takes no trash key", op.Kind)
 	}
 	if op.Kind != PutFile && op.Staged != "" {
 		return fmt.Errorf("%s takes no staged file", op.Kind)
@@ -504,6 +510,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Src:       op.Src,
 			SrcETag:   op.SrcETag,
 			Version:   op.Version,
+			Trash:     op.Trash,
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),
