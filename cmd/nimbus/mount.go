@@ -35,6 +35,7 @@ import (
 	"github.com/nimbus-fs/nimbus/backend/s3"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
+	"github.com/nimbus-fs/nimbus/trash"
 	"github.com/nimbus-fs/nimbus/vfs"
 )
 
@@ -428,6 +429,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	defer cancel()
 	go m.health.Prober(ctx)
 
+	useTrash := m.trashOn(ctx, reachErr != nil)
 	m.socket, err = controlSocketPath(o.mountpoint)
 	if err != nil {
 		return err
@@ -450,6 +452,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		Logger:        log,
 		MountID:       mountID,
 		PartialMin:    o.partialMin,
+		Trash:         useTrash,
 	})
 	m.fsys = fsys
 	defer fsys.Stop()
@@ -466,6 +469,15 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	stopUploads := sync.OnceFunc(func() { cancel(); <-uploads })
 	defer stopUploads()
 	go fsys.Poll(ctx, o.poll)
+	if useTrash {
+		sweeping := make(chan struct{})
+		go func() {
+			defer close(sweeping)
+			trash.SweepEvery(ctx, m.health, o.remote.prefix, o.store.trash, trashSweepInterval, log)
+		}()
+		// Ends with the uploader (cancel), before the store is let go.
+		defer func() { stopUploads(); <-sweeping }()
+	}
 	opts := fsys.Options(o.remote.String(), o.allowOther)
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
@@ -518,6 +530,33 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	stopUploads()
 	m.stopped(stderr)
 	return nil
+}
+
+// trashSweepInterval is how often a mount deletes expired trash.
+const trashSweepInterval = time.Hour
+
+// trashOn decides whether deletes go to the trash: --trash is not 0, the
+// mount can write, and the store keeps no versions (a versioned bucket
+// keeps deleted files as versions already). Asked once, at mount; a store
+// that cannot be asked (offline) gets the trash, which is only a copy too
+// many on a versioned bucket.
+func (m *mountState) trashOn(ctx context.Context, offline bool) bool {
+	if m.opts.store.trash <= 0 || m.opts.readOnly {
+		return false
+	}
+	if offline {
+		m.log.Info("trash on: the store is offline, so whether it keeps versions is unknown")
+		return true
+	}
+	askCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	on, err := m.versioned(askCtx)
+	if err != nil {
+		m.log.Warn("trash on: cannot tell whether the bucket keeps versions", "err", err)
+		return true
+	}
+	m.log.Info("deletes", "trash", !on, "versioned", on, "keep", (*daysValue)(&m.opts.store.trash).String())
+	return !on
 }
 
 // cacheMountID returns the id of the mount that uses cache folder dir,
