@@ -32,6 +32,7 @@ import (
 	"github.com/nimbus-fs/nimbus/backend/counting"
 	"github.com/nimbus-fs/nimbus/backend/dir"
 	"github.com/nimbus-fs/nimbus/backend/health"
+	"github.com/nimbus-fs/nimbus/backend/pointintime"
 	"github.com/nimbus-fs/nimbus/backend/s3"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
@@ -85,7 +86,7 @@ Ctrl-C or nimbus unmount unmounts cleanly.`,
 			if err := o.finish(cmd.Flags(), args); err != nil {
 				return err
 			}
-			o.argv = invocation(cmd)
+			o.argv = o.store.pinAt(invocation(cmd))
 			return cmdMount(*o, cmd.ErrOrStderr())
 		},
 	}
@@ -123,7 +124,7 @@ func parseMountArgs(args []string, stdout io.Writer) (mountOptions, error) {
 }
 
 // finish checks the parsed flags and fills in what follows from them.
-func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
+func (o *mountOptions) finish(flags *pflag.FlagSet, pos []string) error {
 	var err error
 	if o.remote, err = parseRemote(pos[0]); err != nil {
 		return usageError{err.Error()}
@@ -137,7 +138,7 @@ func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
 	if o.remote.scheme == "dir" && o.endpoint != "" {
 		return usageError{"--endpoint applies to s3:// remotes only"}
 	}
-	if err := o.store.finish(o); err != nil {
+	if err := o.store.finish(o, flags); err != nil {
 		return err
 	}
 	if o.mountpoint, err = filepath.Abs(pos[1]); err != nil {
@@ -152,7 +153,7 @@ func (o *mountOptions) finish(_ *pflag.FlagSet, pos []string) error {
 			}
 			base = filepath.Join(home, ".cache")
 		}
-		o.cacheDir = filepath.Join(base, "nimbus", o.remote.id(o.endpoint))
+		o.cacheDir = filepath.Join(base, "nimbus", o.remote.id(o.endpoint)+o.store.atSuffix())
 	}
 	if o.cacheDir, err = filepath.Abs(o.cacheDir); err != nil {
 		return err
@@ -651,6 +652,9 @@ func openStore(o mountOptions) (backend.Backend, error) {
 		return nil, err
 	}
 	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region, Encryption: enc})
+	if err == nil && o.store.at != "" {
+		return atView(ctx, o, st)
+	}
 	switch {
 	case err == nil:
 		return st, nil
@@ -668,4 +672,20 @@ func openStore(o mountOptions) (backend.Backend, error) {
 		return st, msg
 	}
 	return nil, err // names the bucket, the endpoint and the cause
+}
+
+// atView is the point-in-time view of st for --at, on a versioned bucket
+// only: without versions there is no past to show.
+func atView(ctx context.Context, o mountOptions, st *s3.Store) (backend.Backend, error) {
+	on, err := st.Versioning(ctx)
+	switch {
+	case errors.Is(err, backend.ErrOffline):
+		// Come up offline from the tree listed before, if there is one.
+		return pointintime.New(st, o.store.atTime), fmt.Errorf("%w: check --endpoint and the network", err)
+	case err != nil:
+		return nil, fmt.Errorf("--at: cannot tell whether bucket %q keeps versions: %w", o.remote.bucket, err)
+	case !on:
+		return nil, fmt.Errorf("--at needs a versioned bucket, and versioning is off on %q: there is no past to show (turn it on for the future with: aws s3api put-bucket-versioning --bucket %s --versioning-configuration Status=Enabled)", o.remote.bucket, o.remote.bucket)
+	}
+	return pointintime.New(st, o.store.atTime), nil
 }
