@@ -119,8 +119,17 @@ func (j *Journal) Commit(ops ...Op) error {
 	for _, e := range p.removed {
 		j.removeLocked(e)
 	}
+	// What the log says of the new ops is read now: once they are in the
+	// queues an uploader may change their records (decideConflict).
+	type committed struct {
+		kind      Kind
+		key       string
+		seq, base uint64
+	}
+	logged := make([]committed, 0, len(p.added))
 	for _, e := range p.added {
 		j.insertLocked(e)
+		logged = append(logged, committed{kind: e.rec.Kind, key: e.rec.Key, seq: e.rec.Seq, base: e.rec.Base.After})
 	}
 	j.mu.Unlock()
 	for _, name := range p.dropFiles {
@@ -135,8 +144,8 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.mu.Unlock()
 	j.writeMu.Unlock()
 
-	for _, e := range p.added {
-		j.log.Debug("op committed", "op", e.rec.Kind, "key", e.rec.Key, "seq", e.rec.Seq, "chained_to", e.rec.Base.After)
+	for _, c := range logged {
+		j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
 	}
 	for _, c := range p.coalesced {
 		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
