@@ -344,12 +344,12 @@ func (m *mount) status() statusReport {
 func (m *mount) requests() map[string]int64 { return m.status().Requests }
 
 // nimbusOwnKey reports whether key is one of nimbus's own objects, which
-// mounts hide: a folder's attribute index (.nimbus-attrs) or a snapshot
-// under .nimbus-snapshots/. Comparisons of the bucket with a local tree
-// leave them out.
+// mounts hide: a folder's attribute index (.nimbus-attrs), a snapshot
+// under .nimbus-snapshots/, or a deleted file kept under .nimbus-trash/.
+// Comparisons of the bucket with a local tree leave them out.
 func nimbusOwnKey(key string) bool {
 	for _, seg := range strings.Split(key, "/") {
-		if seg == ".nimbus-attrs" || seg == ".nimbus-snapshots" {
+		if seg == ".nimbus-attrs" || seg == ".nimbus-snapshots" || seg == ".nimbus-trash" {
 			return true
 		}
 	}

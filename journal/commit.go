@@ -119,8 +119,17 @@ func (j *Journal) Commit(ops ...Op) error {
 	for _, e := range p.removed {
 		j.removeLocked(e)
 	}
+	// What the log says of the new ops is read now: once they are in the
+	// queues an uploader may change their records (decideConflict).
+	type committed struct {
+		kind      Kind
+		key       string
+		seq, base uint64
+	}
+	logged := make([]committed, 0, len(p.added))
 	for _, e := range p.added {
 		j.insertLocked(e)
+		logged = append(logged, committed{kind: e.rec.Kind, key: e.rec.Key, seq: e.rec.Seq, base: e.rec.Base.After})
 	}
 	j.mu.Unlock()
 	for _, name := range p.dropFiles {
@@ -135,8 +144,8 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.mu.Unlock()
 	j.writeMu.Unlock()
 
-	for _, e := range p.added {
-		j.log.Debug("op committed", "op", e.rec.Kind, "key", e.rec.Key, "seq", e.rec.Seq, "chained_to", e.rec.Base.After)
+	for _, c := range logged {
+		j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
 	}
 	for _, c := range p.coalesced {
 		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
@@ -229,6 +238,9 @@ func validate(op Op) error {
 			return errors.New("copy needs a source other than its destination")
 		}
 	case Delete:
+		if op.Trash != "" && (op.Trash == op.Key || strings.HasSuffix(op.Key, "/") || strings.HasSuffix(op.Trash, "/")) {
+			return errors.New("only a file goes to the trash, under another key")
+		}
 	case MoveTree:
 		if !strings.HasSuffix(op.Src, "/") || !strings.HasSuffix(op.Key, "/") || strings.HasPrefix(op.Key, op.Src) || strings.HasPrefix(op.Src, op.Key) {
 			return errors.New("a tree move needs two folder prefixes, neither inside the other")
@@ -239,6 +251,9 @@ func validate(op Op) error {
 		}
 	default:
 		return fmt.Errorf("unknown op kind %d", int(op.Kind))
+	}
+	if op.Kind != Delete && op.Trash != "" {
+		return fmt.Errorf("%s takes no trash key", op.Kind)
 	}
 	if op.Kind != PutFile && op.Staged != "" {
 		return fmt.Errorf("%s takes no staged file", op.Kind)
@@ -504,6 +519,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Src:       op.Src,
 			SrcETag:   op.SrcETag,
 			Version:   op.Version,
+			Trash:     op.Trash,
 			Base:      base{Exists: op.Base.Exists, ETag: op.Base.ETag},
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),

@@ -28,6 +28,9 @@
 // store, the PutFile's
 // delta if it has one (the ETag it refers to and the unchanged ranges, as
 // [offset, length] pairs; optional, so older records read as "no delta"),
+// the key a Delete first copies the object to (its trash copy; optional, so
+// older records read as "deleted for good"), the trash copy a Restore
+// brings back on a store without versions,
 // and, once decided, the time and reason of a conflict (so that a replay
 // after a crash reuses the same conflict name). Staged files are named
 // "staged-*" in Config.Dir; the folder belongs to one journal.

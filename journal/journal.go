@@ -187,6 +187,12 @@ type Op struct {
 	Src, SrcETag string
 	// Version (Restore) is the version ID of Key to make current again.
 	Version string
+	// Trash (Delete, optional) is where the object goes before it is
+	// deleted: the key of a server-side copy of the version being deleted
+	// (the trash of an unversioned bucket, trash.Key). Empty: deleted for
+	// good. A rename's Delete has none: its content lives on under the new
+	// name.
+	Trash string
 	// Base is the condition: Exists → If-Match ETag, else If-None-Match.
 	// Ignored while an earlier op on Key is pending (see "Chained bases").
 	Base Base

@@ -55,7 +55,10 @@ type record struct {
 	SrcETag  string `json:"src_etag,omitempty"`
 	SrcAfter uint64 `json:"src_after,omitempty"`
 	Version  string `json:"version,omitempty"` // Restore
-	Base     base   `json:"base"`
+	// Trash (Delete) is Op.Trash. Records written before it existed have
+	// none: their deletes are for good, as then.
+	Trash string `json:"trash,omitempty"`
+	Base  base   `json:"base"`
 	// Prior are the tokens of superseded uploads of this key that may have
 	// reached the store (see "Coalescing" in the package doc); hashes of
 	// their content in records written before tokens existed.

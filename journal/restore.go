@@ -19,6 +19,12 @@ import (
 // unless what is there is this very restore (a replay after a crash). A
 // version that no longer exists drops the op the same way. Restore takes no
 // staged file: offline it waits in the journal like any other op.
+//
+// On a store without versions, a Restore brings a file back from the trash
+// instead (see Op.Trash): Op.Src is its trash copy, expected at
+// Op.SrcETag, copied server-side onto Key If-None-Match (never over a file
+// that exists again), then deleted from the trash If-Match that ETag. A
+// replay recognises a copy already made by its ETag (or content hash).
 const Restore Kind = 16
 
 // Conflict reasons of a Restore.
@@ -38,8 +44,12 @@ type versionCopier interface {
 
 func validateRestore(op Op) error {
 	switch {
-	case op.Version == "":
-		return errors.New("restore needs a version ID")
+	case op.Version == "" && op.Src == "":
+		return errors.New("restore needs a version ID or a trash copy")
+	case op.Version != "" && op.Src != "":
+		return errors.New("restore takes a version ID or a trash copy, not both")
+	case op.Src != "" && (op.SrcETag == "" || op.Base.Exists):
+		return errors.New("a restore from the trash needs the trash copy's ETag, and no existing file under its name")
 	case strings.HasSuffix(op.Key, "/"):
 		return errors.New("only a file can be restored, not a directory marker")
 	}
@@ -48,6 +58,9 @@ func validateRestore(op Op) error {
 
 // restoreVersion runs a Restore (see the Kind).
 func (j *Journal) restoreVersion(ctx context.Context, rec *record) (outcome, error) {
+	if rec.Src != "" {
+		return j.restoreFromTrash(ctx, rec)
+	}
 	vc, ok := j.store.(versionCopier)
 	if !ok {
 		return outcome{}, fmt.Errorf("%w: the store cannot restore versions", errLocal)
@@ -88,4 +101,46 @@ func (j *Journal) restoreVersion(ctx context.Context, rec *record) (outcome, err
 		return dropped(ReasonRestoreExists)
 	}
 	return dropped(ReasonRestoreChanged)
+}
+
+// restoreFromTrash runs a Restore of a trash copy (see the Kind).
+func (j *Journal) restoreFromTrash(ctx context.Context, rec *record) (outcome, error) {
+	dropped := func(reason string) (outcome, error) {
+		return outcome{dropped: true, conflict: &Conflict{Key: rec.Key, Time: j.now(), Reason: reason}, next: rec.Base}, nil
+	}
+	// done empties the trash copy once the file is back. A trash copy
+	// replaced meanwhile (If-Match fails) is someone else's: it stays.
+	done := func(info backend.ObjectInfo) (outcome, error) {
+		err := j.store.Delete(ctx, rec.Src, rec.SrcETag)
+		if err != nil && !errors.Is(err, backend.ErrPrecondition) && !errors.Is(err, backend.ErrNotFound) {
+			return outcome{}, fmt.Errorf("remove the trash copy %q: %w", rec.Src, err)
+		}
+		return outcome{info: info, next: base{Exists: true, ETag: info.ETag}}, nil
+	}
+	info, err := j.store.Copy(ctx, rec.Src, rec.SrcETag, rec.Key, cond(rec.Base))
+	switch {
+	case err == nil:
+		return done(info)
+	case !errors.Is(err, backend.ErrPrecondition) && !errors.Is(err, backend.ErrNotFound):
+		return outcome{}, err
+	}
+	// The file exists again, or the trash copy changed or is gone. Is
+	// what is there this restore, done before a crash?
+	var src *backend.ObjectInfo
+	if s, err := j.store.Stat(ctx, rec.Src); err == nil {
+		src = &s
+	} else if !errors.Is(err, backend.ErrNotFound) {
+		return outcome{}, err
+	}
+	cur, err := j.store.Stat(ctx, rec.Key)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		// Absent, so the trash copy is what failed: gone, or replaced.
+		return dropped(ReasonRestoreGone)
+	case err != nil:
+		return outcome{}, err
+	case cur.ETag == rec.SrcETag || (src != nil && src.Meta[shaMeta] != "" && cur.Meta[shaMeta] == src.Meta[shaMeta]):
+		return done(cur)
+	}
+	return dropped(ReasonRestoreExists)
 }

@@ -55,11 +55,15 @@ type entry struct {
 
 func newEntry(r record) *entry { return &entry{rec: r, heapIndex: -1, queuedAt: time.Now()} }
 
-// keys returns the keys e touches: its Key, and its Src for a Copy (the
-// two prefixes for a MoveTree).
+// keys returns the keys e touches: its Key, and its Src for a Copy or a
+// Restore from the trash (the two prefixes for a MoveTree), and its trash
+// key for a Delete that keeps the object there.
 func (e *entry) keys() []string {
-	if e.rec.Kind == Copy || e.rec.Kind == MoveTree {
+	switch {
+	case e.rec.Kind == Copy || e.rec.Kind == MoveTree || (e.rec.Kind == Restore && e.rec.Src != ""):
 		return []string{e.rec.Key, e.rec.Src}
+	case e.rec.Kind == Delete && e.rec.Trash != "":
+		return []string{e.rec.Key, e.rec.Trash}
 	}
 	return []string{e.rec.Key}
 }

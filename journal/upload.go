@@ -201,7 +201,7 @@ func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFol
 
 // opOf rebuilds the Op of a record, for Result.
 func (j *Journal) opOf(r *record) Op {
-	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Version: r.Version, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public(), Partial: r.Partial.public()}
+	op := Op{Kind: r.Kind, Key: r.Key, Src: r.Src, SrcETag: r.SrcETag, Version: r.Version, Trash: r.Trash, Base: r.Base.public(), Meta: cloneMeta(r.Meta), Delta: r.Delta.public(), Partial: r.Partial.public()}
 	if r.Staged != "" {
 		op.Staged = j.stagedPath(r.Staged)
 	}
@@ -460,7 +460,7 @@ func (j *Journal) deleteObject(ctx context.Context, rec *record) (outcome, error
 		ifMatch = cur.ETag
 	}
 	for range maxRounds {
-		err := j.store.Delete(ctx, rec.Key, ifMatch)
+		err := j.trashThenDelete(ctx, rec, ifMatch)
 		if err == nil || errors.Is(err, backend.ErrNotFound) {
 			return gone, nil
 		}
@@ -485,6 +485,23 @@ func (j *Journal) deleteObject(ctx context.Context, rec *record) (outcome, error
 		}, nil
 	}
 	return outcome{}, errChurn
+}
+
+// trashThenDelete deletes rec.Key If-Match ifMatch, after copying that
+// version server-side to rec.Trash when the op has a trash key. The copy is
+// conditioned on the source (copy-source-if-match), not on the trash key:
+// a replay after a crash copies the same version onto the same key again,
+// which changes nothing, and once the delete happened the source is gone
+// (ErrNotFound, which the caller takes as done). A source changed
+// remotely fails the copy with ErrPrecondition before anything is written,
+// so the caller keeps the remote version and no trash copy is made.
+func (j *Journal) trashThenDelete(ctx context.Context, rec *record, ifMatch string) error {
+	if rec.Trash != "" {
+		if _, err := j.store.Copy(ctx, rec.Key, ifMatch, rec.Trash, backend.Cond{}); err != nil {
+			return fmt.Errorf("move %q to the trash: %w", rec.Key, err)
+		}
+	}
+	return j.store.Delete(ctx, rec.Key, ifMatch)
 }
 
 // copyObject copies Src to Key server-side (see Copy).

@@ -138,6 +138,10 @@ type Config struct {
 	// PartialMin is the size from which a file not all cached is edited
 	// without downloading it first (partial.go); 0 turns that off.
 	PartialMin int64
+	// Trash: a file deleted here is first copied server-side to the trash
+	// (package trash), for a store that keeps no versions. Renames never
+	// go there.
+	Trash bool
 }
 
 // FS is a mounted Nimbus tree.

@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/cache"
 )
 
@@ -40,8 +41,8 @@ func reservedName(name string) bool {
 }
 
 // trashDir is the folder of deleted files kept on an unversioned bucket
-// (backend/trash).
-const trashDir = ".nimbus-trash"
+// (package trash).
+const trashDir = trash.Dir
 
 // checkName refuses a local name that is reserved. The kernel looks a name
 // up before it creates, makes a folder, renames onto or links it, so a

@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -679,7 +680,8 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	key := n.fsys.fileKey(cache.JoinPath(dir, name))
-	if err := n.fsys.cfg.Journal.Commit(journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e)}); err != nil {
+	op := journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e), Trash: n.fsys.trashKey(cache.JoinPath(dir, name), e)}
+	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
 	if err := n.fsys.removeLocally(dir, name, false); err != nil {
@@ -688,6 +690,29 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	n.fsys.touchDir(dir, time.Now())
 	n.fsys.cfg.Blocks.Forget(key, "")
 	return 0
+}
+
+// maxTrashCopy is the largest object one server-side copy (CopyObject)
+// can move to the trash.
+const maxTrashCopy = 5 << 30
+
+// trashKey is where a delete of the file at path (entry e) keeps it: its
+// trash key, or "" when the trash is off or cannot hold it (a key over
+// S3's limit, or a file one CopyObject cannot copy), which the log says.
+func (f *FS) trashKey(path string, e cache.Entry) string {
+	if !f.cfg.Trash {
+		return ""
+	}
+	key := trash.Key(f.cfg.Prefix, path, time.Now())
+	switch {
+	case len(key) > maxKeyLen:
+		f.log.Warn("deleted for good: its trash key would be longer than 1,024 bytes", "path", path)
+		return ""
+	case e.Size > maxTrashCopy:
+		f.log.Warn("deleted for good: the trash takes files up to 5 GiB (one server-side copy)", "path", path, "size", e.Size)
+		return ""
+	}
+	return key
 }
 
 // shownEntry is the version of dir/name this machine showed: the live

@@ -32,7 +32,9 @@ import (
 	"github.com/nimbus-fs/nimbus/backend/counting"
 	"github.com/nimbus-fs/nimbus/backend/dir"
 	"github.com/nimbus-fs/nimbus/backend/health"
+	"github.com/nimbus-fs/nimbus/backend/pointintime"
 	"github.com/nimbus-fs/nimbus/backend/s3"
+	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 	"github.com/nimbus-fs/nimbus/vfs"
@@ -98,7 +100,7 @@ are ignored; ro is --read-only.`,
 			if err := o.finish(cmd.Flags(), args); err != nil {
 				return err
 			}
-			o.argv = invocation(cmd)
+			o.argv = o.store.pinAt(invocation(cmd))
 			return cmdMount(*o, cmd.ErrOrStderr())
 		},
 	}
@@ -161,7 +163,7 @@ func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
 	if o.remote.scheme == "dir" && o.virtualHost {
 		return usageError{"--virtual-host applies to s3:// remotes only"}
 	}
-	if err := o.store.finish(o); err != nil {
+	if err := o.store.finish(o, f); err != nil {
 		return err
 	}
 	if o.mountpoint, err = filepath.Abs(pos[1]); err != nil {
@@ -176,7 +178,7 @@ func (o *mountOptions) finish(f *pflag.FlagSet, pos []string) error {
 			}
 			base = filepath.Join(home, ".cache")
 		}
-		o.cacheDir = filepath.Join(base, "nimbus", o.remote.id(o.endpoint))
+		o.cacheDir = filepath.Join(base, "nimbus", o.remote.id(o.endpoint)+o.store.atSuffix())
 	}
 	if o.cacheDir, err = filepath.Abs(o.cacheDir); err != nil {
 		return err
@@ -491,6 +493,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	defer cancel()
 	go m.health.Prober(ctx)
 
+	useTrash := m.trashOn(ctx, reachErr != nil)
 	m.socket, err = controlSocketPath(o.mountpoint)
 	if err != nil {
 		return err
@@ -513,6 +516,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		Logger:        log,
 		MountID:       mountID,
 		PartialMin:    o.partialMin,
+		Trash:         useTrash,
 	})
 	m.fsys = fsys
 	defer fsys.Stop()
@@ -529,6 +533,15 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	stopUploads := sync.OnceFunc(func() { cancel(); <-uploads })
 	defer stopUploads()
 	go fsys.Poll(ctx, o.poll)
+	if useTrash {
+		sweeping := make(chan struct{})
+		go func() {
+			defer close(sweeping)
+			trash.SweepEvery(ctx, m.health, o.remote.prefix, o.store.trash, trashSweepInterval, log)
+		}()
+		// Ends with the uploader (cancel), before the store is let go.
+		defer func() { stopUploads(); <-sweeping }()
+	}
 	opts := fsys.Options(o.remote.String(), o.allowOther)
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
@@ -606,6 +619,33 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	stopUploads()
 	m.stopped(stderr)
 	return nil
+}
+
+// trashSweepInterval is how often a mount deletes expired trash.
+const trashSweepInterval = time.Hour
+
+// trashOn decides whether deletes go to the trash: --trash is not 0, the
+// mount can write, and the store keeps no versions (a versioned bucket
+// keeps deleted files as versions already). Asked once, at mount; a store
+// that cannot be asked (offline) gets the trash, which is only a copy too
+// many on a versioned bucket.
+func (m *mountState) trashOn(ctx context.Context, offline bool) bool {
+	if m.opts.store.trash <= 0 || m.opts.readOnly {
+		return false
+	}
+	if offline {
+		m.log.Info("trash on: the store is offline, so whether it keeps versions is unknown")
+		return true
+	}
+	askCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	on, err := m.versioned(askCtx)
+	if err != nil {
+		m.log.Warn("trash on: cannot tell whether the bucket keeps versions", "err", err)
+		return true
+	}
+	m.log.Info("deletes", "trash", !on, "versioned", on, "keep", (*daysValue)(&m.opts.store.trash).String())
+	return !on
 }
 
 // cacheMountID returns the id of the mount that uses cache folder dir,
@@ -697,6 +737,9 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	}
 	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region,
 		VirtualHost: o.virtualHost, Encryption: enc})
+	if err == nil && o.store.at != "" {
+		return atView(ctx, o, st)
+	}
 	// The store as the s3 package found it: the endpoint may come from the
 	// AWS configuration, and then says from where.
 	where, check := o.endpoint, "--endpoint"
@@ -726,4 +769,20 @@ func openStore(o mountOptions) (backend.Backend, error) {
 		return st, msg
 	}
 	return nil, err // names the bucket, the endpoint and the cause
+}
+
+// atView is the point-in-time view of st for --at, on a versioned bucket
+// only: without versions there is no past to show.
+func atView(ctx context.Context, o mountOptions, st *s3.Store) (backend.Backend, error) {
+	on, err := st.Versioning(ctx)
+	switch {
+	case errors.Is(err, backend.ErrOffline):
+		// Come up offline from the tree listed before, if there is one.
+		return pointintime.New(st, o.store.atTime), fmt.Errorf("%w: check --endpoint and the network", err)
+	case err != nil:
+		return nil, fmt.Errorf("--at: cannot tell whether bucket %q keeps versions: %w", o.remote.bucket, err)
+	case !on:
+		return nil, fmt.Errorf("--at needs a versioned bucket, and versioning is off on %q: there is no past to show (turn it on for the future with: aws s3api put-bucket-versioning --bucket %s --versioning-configuration Status=Enabled)", o.remote.bucket, o.remote.bucket)
+	}
+	return pointintime.New(st, o.store.atTime), nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +37,10 @@ func (s *storeOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&s.at, "at", "", "read-only view of a versioned bucket as it was at `TIME` (RFC 3339, or a duration ago such as 2h or 3d)")
 }
 
-// finish checks the store flags of o, and makes --at read-only.
-func (s *storeOptions) finish(o *mountOptions) error {
+// finish checks the store flags of o, and makes --at read-only. The past
+// does not change, so unless the flags say otherwise an --at mount trusts
+// a listing for a day and does not poll.
+func (s *storeOptions) finish(o *mountOptions, flags *pflag.FlagSet) error {
 	if s.sse != "" && s.sse != s3.SSES3 && s.sse != s3.SSEKMS {
 		return usageError{fmt.Sprintf("--sse %q: use AES256 or aws:kms", s.sse)}
 	}
@@ -50,7 +53,10 @@ func (s *storeOptions) finish(o *mountOptions) error {
 	if s.trash < 0 {
 		return usageError{"--trash cannot be negative (0 turns the trash off)"}
 	}
-	if o.remote.scheme == "dir" && (s.sse != "" || s.sseCKeyFile != "" || s.at != "") {
+	if o.remote.scheme == "dir" && s.at != "" {
+		return usageError{"--at needs a versioned s3:// bucket: a dir: remote keeps no earlier versions"}
+	}
+	if o.remote.scheme == "dir" && (s.sse != "" || s.sseCKeyFile != "") {
 		return usageError{"--sse, --sse-c-key-file and --at apply to s3:// remotes only"}
 	}
 	if s.sseCKeyFile != "" {
@@ -61,22 +67,29 @@ func (s *storeOptions) finish(o *mountOptions) error {
 		}
 	}
 	if s.at != "" {
-		// The point-in-time store is not built yet: refuse rather than
-		// show today's tree as if it were the past.
-		if _, err := parseAt(s.at, time.Now()); err != nil {
-			return usageError{err.Error()}
-		}
-		return usageError{"--at is not built yet in this nimbus"}
-	}
-	if s.at != "" {
 		t, err := parseAt(s.at, time.Now())
 		if err != nil {
 			return usageError{err.Error()}
 		}
 		s.atTime = t
 		o.readOnly = true
+		if flags == nil || !flags.Changed("dir-ttl") {
+			o.dirTTL = 24 * time.Hour
+		}
+		if flags == nil || !flags.Changed("poll") {
+			o.poll = 0
+		}
 	}
 	return nil
+}
+
+// atSuffix sets the cache folder of an --at mount apart from the live
+// mount's and from other times': "-at-20260102T150405Z", or "".
+func (s *storeOptions) atSuffix() string {
+	if s.at == "" {
+		return ""
+	}
+	return "-at-" + s.atTime.UTC().Format("20060102T150405Z")
 }
 
 // encryption returns the s3 store's Encryption for the flags.
@@ -165,4 +178,27 @@ func (v *daysValue) Set(s string) error {
 	}
 	*v = daysValue(d)
 	return nil
+}
+
+// pinAt returns args with the value of --at replaced by the time it
+// resolved to, so that a --daemon child running them shows the same time
+// ("2h" would be later there) and uses the same cache folder.
+func (s *storeOptions) pinAt(args []string) []string {
+	if s.at == "" {
+		return args
+	}
+	out := slices.Clone(args)
+	at := s.atTime.UTC().Format(time.RFC3339Nano)
+	for i := 0; i < len(out); i++ {
+		switch {
+		case out[i] == "--":
+			return out
+		case out[i] == "--at" && i+1 < len(out):
+			out[i+1] = at
+			i++
+		case strings.HasPrefix(out[i], "--at="):
+			out[i] = "--at=" + at
+		}
+	}
+	return out
 }

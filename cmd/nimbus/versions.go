@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
@@ -326,14 +327,29 @@ func (m *mountState) seenBase(ctx context.Context, key, rel string) journal.Base
 	return journal.Base{}
 }
 
+// versioned reports whether the store keeps versions, so that undelete
+// uses the delete markers, and otherwise the trash.
+func (m *mountState) versioned(ctx context.Context) (bool, error) {
+	if m.opts.remote.scheme != "s3" {
+		return false, nil
+	}
+	on, err := m.health.Versioning(ctx)
+	if err != nil {
+		return false, fmt.Errorf("cannot tell whether the bucket keeps versions: %w", err)
+	}
+	return on, nil
+}
+
 func (m *mountState) undelete(abs, key, rel string) (restoreResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
 	defer cancel()
 	if !m.health.Online() {
 		return restoreResult{}, errors.New("the store is offline: undelete needs it to find what was deleted; try again once it is back")
 	}
-	if err := m.needVersioning(ctx); err != nil {
+	if on, err := m.versioned(ctx); err != nil {
 		return restoreResult{}, err
+	} else if !on {
+		return m.undeleteFromTrash(ctx, abs, key, rel)
 	}
 	if rel != "" {
 		if _, err := m.health.Stat(ctx, key); err == nil {
@@ -359,6 +375,30 @@ func (m *mountState) undelete(abs, key, rel string) (restoreResult, error) {
 			op = journal.Op{Kind: journal.PutMarker, Key: r.key, Group: i}
 		}
 		ops = append(ops, op)
+	}
+	return m.commitRestores(abs, ops)
+}
+
+// undeleteFromTrash brings back, on a store without versions, the newest
+// trash copy of the file at rel or of each file under the folder rel.
+func (m *mountState) undeleteFromTrash(ctx context.Context, abs, key, rel string) (restoreResult, error) {
+	if rel != "" {
+		if _, err := m.health.Stat(ctx, key); err == nil {
+			return restoreResult{}, fmt.Errorf("%s exists again, and a restore never overwrites it: move it away first to bring back the deleted one", abs)
+		}
+	}
+	found, err := trash.List(ctx, m.health, m.opts.remote.prefix, rel)
+	if err != nil {
+		return restoreResult{}, err
+	}
+	found = trash.Newest(found)
+	if len(found) == 0 {
+		return restoreResult{}, fmt.Errorf("nothing deleted to restore at %s: see nimbus deleted on its folder", abs)
+	}
+	ops := make([]journal.Op, len(found))
+	for i, e := range found {
+		// Never over a file that exists again: If-None-Match (no base).
+		ops[i] = journal.Op{Kind: journal.Restore, Key: m.opts.remote.prefix + e.Path, Src: e.Key, SrcETag: e.ETag, Group: i}
 	}
 	return m.commitRestores(abs, ops)
 }
@@ -429,6 +469,9 @@ func (m *mountState) commitRestores(abs string, ops []journal.Op) (restoreResult
 	}
 	if len(res.Restored) == 0 && len(ops) == 1 {
 		for _, why := range res.Refused {
+			if ops[0].Src != "" { // from the trash
+				return res, fmt.Errorf("%s: %s; nothing was changed (see nimbus deleted on its folder)", abs, why)
+			}
 			return res, fmt.Errorf("%s: %s; nothing was changed (see nimbus versions %s)", abs, why, abs)
 		}
 	}
@@ -459,8 +502,10 @@ func (m *mountState) deleted(abs string) ([]deletedEntry, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
 	defer cancel()
-	if err := m.needVersioning(ctx); err != nil {
+	if on, err := m.versioned(ctx); err != nil {
 		return nil, err
+	} else if !on {
+		return m.deletedInTrash(ctx, rel)
 	}
 	prefix := m.opts.remote.prefix
 	if rel != "" {
@@ -473,6 +518,20 @@ func (m *mountState) deleted(abs string) ([]deletedEntry, error) {
 	out := []deletedEntry{}
 	for _, r := range found {
 		out = append(out, deletedEntry{Path: strings.TrimPrefix(r.key, m.opts.remote.prefix), Deleted: r.deleted, Version: r.version, Size: r.size})
+	}
+	return out, nil
+}
+
+// deletedInTrash lists the trash copies under rel, on a store without
+// versions: every one, newest first for each path.
+func (m *mountState) deletedInTrash(ctx context.Context, rel string) ([]deletedEntry, error) {
+	found, err := trash.List(ctx, m.health, m.opts.remote.prefix, rel)
+	if err != nil {
+		return nil, err
+	}
+	out := []deletedEntry{}
+	for _, e := range found {
+		out = append(out, deletedEntry{Path: e.Path, Deleted: e.Deleted, Size: e.Size})
 	}
 	return out, nil
 }
