@@ -170,6 +170,9 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
 		out[i].Op = op
+		if op.Kind == Copy {
+			out[i].size = op.Size
+		}
 		if op.Kind != PutFile {
 			continue
 		}

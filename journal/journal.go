@@ -185,6 +185,10 @@ type Op struct {
 	Staged string
 	// Src and SrcETag (Copy) name the source and the ETag it had.
 	Src, SrcETag string
+	// Size (Copy, optional) is the size of the source version, which
+	// PendingOp reports: the destination is shown at its size while the
+	// copy is pending, after a restart too.
+	Size int64
 	// Version (Restore) is the version ID of Key to make current again.
 	Version string
 	// Trash (Delete, optional) is where the object goes before it is
@@ -246,7 +250,7 @@ type PendingOp struct {
 	Kind   Kind
 	Key    string
 	Staged string // PutFile: the content; it stays until Applied has reported the op
-	Size   int64  // PutFile: bytes of content
+	Size   int64  // PutFile: bytes of content; Copy: Op.Size
 	SHA256 string // PutFile: hex SHA-256 of the content
 	Src    string // Copy
 	// SrcETag (Copy) is the ETag Src is expected to have; while SrcChained

@@ -735,3 +735,28 @@ func TestGroupOutOfRangeIsRefused(t *testing.T) {
 		t.Fatalf("Commit with Group out of range = %v", err)
 	}
 }
+
+// TestCopySizeSurvivesRestart: a Copy keeps the size it was committed with
+// across a restart, so that the mount can show the destination at its size
+// while the copy is still pending; a server-side copy adds no pending bytes.
+func TestCopySizeSurvivesRestart(t *testing.T) {
+	r := newRemote(t)
+	old := r.put("old.txt", "payload", backend.Cond{}, nil)
+	m := newMachine(t, r.root, "laptop")
+	m.commit(
+		Op{Kind: Copy, Key: "new.txt", Src: "old.txt", SrcETag: old.ETag, Size: 7, Base: Base{}},
+		Op{Kind: Delete, Key: "old.txt", Base: Base{Exists: true, ETag: old.ETag}},
+	)
+	m.kill()
+	m.open()
+	p, ok := m.j.Pending("new.txt")
+	if !ok || p.Kind != Copy || p.Size != 7 {
+		t.Fatalf("pending copy after a restart = %+v %v; want a Copy of 7 bytes", p, ok)
+	}
+	if st := m.j.Stats(); st.PendingBytes != 0 {
+		t.Errorf("pending bytes = %d; a server-side copy sends none", st.PendingBytes)
+	}
+	m.run()
+	m.waitIdle()
+	r.assertFiles(map[string]string{"new.txt": "payload"})
+}

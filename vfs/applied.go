@@ -286,6 +286,20 @@ func (f *FS) Reconcile() error {
 				continue // already shown
 			}
 			e = cache.Entry{Name: name, Dir: p.Kind != journal.Copy, Local: true}
+			if p.Kind == journal.Copy {
+				// The tree may hold the copy's result (a crash came
+				// after Applied recorded it, before the journal removed
+				// the op) or nothing of it: the size is the committed
+				// one, the attributes the source's, which the shown
+				// entry has.
+				e.Size = p.Size
+				if known && !old.Dir && !old.Gone {
+					e.CopyAttrs(old)
+					if e.Size == 0 {
+						e.Size = old.Size // a record from before copies kept their size
+					}
+				}
+			}
 			attrsFromMeta(p.Meta, &e)
 		case journal.Delete:
 			e = cache.Entry{Name: name, Dir: strings.HasSuffix(p.Key, "/"), Local: true, Gone: true}

@@ -85,3 +85,33 @@ func TestReconcileShowsTheJournal(t *testing.T) {
 		t.Errorf("parent folder new/deep not shown: %+v %v", e, ok)
 	}
 }
+
+// TestReconcileShowsAPendingCopyAtItsSize: a renamed file whose server-side
+// copy was pending at a crash shows the size the rename committed, whether
+// the tree lost the rename's entry or holds the copy's result, recorded by
+// Applied just before the kill (the journal had not removed the op yet).
+// It was shown as an empty file until the copy completed.
+func TestReconcileShowsAPendingCopyAtItsSize(t *testing.T) {
+	tree := newTestTree(t)
+	mtime := time.Unix(1700000000, 0)
+	// The copy's result, as Applied records it: not Local, with its ETag.
+	if err := tree.PutEntry("", cache.Entry{Name: "landed.bin", Size: 9645, ETag: "e1", MTime: mtime}); err != nil {
+		t.Fatal(err)
+	}
+	j := &fakeJournal{ops: []journal.PendingOp{
+		{Seq: 1, Kind: journal.Copy, Key: "landed.bin", Src: "a.bin", SrcETag: "e1", Size: 9645},
+		{Seq: 2, Kind: journal.Delete, Key: "a.bin"},
+		{Seq: 3, Kind: journal.Copy, Key: "lost.bin", Src: "b.bin", SrcETag: "e2", Size: 1323609},
+		{Seq: 4, Kind: journal.Delete, Key: "b.bin"},
+	}}
+	f := New(Config{Tree: tree, Journal: j})
+	if err := f.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok, _ := tree.Lookup("", "landed.bin"); !ok || e.Size != 9645 || !e.Local || !e.MTime.Equal(mtime) {
+		t.Errorf("landed.bin = %+v %v; want Local, 9645 bytes, its mtime kept", e, ok)
+	}
+	if e, ok, _ := tree.Lookup("", "lost.bin"); !ok || e.Size != 1323609 || !e.Local {
+		t.Errorf("lost.bin = %+v %v; want Local, 1323609 bytes", e, ok)
+	}
+}

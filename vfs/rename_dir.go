@@ -73,7 +73,7 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 				case errors.Is(err, os.ErrNotExist):
 					// Uploaded meanwhile: copy it like the pending
 					// copy below.
-					move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key}
+					move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, Size: size}
 				case err != nil:
 					return err
 				default:
@@ -85,14 +85,14 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 				// Copied from the pending copy's result, which the
 				// journal chains onto: its own source goes away with
 				// the rename that made it.
-				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key}
+				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, Size: size}
 			}
 		} else if o.tree {
 			move, withDelete = journal.Op{Kind: journal.MoveTree, Key: newKey, Src: key}, false
 		} else if strings.HasSuffix(key, "/") {
 			move = journal.Op{Kind: journal.PutMarker, Key: newKey}
 		} else {
-			move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, SrcETag: etag}
+			move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, SrcETag: etag, Size: size}
 		}
 		if strings.HasSuffix(key, "/") {
 			del.Base = journal.Base{Exists: true} // markers go whatever their ETag

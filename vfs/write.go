@@ -941,7 +941,7 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.
 		size = w.size
 		first = journal.Op{Kind: journal.PutFile, Key: dstKey, Staged: w.f.Name(), Base: dstBase, Meta: attrMeta(withMTime(src)), Partial: w.partial.describe()}
 	} else {
-		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Base: dstBase}
+		first = journal.Op{Kind: journal.Copy, Key: dstKey, Src: srcKey, SrcETag: src.ETag, Size: size, Base: dstBase}
 	}
 	del := journal.Op{Kind: journal.Delete, Key: srcKey, Base: remoteBase(src)}
 	if err := f.cfg.Journal.Commit(first, del); err != nil {
