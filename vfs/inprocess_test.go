@@ -40,6 +40,9 @@ type tier struct {
 	fsys   *FS
 	jour   *journal.Journal
 	logs   *tierLog
+	// startUploads starts the uploader of a tier made with holdUploads
+	// (once; later calls do nothing).
+	startUploads func()
 }
 
 // tierOpt adjusts a tier before it mounts.
@@ -47,6 +50,9 @@ type tierOpt struct {
 	cacheSize int64         // default 64 MiB
 	dirTTL    time.Duration // default 30 s, as nimbus mount's
 	remote    string        // the store's folder; default a new, empty one
+	// holdUploads keeps the uploader stopped until tier.startUploads, so
+	// that a test can act while its changes are all pending.
+	holdUploads bool
 }
 
 // newTier mounts a dir: store (a new, empty one unless opt.remote names
@@ -141,13 +147,22 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	uploads := make(chan struct{})
-	go func() {
-		defer close(uploads)
-		m.jour.Run(ctx)
-	}()
+	m.startUploads = sync.OnceFunc(func() {
+		go func() {
+			defer close(uploads)
+			m.jour.Run(ctx)
+		}()
+	})
+	if !opt.holdUploads {
+		m.startUploads()
+	}
 	// Cleanups run last-in first-out: the uploader stops before the
 	// journal closes, and after the server is gone (registered below).
-	t.Cleanup(func() { cancel(); <-uploads })
+	t.Cleanup(func() {
+		cancel()
+		m.startUploads() // a held uploader starts and stops at once
+		<-uploads
+	})
 
 	server, err := fs.Mount(m.mnt, fsys.Root(), fsys.Options("tier:"+m.remote, false))
 	if err != nil {

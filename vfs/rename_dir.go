@@ -72,7 +72,9 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 				switch {
 				case errors.Is(err, os.ErrNotExist):
 					// Uploaded meanwhile: copy it like the pending
-					// copy below.
+					// copy below. The store has this content now, of
+					// the committed size (a listing may predate it).
+					size = p.Size
 					move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, Size: size}
 				case err != nil:
 					return err
@@ -84,7 +86,12 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 			case journal.Copy:
 				// Copied from the pending copy's result, which the
 				// journal chains onto: its own source goes away with
-				// the rename that made it.
+				// the rename that made it. Its size is the one the
+				// copy was committed with: a listing still shows the
+				// object it replaces, if any.
+				if p.Size > 0 {
+					size = p.Size
+				}
 				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, Size: size}
 			}
 		} else if o.tree {
