@@ -53,6 +53,9 @@ type tierOpt struct {
 	// holdUploads keeps the uploader stopped until tier.startUploads, so
 	// that a test can act while its changes are all pending.
 	holdUploads bool
+	// afterListFlat, if set, runs when a flat listing the vfs asked for
+	// has been read from the store and before the vfs sees it.
+	afterListFlat func(prefix string)
 }
 
 // newTier mounts a dir: store (a new, empty one unless opt.remote names
@@ -136,8 +139,12 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	}
 	t.Cleanup(func() { closeOrLog(t, "journal", m.jour.Close) })
 
+	var vfsStore lister = m.store
+	if opt.afterListFlat != nil {
+		vfsStore = hookedStore{Store: m.store, afterListFlat: opt.afterListFlat}
+	}
 	fsys = New(Config{
-		Store: m.store, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
+		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
 		DirTTL: opt.dirTTL, Logger: log, MountID: "tier", PartialMin: 32 << 20,
 	})
 	m.fsys = fsys
@@ -181,6 +188,31 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		server.Wait()
 	})
 	return m
+}
+
+// hookedStore is the dir store with a hook between reading a flat listing
+// and handing it over (its other methods, the optional ones included, are
+// the store's).
+type hookedStore struct {
+	*dir.Store
+	afterListFlat func(prefix string)
+}
+
+func (s hookedStore) ListFlat(ctx context.Context, prefix string, fn func(backend.Page) error) error {
+	var pages []backend.Page
+	if err := s.Store.ListFlat(ctx, prefix, func(p backend.Page) error {
+		pages = append(pages, p)
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.afterListFlat(prefix)
+	for _, p := range pages {
+		if err := fn(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func closeOrLog(t *testing.T, what string, close func() error) {

@@ -22,13 +22,48 @@ import (
 // journal commit of ops conditioned on each key's version: it is durable
 // before rename(2) returns, survives a crash whole or not at all, and runs
 // when the store can be reached.
+//
+// The keys and the pending ops are read before the commit's lock (the
+// listing is network I/O). An upload or delete under the folder that
+// completes meanwhile would make them disagree: a key deleted here would be
+// listed but no longer pending, and be copied back under the new name. So
+// when one completed, the move is prepared again (as listDir lists again).
 func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string, dstExists bool) error {
+	srcPath := cache.JoinPath(srcDir, name)
+	for attempt := 1; ; attempt++ {
+		f.localMu.Lock()
+		gen := f.appliedUnderLocked(srcPath)
+		f.localMu.Unlock()
+		done, err := f.tryRenameDir(ctx, srcDir, name, dstDir, newName, gen, attempt == maxRelist)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// appliedUnderLocked sums the completions recorded (FS.applied) in the
+// folder at path and below it. Called with f.localMu held.
+func (f *FS) appliedUnderLocked(path string) uint64 {
+	var n uint64
+	for dir, c := range f.applied {
+		if path == "" || dir == path || strings.HasPrefix(dir, path+"/") {
+			n += c
+		}
+	}
+	return n
+}
+
+// tryRenameDir prepares and commits one attempt of renameDir. It reports
+// done = false, with nothing changed, when a completion under the folder
+// since gen (appliedUnderLocked) may have made the listing or the pending
+// ops stale, unless last is set.
+func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName string, gen uint64, last bool) (done bool, err error) {
 	srcPath := cache.JoinPath(srcDir, name)
 	srcPrefix := f.dirKeyPrefix(srcPath)
 	dstPrefix := f.dirKeyPrefix(cache.JoinPath(dstDir, newName))
 	objs, err := f.dirObjects(ctx, srcPath, srcPrefix)
 	if err != nil {
-		return fmt.Errorf("rename folder %q: %w", srcPrefix, err)
+		return false, fmt.Errorf("rename folder %q: %w", srcPrefix, err)
 	}
 	pending := make(map[string]journal.PendingOp)
 	var trees []string // folders still being moved by a pending MoveTree
@@ -143,6 +178,12 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 	}
 	f.localMu.Lock()
 	defer f.localMu.Unlock()
+	if err == nil && !last && f.appliedUnderLocked(srcPath) != gen {
+		for _, s := range staged {
+			removeQuietly(s)
+		}
+		return false, nil // overtaken by a completion: prepare it again
+	}
 	if err == nil {
 		f.settleMovedBases(ops, settle)
 		err = f.cfg.Journal.Commit(ops...)
@@ -151,10 +192,10 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		for _, s := range staged {
 			removeQuietly(s)
 		}
-		return fmt.Errorf("rename folder %q: %w", srcPrefix, err)
+		return false, fmt.Errorf("rename folder %q: %w", srcPrefix, err)
 	}
 	if err := f.cfg.Tree.MoveDir(srcDir, name, dstDir, newName); err != nil {
-		return err
+		return true, err
 	}
 
 	// Show what moved, also what was never listed under the old name.
@@ -163,13 +204,13 @@ func (f *FS) renameDir(ctx context.Context, srcDir, name, dstDir, newName string
 		dir, base := splitPath(cache.JoinPath(dst, e.Name))
 		e.Name = base
 		if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
-			return err
+			return true, err
 		}
 		if err := f.ensureParents(dir); err != nil {
-			return err
+			return true, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // dirObject is a key under a folder being renamed, as the store listed it
