@@ -30,8 +30,10 @@
 // journal uploads it with a condition on the version the edit began from.
 // Local changes show in the tree at once (Local entries, tombstones for
 // deletes) and listings do not override them until the journal reports
-// the upload done (FS.Applied). write.go explains the details; pin.go and
-// poll.go cover pinning and background re-listing.
+// the upload done (FS.Applied). write.go explains the working copy,
+// namespace.go the namespace operations (rename_dir.go folder renames),
+// applied.go the completions; pin.go and poll.go cover pinning and
+// background re-listing.
 //
 // # Locking
 //
