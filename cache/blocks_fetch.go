@@ -31,6 +31,24 @@ type blockRun struct {
 	budgeted bool
 	// adopted: filled from a local copy by Adopt, not fetched.
 	adopted bool
+	// pages: the run fetches only the pages [pageLo, pageHi) of its one
+	// block (see blocks_partial.go). fill: that block was cached
+	// partially, and the run holds it until it ends.
+	pages          bool
+	fill           bool
+	pageLo, pageHi int64
+}
+
+// span is the byte range of the content that r fetches.
+func (s *BlockStore) span(r *blockRun) (off, n int64) {
+	if r.pages {
+		off = r.pageLo * s.page
+		return r.first*s.bs + off, min(r.pageHi*s.page, s.blockLen(r.c, r.first)) - off
+	}
+	for j := range int64(len(r.flights)) {
+		n += s.blockLen(r.c, r.first+j)
+	}
+	return r.first * s.bs, n
 }
 
 // runKind says who starts a run.
@@ -74,11 +92,7 @@ func (s *BlockStore) startRunLocked(c *content, first, n int64, kind runKind) (*
 // waiting, and the block still lands in the cache for the next one.
 func (s *BlockStore) fetchRun(r *blockRun) {
 	defer s.wg.Done()
-	off := r.first * s.bs
-	var n int64
-	for j := range int64(len(r.flights)) {
-		n += s.blockLen(r.c, r.first+j)
-	}
+	off, n := s.span(r)
 
 	err := s.acquireSlot(r.background)
 	if err == nil {
@@ -201,6 +215,10 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 		if err == nil {
 			return
 		}
+		if r.pages {
+			s.punchFailedPages(r)
+			return
+		}
 		if perr := punchHole(r.f, off, n); perr != nil {
 			s.log.Debug("punch failed fetch", "key", c.key, "off", off, "err", perr)
 		}
@@ -253,6 +271,14 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 		c.stale = false
 	case errors.Is(err, backend.ErrPrecondition):
 		c.stale = true
+	}
+	if r.pages {
+		s.publishPagesLocked(r, err)
+		s.unrefLocked(c)
+		if !r.budgeted {
+			s.evictLocked(0)
+		}
+		return
 	}
 	for j, fl := range r.flights {
 		i := r.first + int64(j)
