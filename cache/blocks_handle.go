@@ -151,29 +151,17 @@ func (h *Handle) readChunk(ctx context.Context, p []byte, off int64, seeking boo
 	end := off + int64(len(p))
 	first, last := off/s.bs, (end-1)/s.bs
 	for {
-		f, holds, err := h.holdChunk(ctx, off, end, first, last, seeking)
+		f, holds, waited, err := h.holdChunk(ctx, off, end, first, last, seeking)
 		if err != nil {
 			return 0, err
 		}
 		// A read that joined a fetch of other pages of a partial block
 		// holds it without the pages it needs: it lets go and asks again
-		// (that fetch is done now, so the next try starts its own).
-		s.mu.Lock()
-		covered := true
-		for _, k := range holds {
-			lo, hi := s.pagesFor(c, int64(k.i), off, end)
-			if !s.coversLocked(k, lo, hi) {
-				covered = false
-				break
-			}
-		}
-		if !covered {
-			s.releaseAllLocked(holds)
-			s.unrefLocked(c)
-			s.mu.Unlock()
+		// (that fetch is done now, so the next try starts its own). A read
+		// that found all its pages cached took holds only on those.
+		if waited && !h.covered(holds, off, end) {
 			continue
 		}
-		s.mu.Unlock()
 
 		// os.File.ReadAt reads all of p unless the file is short, and it
 		// cannot be: every byte of p is in a cached, held block.
@@ -191,10 +179,28 @@ func (h *Handle) readChunk(ctx context.Context, p []byte, off int64, seeking boo
 	}
 }
 
-// holdChunk takes a hold on blocks [first, last), fetching what they miss
+// covered reports whether the held blocks hold all of [off, end). If not,
+// it gives back the holds and the reference holdChunk took.
+func (h *Handle) covered(holds []blockKey, off, end int64) bool {
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range holds {
+		lo, hi := s.pagesFor(h.c, int64(k.i), off, end)
+		if !s.coversLocked(k, lo, hi) {
+			s.releaseAllLocked(holds)
+			s.unrefLocked(h.c)
+			return false
+		}
+	}
+	return true
+}
+
+// holdChunk takes a hold on blocks [first, last], fetching what they miss
 // of [off, end), and a reference on the content, which keeps the returned
-// file open. The caller gives both back.
-func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, seeking bool) (*os.File, []blockKey, error) {
+// file open. The caller gives both back. waited says whether it waited
+// for fetches.
+func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, seeking bool) (_ *os.File, _ []blockKey, waited bool, _ error) {
 	c, s := h.c, h.s
 	holds := make([]blockKey, 0, last-first+1)
 	var waits []blockWait
@@ -202,24 +208,24 @@ func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, see
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, nil, fmt.Errorf("read %q: %w", c.key, ErrBlockStoreClosed)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, ErrBlockStoreClosed)
 	}
 	if c.gone() {
 		s.mu.Unlock()
-		return nil, nil, fmt.Errorf("read %q: %w", c.key, c.goneErr)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, c.goneErr)
 	}
 	f, err := s.fileLocked(c)
 	if err != nil {
 		s.mu.Unlock()
-		return nil, nil, fmt.Errorf("read %q: %w", c.key, err)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
 	}
 	c.refs++ // keeps f open through the pread, whatever the handle does
-	fail := func(err error) (*os.File, []blockKey, error) {
+	fail := func(err error) (*os.File, []blockKey, bool, error) {
 		s.abandonLocked(waits)
 		s.releaseAllLocked(holds)
 		s.unrefLocked(c)
 		s.mu.Unlock()
-		return nil, nil, fmt.Errorf("read %q: %w", c.key, err)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
 	}
 	for i := first; i <= last; i++ {
 		k := blockKey{c, uint32(i)}
@@ -268,6 +274,9 @@ func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, see
 		i = j
 	}
 	s.mu.Unlock()
+	if len(waits) == 0 {
+		return f, holds, false, nil
+	}
 
 	holds, err = h.await(ctx, waits, holds)
 	if err != nil {
@@ -275,9 +284,9 @@ func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, see
 		s.releaseAllLocked(holds)
 		s.unrefLocked(c)
 		s.mu.Unlock()
-		return nil, nil, err
+		return nil, nil, true, err
 	}
-	return f, holds, nil
+	return f, holds, true, nil
 }
 
 // await waits for the flights of waits, adding a hold per block fetched.

@@ -26,10 +26,11 @@ const (
 	// randomFetchBytes is what a miss of a reader that seeks fetches
 	// around the bytes it asks for (and at least those bytes). A GET costs
 	// its latency far more than its bytes, yet every byte beyond the read
-	// is wasted when reads are scattered: 16 KiB keeps a 4 KiB reader at
-	// most 4x the bytes it asked for, and still serves the neighbouring
-	// pages of a B-tree node or a record that spans two pages.
-	randomFetchBytes = 16 << 10
+	// is wasted when reads are scattered: 8 KiB keeps a 4 KiB reader well
+	// under 4x the bytes it asked for (a first read of a handle fetches a
+	// whole block), and still serves a read spanning two pages or the next
+	// page of a B-tree node.
+	randomFetchBytes = 8 << 10
 	// seqReadsToResume is how many reads in a row must continue where
 	// the previous one ended before a handle that seeked counts as
 	// sequential again: a random reader landing next to its last read by
