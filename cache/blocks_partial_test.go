@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
 )
@@ -288,5 +289,47 @@ func TestSeekingReadersShareOneFetch(t *testing.T) {
 	wg.Wait()
 	if g := e.gets(); g != g0+1 {
 		t.Errorf("3 readers of one page made %d GETs, want 1", g-g0)
+	}
+}
+
+// TestRunPublishesBlocksAsTheyArrive: a reader waiting for the first
+// block of a long GET gets it once that block is written, not when the
+// whole run is.
+func TestRunPublishesBlocksAsTheyArrive(t *testing.T) {
+	e := newBlockEnv(t, nil)
+	c := e.fake.put("stream.bin", 16*testBS)
+	stall := make(chan struct{})
+	e.fake.set(func(f *fakeStore) { f.stall, f.stallAfter = stall, 2*testBS })
+	whole := make(chan error, 1)
+	go func() {
+		h := e.s.Open(c)
+		defer h.Close()
+		_, err := h.ReadAt(context.Background(), make([]byte, 8*testBS), 0) // one run of 8 blocks
+		whole <- err
+	}()
+	waitFor(t, "the run to start", func() bool { return e.gets() == 1 })
+
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		e.readOnce(c, testBS+10, 100) // block 1, within the bytes sent
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Error("a read of block 1 waited for the whole run")
+	}
+	select {
+	case err := <-whole:
+		t.Errorf("the read of the whole run ended before its bytes came: %v", err)
+	default:
+	}
+	close(stall)
+	if err := <-whole; err != nil {
+		t.Fatal(err)
+	}
+	<-first
+	if g := e.gets(); g != 1 {
+		t.Errorf("%d GETs, want the one run", g)
 	}
 }
