@@ -105,6 +105,18 @@ func (h *Handle) observe(off, end int64) (from, to, runLen int64, seeking bool, 
 	}
 	bs, maxWindow := h.s.bs, h.s.maxAheadBlocks
 	sequential := h.lastEnd > 0 && off > h.lastEnd-bs && off < h.lastEnd+bs
+	if tol := min(h.window*bs, maxReorderBytes); !sequential && h.window > 0 && off > h.lastEnd-tol && off < h.lastEnd+tol {
+		// The kernel sends a sequential reader's reads concurrently (16
+		// MiB of read-ahead in 1 MiB reads), and they reach us in any
+		// order: a read a little ahead of the stream overtook others, and
+		// one a little behind was overtaken. Within the stream's window,
+		// neither resets it nor counts as a seek; a late one asks for
+		// nothing more.
+		if off < h.lastEnd {
+			return 0, 0, 0, false, nil
+		}
+		sequential = true
+	}
 	if !sequential {
 		h.seeking = h.lastEnd >= 0
 		h.lastEnd, h.window, h.aheadNext, h.streak = end, 0, 0, 0

@@ -36,6 +36,11 @@ const (
 	// sequential again: a random reader landing next to its last read by
 	// chance must not start read-ahead.
 	seqReadsToResume = 2
+	// maxReorderBytes caps how far from the end of a sequential stream a
+	// read may start and still belong to it, having overtaken or been
+	// overtaken by reads the kernel sent at the same time. Below the cap,
+	// the stream's read-ahead window is the limit.
+	maxReorderBytes = 32 << 20
 )
 
 // pageMask is the set of present pages of a partial block.

@@ -333,3 +333,31 @@ func TestRunPublishesBlocksAsTheyArrive(t *testing.T) {
 		t.Errorf("%d GETs, want the one run", g)
 	}
 }
+
+// TestHandleConcurrentStreamReadsKeepReadingAhead is a sequential reader
+// whose reads the kernel sent together and that arrive in any order,
+// groups of 4 here in reverse: once the stream has a read-ahead window,
+// reads within it, ahead or late, neither reset it nor turn the handle
+// into one that seeks.
+func TestHandleConcurrentStreamReadsKeepReadingAhead(t *testing.T) {
+	e := newBlockEnv(t, nil)
+	c := e.fake.put("movie.mkv", 512*testBS)
+	h := e.s.Open(c)
+	defer h.Close()
+	const chunk, group = 2 * testBS, 4
+	for off := range int64(4) { // the first reads come in order
+		e.read(h, c, off*chunk, chunk)
+	}
+	for off := int64(4 * chunk); off < c.Size; off += group * chunk {
+		for j := int64(group - 1); j >= 0; j-- {
+			e.read(h, c, off+j*chunk, chunk)
+		}
+	}
+	e.waitIdle()
+	if st := e.s.Stats(); st.Misses >= 512/4 {
+		t.Errorf("a reordered stream missed %d of 512 blocks: read-ahead kept resetting", st.Misses)
+	}
+	if got := e.fetchedBytes(); got != c.Size {
+		t.Errorf("fetched %d bytes for a %d-byte object", got, c.Size)
+	}
+}
