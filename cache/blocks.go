@@ -195,6 +195,7 @@ type BlockStore struct {
 	log     *slog.Logger
 
 	bs             int64 // block size
+	page           int64 // page size: the unit of a partial block (see blocks_partial.go)
 	capacity       int64
 	flushInterval  time.Duration
 	runBlocks      int64 // most blocks fetched by one GET
@@ -223,6 +224,7 @@ type BlockStore struct {
 	pinned   map[blockKey]uint64                // GUARDED_BY(mu): cached blocks of pinned contents not being read → access seq
 	held     map[blockKey]blockHold             // GUARDED_BY(mu): cached blocks being read
 	flights  map[blockKey]*flight               // GUARDED_BY(mu): blocks being fetched
+	partial  map[blockKey]pageMask              // GUARDED_BY(mu): cached blocks that hold only some pages; a cached block not in it is whole
 	used     int64                              // GUARDED_BY(mu): bytes of cached blocks of unpinned contents (lru and held)
 	reserved int64                              // GUARDED_BY(mu): bytes being written by fetches within the budget
 	ahead    int64                              // GUARDED_BY(mu): read-ahead bytes in flight or cached unread
@@ -335,6 +337,7 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 		fetcher:        cfg.Fetcher,
 		log:            cfg.Logger.With("component", "blocks"),
 		bs:             bs,
+		page:           pageSizeFor(bs),
 		capacity:       cfg.Capacity,
 		flushInterval:  cfg.FlushInterval,
 		runBlocks:      max(1, min(maxRunBytes, cfg.Capacity/4)/bs),
@@ -350,6 +353,7 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 		pinned:         make(map[blockKey]uint64),
 		held:           make(map[blockKey]blockHold),
 		flights:        make(map[blockKey]*flight),
+		partial:        make(map[blockKey]pageMask),
 		pending:        make(map[blockKey]struct{}),
 		unsynced:       make(map[*content]struct{}),
 		recordDirty:    make(map[*content]struct{}),
@@ -622,12 +626,12 @@ func (s *BlockStore) releaseLocked(k blockKey) {
 	c := k.c
 	switch {
 	case h.drop:
-		n := s.blockLen(c, int64(k.i))
-		s.accountLocked(c, -1, -n)
+		s.accountLocked(c, -1, -s.cachedLenLocked(k))
+		delete(s.partial, k)
 		if c.blocks == 0 && c.refs == 0 && !c.pinned {
 			s.retireLocked(c, nil)
 		} else {
-			s.punchLocked(c, int64(k.i)*s.bs, n)
+			s.punchLocked(c, int64(k.i)*s.bs, s.blockLen(c, int64(k.i)))
 		}
 		return
 	case c.pinned:
@@ -652,10 +656,12 @@ func (s *BlockStore) evictLocked(need int64) bool {
 		c, n := k.c, s.blockLen(k.c, int64(k.i))
 		s.stats.Evictions++
 		if e.ahead {
+			// Read-ahead fetches whole blocks only.
 			s.ahead -= n
 			s.stats.ReadAheadWasted += n
 		}
-		s.accountLocked(c, -1, -n) // c is not pinned: its block was in the LRU
+		s.accountLocked(c, -1, -s.cachedLenLocked(k)) // c is not pinned: its block was in the LRU
+		delete(s.partial, k)
 		s.pending[k] = struct{}{}
 		if c.blocks == 0 && c.refs == 0 {
 			s.retireLocked(c, nil)
@@ -692,6 +698,7 @@ func (s *BlockStore) retireLocked(c *content, reason error) {
 			delete(s.held, k)
 			held = true
 		}
+		delete(s.partial, k)
 		s.pending[k] = struct{}{}
 	}
 	s.accountLocked(c, -c.blocks, -c.bytes)

@@ -31,6 +31,28 @@ type blockRun struct {
 	budgeted bool
 	// adopted: filled from a local copy by Adopt, not fetched.
 	adopted bool
+	// pages: the run fetches only the pages [pageLo, pageHi) of its one
+	// block (see blocks_partial.go). fill: that block was cached
+	// partially, and the run holds it until it ends.
+	pages          bool
+	fill           bool
+	pageLo, pageHi int64
+	// published: the first blocks, already published while the GET
+	// streams the rest (see fetchInto). Only the run's goroutine uses it.
+	published      int
+	publishedBytes int64
+}
+
+// span is the byte range of the content that r fetches.
+func (s *BlockStore) span(r *blockRun) (off, n int64) {
+	if r.pages {
+		off = r.pageLo * s.page
+		return r.first*s.bs + off, min(r.pageHi*s.page, s.blockLen(r.c, r.first)) - off
+	}
+	for j := range int64(len(r.flights)) {
+		n += s.blockLen(r.c, r.first+j)
+	}
+	return r.first * s.bs, n
 }
 
 // runKind says who starts a run.
@@ -74,11 +96,7 @@ func (s *BlockStore) startRunLocked(c *content, first, n int64, kind runKind) (*
 // waiting, and the block still lands in the cache for the next one.
 func (s *BlockStore) fetchRun(r *blockRun) {
 	defer s.wg.Done()
-	off := r.first * s.bs
-	var n int64
-	for j := range int64(len(r.flights)) {
-		n += s.blockLen(r.c, r.first+j)
-	}
+	off, n := s.span(r)
 
 	err := s.acquireSlot(r.background)
 	if err == nil {
@@ -174,9 +192,11 @@ func (r *blockRun) hasWaitersLocked() bool {
 
 // fetchInto GETs [off, off+n) of r's content, pinned to its ETag, and
 // writes it at the same offset of its file. The body must hold exactly n
-// bytes. On failure the range is punched again: its flights are still
-// ours, so nobody else reads or writes it, and nothing half-written stays
-// on disk unaccounted.
+// bytes. Each block but the last is published as soon as it is written,
+// so that a reader waits for its block, not for the whole run. On failure
+// the unpublished rest is punched again: its flights are still ours, so
+// nobody else reads or writes it, and nothing half-written stays on disk
+// unaccounted.
 func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 	c := r.c
 	s.mu.Lock()
@@ -201,22 +221,40 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 		if err == nil {
 			return
 		}
-		if perr := punchHole(r.f, off, n); perr != nil {
-			s.log.Debug("punch failed fetch", "key", c.key, "off", off, "err", perr)
+		if r.pages {
+			s.punchFailedPages(r)
+			return
+		}
+		from := off + r.publishedBytes
+		if perr := punchHole(r.f, from, off+n-from); perr != nil {
+			s.log.Debug("punch failed fetch", "key", c.key, "off", from, "err", perr)
 		}
 	}()
 
 	bufp := s.bufPool.Get().(*[]byte)
 	defer s.bufPool.Put(bufp)
-	got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, off), io.LimitReader(body, n), *bufp)
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
-	}
-	if err != nil {
-		return fmt.Errorf("copy body: %w", err)
-	}
-	if got < n {
-		return fmt.Errorf("short body: %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
+	for pos := off; pos < off+n; {
+		end := off + n
+		last := r.pages || r.published == len(r.flights)-1
+		if !last {
+			end = pos + s.blockLen(c, r.first+int64(r.published))
+		}
+		got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, pos), io.LimitReader(body, end-pos), *bufp)
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
+		}
+		if err != nil {
+			return fmt.Errorf("copy body: %w", err)
+		}
+		if got < end-pos {
+			return fmt.Errorf("short body: %d of %d bytes: %w", pos-off+got, n, io.ErrUnexpectedEOF)
+		}
+		pos = end
+		if !last {
+			if err := s.publishEarly(r); err != nil {
+				return err
+			}
+		}
 	}
 	// A longer body means the store ignored the range, and the bytes kept
 	// would come from the wrong offset.
@@ -238,6 +276,7 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := r.c
+	n -= r.publishedBytes
 	if r.budgeted {
 		s.reserved -= n
 	}
@@ -254,42 +293,90 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 	case errors.Is(err, backend.ErrPrecondition):
 		c.stale = true
 	}
-	for j, fl := range r.flights {
-		i := r.first + int64(j)
+	if r.pages {
+		s.publishPagesLocked(r, err)
+		s.unrefLocked(c)
+		if !r.budgeted {
+			s.evictLocked(0)
+		}
+		return
+	}
+	for j, fl := range r.flights[r.published:] {
+		i := r.first + int64(r.published+j)
 		k := blockKey{c, uint32(i)}
 		bl := s.blockLen(c, i)
-		delete(s.flights, k)
-		switch {
-		case err != nil:
+		if err != nil {
+			delete(s.flights, k)
 			fl.err = fmt.Errorf("fetch %q block %d: %w", c.key, i, err)
 			if fl.ahead {
 				s.ahead -= bl
 			}
-		case fl.waiters > 0:
-			// One hold per waiting reader: the block cannot be evicted
-			// before they have read it.
-			s.cacheBlockLocked(k, bl)
-			s.held[k] = blockHold{refs: fl.waiters, seq: s.nextSeqLocked()}
-			if fl.ahead {
-				s.ahead -= bl
-			}
-		case c.pinned:
-			s.cacheBlockLocked(k, bl)
-			s.pinned[k] = s.nextSeqLocked()
-			if fl.ahead {
-				s.ahead -= bl
-			}
-		default:
-			s.cacheBlockLocked(k, bl)
-			s.lru.Add(k, lruEntry{seq: s.nextSeqLocked(), ahead: fl.ahead})
+			close(fl.done)
+			continue
 		}
-		close(fl.done)
+		s.publishBlockLocked(k, fl, bl)
 	}
 	s.unrefLocked(c)
 	if !r.budgeted {
 		// Unpinned while its GET ran, so nothing was evicted for it.
 		s.evictLocked(0)
 	}
+}
+
+// publishEarly publishes the next block of r, whose bytes are written,
+// while its GET goes on: a reader waiting for it need not wait for the
+// rest of the run. The store checked the range it answered (the s3
+// backend fails a ranged GET without Content-Range), so the bytes are
+// those of the block; a content retired meanwhile is left to finishRun.
+func (s *BlockStore) publishEarly(r *blockRun) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := r.c
+	if c.gone() {
+		return c.goneErr
+	}
+	i := r.first + int64(r.published)
+	bl := s.blockLen(c, i)
+	if r.budgeted {
+		s.reserved -= bl
+	}
+	s.stats.FetchedBytes += bl
+	s.unsynced[c] = struct{}{}
+	c.stale = false
+	s.publishBlockLocked(blockKey{c, uint32(i)}, r.flights[r.published], bl)
+	r.published++
+	r.publishedBytes += bl
+	if !r.budgeted {
+		s.evictLocked(0)
+	}
+	return nil
+}
+
+// publishBlockLocked caches block k, fetched by flight fl, where its
+// readers and its content's pin state say, and wakes its readers.
+func (s *BlockStore) publishBlockLocked(k blockKey, fl *flight, bl int64) {
+	c := k.c
+	delete(s.flights, k)
+	switch {
+	case fl.waiters > 0:
+		// One hold per waiting reader: the block cannot be evicted
+		// before they have read it.
+		s.cacheBlockLocked(k, bl)
+		s.held[k] = blockHold{refs: fl.waiters, seq: s.nextSeqLocked()}
+		if fl.ahead {
+			s.ahead -= bl
+		}
+	case c.pinned:
+		s.cacheBlockLocked(k, bl)
+		s.pinned[k] = s.nextSeqLocked()
+		if fl.ahead {
+			s.ahead -= bl
+		}
+	default:
+		s.cacheBlockLocked(k, bl)
+		s.lru.Add(k, lruEntry{seq: s.nextSeqLocked(), ahead: fl.ahead})
+	}
+	close(fl.done)
 }
 
 // cacheBlockLocked counts a newly cached block; the caller files it in the

@@ -20,7 +20,8 @@ import (
 //
 //	blocks.meta      "blocksize" → uint64 BE; "clean" → present after a clean Close
 //	blocks.contents  content id (16 bytes) → JSON contentRecord (identity and pin flag)
-//	blocks.index     content id (16 bytes) + block index (uint32 BE) → access seq (uint64 BE)
+//	blocks.index     content id (16 bytes) + block index (uint32 BE) → access seq (uint64 BE),
+//	                 then, for a partial block only, its pageMask (4 × uint64 BE)
 var (
 	bucketBlocksMeta     = []byte("blocks.meta")
 	bucketBlocksContents = []byte("blocks.contents")
@@ -50,9 +51,29 @@ func uint64Bytes(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v)
 
 // blockRecord is the persisted state of one cached block.
 type blockRecord struct {
-	k   blockKey
-	seq uint64
+	k       blockKey
+	seq     uint64
+	partial bool
+	mask    pageMask // the pages present, when partial
 }
+
+// value encodes r's record.
+func (r *blockRecord) value() []byte {
+	v := uint64Bytes(r.seq)
+	if r.partial {
+		for _, w := range r.mask {
+			v = binary.BigEndian.AppendUint64(v, w)
+		}
+	}
+	return v
+}
+
+// blockRecordValueLen are the lengths of a block record's value: whole,
+// and partial.
+const (
+	wholeRecordLen   = 8
+	partialRecordLen = 8 + 8*len(pageMask{})
+)
 
 // load restores the index from the database. It runs inside
 // OpenBlockStore before any other goroutine can see the store, so the
@@ -147,7 +168,10 @@ func (s *BlockStore) load() error {
 		} else {
 			s.lru.Add(b.k, lruEntry{seq: b.seq})
 		}
-		s.accountLocked(b.k.c, 1, s.blockLen(b.k.c, int64(b.k.i)))
+		if b.partial {
+			s.partial[b.k] = b.mask
+		}
+		s.accountLocked(b.k.c, 1, s.cachedLenLocked(b.k))
 		s.seq = max(s.seq, b.seq)
 	}
 	for _, c := range loaded {
@@ -202,7 +226,7 @@ func (s *BlockStore) loadBlocks(ib *bbolt.Bucket, loaded map[contentID]*content)
 	err := ib.ForEach(func(k, v []byte) error {
 		var c *content
 		var i uint32
-		if len(k) == 20 && len(v) == 8 {
+		if len(k) == 20 && (len(v) == wholeRecordLen || len(v) == partialRecordLen) {
 			c = loaded[contentID(k[:16])]
 			i = binary.BigEndian.Uint32(k[16:])
 		}
@@ -210,7 +234,26 @@ func (s *BlockStore) loadBlocks(ib *bbolt.Bucket, loaded map[contentID]*content)
 			drop = append(drop, slices.Clone(k))
 			return nil
 		}
-		byContent[c] = append(byContent[c], blockRecord{blockKey{c, i}, binary.BigEndian.Uint64(v)})
+		rec := blockRecord{k: blockKey{c, i}, seq: binary.BigEndian.Uint64(v)}
+		if len(v) == partialRecordLen {
+			rec.partial = true
+			for j := range rec.mask {
+				rec.mask[j] = binary.BigEndian.Uint64(v[8+8*j:])
+			}
+			// Pages past the block's end, or none at all, mean a
+			// record this store did not write.
+			n := s.blockPages(c, int64(i))
+			var valid pageMask
+			valid.setRange(0, n)
+			if rec.mask.count() == 0 || rec.mask.andNot(&valid) {
+				drop = append(drop, slices.Clone(k))
+				return nil
+			}
+			if rec.mask.hasRange(0, n) {
+				rec.partial, rec.mask = false, pageMask{}
+			}
+		}
+		byContent[c] = append(byContent[c], rec)
 		return nil
 	})
 	if err != nil {
@@ -247,11 +290,11 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 		}
 	}()
 	valid := recs[:0]
-	recorded := make(map[uint32]bool, len(recs))
+	recorded := make(map[uint32]*blockRecord, len(recs))
 	for _, b := range recs {
-		if hasData(f, int64(b.k.i)*s.bs, s.blockLen(c, int64(b.k.i))) {
+		if s.recordHasData(f, &b) {
 			valid = append(valid, b)
-			recorded[b.k.i] = true
+			recorded[b.k.i] = &valid[len(valid)-1]
 		} else {
 			drop = append(drop, blockRecordKey(c.id, b.k.i))
 		}
@@ -262,10 +305,20 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 			break
 		}
 		for i := start / s.bs; i*s.bs < min(end, c.size); i++ {
-			if recorded[uint32(i)] {
-				continue
+			rec := recorded[uint32(i)]
+			var err error
+			switch {
+			case rec == nil:
+				err = punchHole(f, i*s.bs, s.bs)
+			case rec.partial:
+				// Pages a fill wrote but never recorded.
+				s.absentRuns(c, i, &rec.mask, func(lo, hi int64) {
+					if perr := punchHole(f, i*s.bs+lo*s.page, (hi-lo)*s.page); perr != nil {
+						err = perr
+					}
+				})
 			}
-			if err := punchHole(f, i*s.bs, s.bs); err != nil {
+			if err != nil {
 				s.log.Warn("punch unrecorded block", "path", c.path, "block", i, "err", err)
 				return valid, drop
 			}
@@ -273,6 +326,25 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 		pos = end
 	}
 	return valid, drop
+}
+
+// recordHasData reports whether the file holds data wherever b says the
+// block has some: the whole block, or each run of its present pages.
+func (s *BlockStore) recordHasData(f *os.File, b *blockRecord) bool {
+	c, i := b.k.c, int64(b.k.i)
+	if !b.partial {
+		return hasData(f, i*s.bs, s.blockLen(c, i))
+	}
+	ok := true
+	var absent pageMask
+	s.absentRuns(c, i, &b.mask, func(lo, hi int64) { absent.setRange(lo, hi) })
+	s.absentRuns(c, i, &absent, func(lo, hi int64) {
+		// A run of present pages.
+		if ok && !hasData(f, i*s.bs+lo*s.page, min(hi*s.page, s.blockLen(c, i))-lo*s.page) {
+			ok = false
+		}
+	})
+	return ok
 }
 
 // sweepLocked removes the files in the store's directory that belong to
@@ -433,6 +505,7 @@ func (s *BlockStore) snapshotLocked() *flushBatch {
 	for k := range s.pending {
 		var seq uint64
 		cached := false
+		mask, partial := s.partial[k]
 		if h, ok := s.held[k]; ok {
 			seq, cached = h.seq, true
 		} else if pseq, ok := s.pinned[k]; ok {
@@ -444,7 +517,7 @@ func (s *BlockStore) snapshotLocked() *flushBatch {
 			b.dels = append(b.dels, k)
 			continue
 		}
-		b.puts = append(b.puts, blockRecord{k, seq})
+		b.puts = append(b.puts, blockRecord{k: k, seq: seq, partial: partial, mask: mask})
 		if !k.c.recorded {
 			toRecord[k.c] = true
 		}
@@ -494,7 +567,7 @@ func (s *BlockStore) commit(b *flushBatch, clean bool) error {
 			}
 		}
 		for _, p := range b.puts {
-			if err := ib.Put(blockRecordKey(p.k.c.id, p.k.i), uint64Bytes(p.seq)); err != nil {
+			if err := ib.Put(blockRecordKey(p.k.c.id, p.k.i), p.value()); err != nil {
 				return err
 			}
 		}

@@ -244,7 +244,6 @@ func (s *BlockStore) freeLocked(c *content) int64 {
 	var dropped []uint32
 	for _, i := range s.cachedBlocksLocked(c) {
 		k := blockKey{c, i}
-		n := s.blockLen(c, int64(i))
 		if h, ok := s.held[k]; ok {
 			h.drop = true
 			s.held[k] = h
@@ -253,11 +252,13 @@ func (s *BlockStore) freeLocked(c *content) int64 {
 		if e, ok := s.lru.Peek(k); ok {
 			s.lru.Remove(k)
 			if e.ahead {
-				s.ahead -= n
+				s.ahead -= s.blockLen(c, int64(i))
 			}
 		} else {
 			delete(s.pinned, k)
 		}
+		n := s.cachedLenLocked(k)
+		delete(s.partial, k)
 		s.accountLocked(c, -1, -n)
 		s.pending[k] = struct{}{}
 		freed += n
@@ -426,16 +427,27 @@ func (p *pinFetch) nextLocked(next *int64) (pinWait, error) {
 		return pinWait{}, err
 	}
 	i := *next
-	for i < c.nblocks && s.cachedLocked(blockKey{c, uint32(i)}) {
+	for i < c.nblocks && s.completeLocked(blockKey{c, uint32(i)}) {
 		i++
 	}
 	if i == c.nblocks {
 		*next = i
 		return pinWait{}, nil
 	}
-	if fl, ok := s.flights[blockKey{c, uint32(i)}]; ok {
+	k := blockKey{c, uint32(i)}
+	if fl, ok := s.flights[k]; ok {
 		*next = i + 1
 		return pinWait{first: i, flights: []*flight{fl}}, nil
+	}
+	if s.cachedLocked(k) {
+		// A partial block, left by a reader that seeked: fetch the rest.
+		lo, hi := s.fillPagesLocked(k)
+		r, err := s.startPagesLocked(c, i, lo, hi, runPin)
+		if err != nil {
+			return pinWait{}, err
+		}
+		*next = i + 1
+		return pinWait{first: i, flights: r.flights}, nil
 	}
 	j := i
 	for j+1 < c.nblocks && j+1-i < s.runBlocks && s.missingLocked(blockKey{c, uint32(j + 1)}) {
@@ -464,6 +476,8 @@ func (p *pinFetch) await(ctx context.Context, w pinWait) error {
 		}
 		switch {
 		case fl.err == nil:
+			// The rest of a partial block counts as a whole one: a
+			// slight overstatement of the progress.
 			got += p.s.blockLen(p.c, w.first+int64(j))
 		case errors.Is(fl.err, errNoRoom):
 		default:

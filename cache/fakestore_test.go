@@ -32,6 +32,10 @@ type fakeStore struct {
 	shortBy     int64         // when > 0, bodies lack that many bytes at the end
 	delay       time.Duration // added to every GET
 	ranges      [][2]int64    // [off, end) of each GET
+	// stall, when set, stops each body after stallAfter bytes until it
+	// is closed.
+	stall      chan struct{}
+	stallAfter int64
 }
 
 type fakeObject struct {
@@ -179,12 +183,28 @@ func (f *fakeStore) Get(ctx context.Context, key string, off, n int64, ifMatch s
 	f.mu.Lock()
 	f.bytes += int64(len(p))
 	f.ranges = append(f.ranges, [2]int64{off, end})
+	stall, stallAfter := f.stall, f.stallAfter
 	f.mu.Unlock()
-	return &fakeBody{Reader: bytes.NewReader(p), done: done}, nil
+	var r io.Reader = bytes.NewReader(p)
+	if stall != nil && stallAfter < int64(len(p)) {
+		r = io.MultiReader(bytes.NewReader(p[:stallAfter]), &stalledReader{stall: stall, r: bytes.NewReader(p[stallAfter:])})
+	}
+	return &fakeBody{Reader: r, done: done}, nil
+}
+
+// stalledReader blocks its first read until stall is closed.
+type stalledReader struct {
+	stall <-chan struct{}
+	r     io.Reader
+}
+
+func (s *stalledReader) Read(p []byte) (int, error) {
+	<-s.stall
+	return s.r.Read(p)
 }
 
 type fakeBody struct {
-	*bytes.Reader
+	io.Reader
 	once sync.Once
 	done func()
 }

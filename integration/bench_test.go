@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,8 +37,11 @@ import (
 // Markdown at the end, and written to $NIMBUS_BENCH_OUT if set.
 //
 // Run it with scripts/bench, as root (it drops the page cache). Knobs:
-// NIMBUS_BENCH_LIMIT (time limit per workload, default 3m) and
-// NIMBUS_BENCH_SYSTEMS (e.g. "raw,nimbus"; default all four).
+// NIMBUS_BENCH_LIMIT (time limit per workload, default 3m),
+// NIMBUS_BENCH_SYSTEMS (e.g. "raw,nimbus"; default all four) and
+// NIMBUS_BENCH_WORKLOADS (comma-separated words, e.g. "random,sequential
+// read": only the groups of workloads one of whose names holds one of them;
+// default all).
 func BenchmarkFileSystems(b *testing.B) {
 	for range b.N {
 		benchFileSystems(b)
@@ -128,7 +132,7 @@ func benchFileSystems(b *testing.B) {
 	only := os.Getenv("NIMBUS_BENCH_SYSTEMS")
 	chosen := func(name string) bool { return only == "" || strings.Contains(","+only+",", ","+name+",") }
 	if chosen("raw") {
-		for _, p := range rawPlans() {
+		for _, p := range chosenPlans(rawPlans()) {
 			bx.runPlan("raw", nil, p)
 		}
 	}
@@ -206,9 +210,31 @@ type step struct {
 // plan is the steps that share one fresh mount, in order.
 type plan []step
 
+// chosenPlans keeps the plans that NIMBUS_BENCH_WORKLOADS asks for: those
+// with a workload whose name contains one of its comma-separated words.
+func chosenPlans(plans []plan) []plan {
+	only := os.Getenv("NIMBUS_BENCH_WORKLOADS")
+	if only == "" {
+		return plans
+	}
+	var out []plan
+	for _, p := range plans {
+		if slices.ContainsFunc(p, func(s step) bool {
+			return slices.ContainsFunc(s.workloads, func(w string) bool {
+				return slices.ContainsFunc(strings.Split(only, ","), func(word string) bool {
+					return word != "" && strings.Contains(w, word)
+				})
+			})
+		}) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // runSystem runs every plan on its own fresh mount of sys.
 func (bx *bench) runSystem(sys benchSystem) {
-	for _, p := range benchPlans() {
+	for _, p := range chosenPlans(benchPlans()) {
 		if sys.missing != "" {
 			bx.skipPlan(sys.name, p, sys.missing)
 			continue
