@@ -25,8 +25,31 @@ import (
 // /usr/local/bin and the like), so the test cannot put its binary first on
 // PATH; "fuse.nimbus" would run an installed nimbus. mount.fuse runs the
 // type's name after "fuse." as the command, so an absolute path goes the
-// same way through mount(8) and mount.fuse, and installs nothing.
-func fuseType() string { return "fuse." + nimbusBin }
+// same way through mount(8) and mount.fuse, and installs nothing. A dot
+// in that path breaks it (mount(8) takes what follows a dot for a
+// subtype, and never runs the helper), and scripts/test's temporary
+// folders have one: the binary is reached through a symlink in a folder
+// of /tmp whose path has none.
+func fuseType(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "nimbus-mount-helper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
+	link := filepath.Join(dir, "nimbus")
+	if err := os.Symlink(nimbusBin, link); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(link, ".") {
+		t.Fatalf("the helper's path %s has a dot: mount(8) would not run it", link)
+	}
+	return "fuse." + link
+}
 
 // runMount8 runs mount(8) with args and extra environment, and returns its
 // combined output and exit code.
@@ -85,7 +108,7 @@ func TestMountTypeFuseNimbus(t *testing.T) {
 	e.put("docs/a.txt", []byte("from minio\n"))
 	mp := cliMountpoint(t)
 	opts := "rw,cache_size=64MiB,dir_ttl=5m,endpoint=" + e.minio.Endpoint + ",cache-dir=" + t.TempDir() + ",noauto,_netdev,nofail,x-systemd.automount,dev,suid"
-	out, code := runMount8(t, e.minio.Env(), "-t", fuseType(), "s3://"+e.bucket, mp, "-o", opts)
+	out, code := runMount8(t, e.minio.Env(), "-t", fuseType(t), "s3://"+e.bucket, mp, "-o", opts)
 	if code != 0 {
 		t.Fatalf("mount -t fuse.nimbus: exit %d: %s", code, out)
 	}
@@ -106,12 +129,12 @@ func TestMountTypeFuseNimbus(t *testing.T) {
 	}
 
 	// A mount that fails says why in one line, and mount(8) fails.
-	out, code = runMount8(t, nil, "-t", fuseType(), "dir:"+filepath.Join(t.TempDir(), "missing"), mp, "-o", "cache_dir="+t.TempDir())
+	out, code = runMount8(t, nil, "-t", fuseType(t), "dir:"+filepath.Join(t.TempDir(), "missing"), mp, "-o", "cache_dir="+t.TempDir())
 	if code == 0 || !strings.Contains(out, "does not exist") || isMounted(mp) {
 		t.Errorf("mount of a missing folder: exit %d: %q; want a failure that says it does not exist", code, out)
 	}
 	// An unknown option is named.
-	out, code = runMount8(t, nil, "-t", fuseType(), "dir:"+cliDirRemote(t), mp, "-o", "cache_dir="+t.TempDir()+",frobnicate=1")
+	out, code = runMount8(t, nil, "-t", fuseType(t), "dir:"+cliDirRemote(t), mp, "-o", "cache_dir="+t.TempDir()+",frobnicate=1")
 	if code == 0 || !strings.Contains(out, "-o frobnicate: unknown option") || isMounted(mp) {
 		t.Errorf("mount with an unknown option: exit %d: %q; want a failure naming it", code, out)
 	}
@@ -124,7 +147,7 @@ func TestMountFromFstab(t *testing.T) {
 	remote := cliDirRemote(t)
 	mp := cliMountpoint(t)
 	fstab := filepath.Join(t.TempDir(), "fstab")
-	line := "# nimbus\ndir:" + remote + " " + mp + " " + fuseType() +
+	line := "# nimbus\ndir:" + remote + " " + mp + " " + fuseType(t) +
 		" defaults,ro,cache_size=64MiB,dir_ttl=90s,cache_dir=" + t.TempDir() + ",noauto,nofail,x-systemd.requires=network-online.target,user,users,exec 0 0\n"
 	if err := os.WriteFile(fstab, []byte(line), 0o644); err != nil {
 		t.Fatal(err)
