@@ -329,19 +329,8 @@ func TestTierAppendAfterRemoteChange(t *testing.T) {
 // of what was renamed in, not of the object it replaced. The differential
 // model test found this under load, when the uploads happened to lag.
 func TestTierFolderRenameOverPendingCopies(t *testing.T) {
-	remote := t.TempDir()
-	st, err := dir.New(remote)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	old, renamedIn := []byte("old content"), []byte("the content renamed in, longer than the old one")
-	for key, data := range map[string][]byte{"sub/x y": old, "a": renamedIn} {
-		if _, err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data)), nil, backend.Cond{IfNoneMatch: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	remote := seededRemote(t, map[string][]byte{"sub/x y": old, "a": renamedIn})
 	m := newTier(t, tierOpt{remote: remote, holdUploads: true})
 	m.names("sub")
 	for _, r := range [][2]string{{"sub/x y", "other"}, {"a", "sub/x y"}, {"sub", "sub2"}} {
@@ -377,19 +366,7 @@ func TestTierFolderRenameOverPendingCopies(t *testing.T) {
 // listing still has the file, the journal no longer has its delete. The
 // file must not come back under the new name.
 func TestTierFolderRenameRacingADelete(t *testing.T) {
-	remote := t.TempDir()
-	st, err := dir.New(remote)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for _, key := range []string{"sub/keep", "sub/gone"} {
-		data := []byte("content of " + key)
-		if _, err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data)), nil, backend.Cond{IfNoneMatch: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	remote := seededRemote(t, map[string][]byte{"sub/keep": []byte("kept"), "sub/gone": []byte("deleted")})
 	// The hook runs in the mount's goroutines: the race detector does not
 	// see the kernel order them after the test's own steps.
 	var mounted atomic.Pointer[tier]
@@ -418,4 +395,23 @@ func TestTierFolderRenameRacingADelete(t *testing.T) {
 	if got := m.remoteKeys(); !slices.Contains(got, "sub2/keep") || slices.Contains(got, "sub2/gone") || slices.Contains(got, "sub/gone") {
 		t.Fatalf("store keys %q: want sub2/keep, and gone nowhere", got)
 	}
+}
+
+// seededRemote returns a new dir: store's folder holding objects, for a
+// tier to mount with opt.remote.
+func seededRemote(t *testing.T, objects map[string][]byte) string {
+	t.Helper()
+	remote := t.TempDir()
+	st, err := dir.New(remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for key, data := range objects {
+		if _, err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data)), nil, backend.Cond{IfNoneMatch: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return remote
 }
