@@ -415,3 +415,47 @@ func seededRemote(t *testing.T, objects map[string][]byte) string {
 	}
 	return remote
 }
+
+// TestTierFolderRenameKeepsModes renames a folder whose file has a mode of
+// its own, and edits the file once the kernel forgot its inode: the mount
+// shows the mode under the new name, and the edit stores it. The moved
+// entry used to show the default mode (a listing carries none), and the
+// edit then stored 0644 over the user's mode.
+func TestTierFolderRenameKeepsModes(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	if err := os.Mkdir(m.path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.mustWrite("d/f", []byte("private"))
+	if err := os.Chmod(m.path("d/f"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync)
+	if err := os.Rename(m.path("d"), m.path("e")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2\n"), 0); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("drop the kernel's inodes (needs root): %v", err)
+		}
+		t.Skipf("drop the kernel's inodes (needs root): %v", err)
+	}
+	if st, err := os.Stat(m.path("e/f")); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("e/f after the folder rename: %v, %v; want mode 0700", st, err)
+	}
+	f, err := os.OpenFile(m.path("e/f"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte(" edit")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync)
+	info := m.wantRemote("e/f", []byte("private edit"))
+	if got := info.Meta["nimbus-mode"]; got != "700" && got != "0700" {
+		t.Fatalf("store: e/f has nimbus-mode %q, want 700", got)
+	}
+}

@@ -65,7 +65,6 @@ func TestModelDifferential(t *testing.T) {
 		root:   os.Geteuid() == 0,
 
 		knownBugs: os.Getenv("NIMBUS_VFS_KNOWN_BUGS") == "1",
-		lostMode:  make(map[string]bool),
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -81,7 +80,7 @@ func TestModelDifferential(t *testing.T) {
 	for i := range nOps {
 		op := d.step(i)
 		if !t.Failed() {
-			d.compareTrees(m.mnt, fmt.Sprintf("after op %d (%s)", i, op.desc), false)
+			d.compareTrees(m.mnt, fmt.Sprintf("after op %d (%s)", i, op.desc))
 		}
 		if !t.Failed() && (i+1)%modelSyncEvery == 0 {
 			d.compareStore(fmt.Sprintf("after op %d", i))
@@ -101,7 +100,7 @@ func TestModelDifferential(t *testing.T) {
 		t.FailNow()
 	}
 	fresh := newTier(t, tierOpt{remote: m.remote})
-	d.compareTrees(fresh.mnt, "on a second mount with a fresh cache", true)
+	d.compareTrees(fresh.mnt, "on a second mount with a fresh cache")
 }
 
 const (
@@ -128,10 +127,8 @@ type modelRun struct {
 	// be drawn (the mount enforces none, as it has no default_permissions).
 	root bool
 	// knownBugs (NIMBUS_VFS_KNOWN_BUGS=1) compares what known bugs get
-	// wrong too; else lostMode holds the files whose mode the mount's own
-	// view has lost to one, and those modes are not compared on it.
+	// wrong too.
 	knownBugs bool
-	lostMode  map[string]bool
 }
 
 // modelFiles and modelDirs are few, so that names collide: an op often
@@ -486,7 +483,7 @@ func (d *modelRun) next() modelOp {
 					if err != nil {
 						return nil, fmt.Errorf("stat %s: %w", ent.Name(), err)
 					}
-					fmt.Fprintf(&b, "%s\n", d.describe(path.Join(name, ent.Name()), info))
+					fmt.Fprintf(&b, "%s\n", describe(info))
 				}
 				return b.Bytes(), nil
 			},
@@ -512,46 +509,6 @@ func (d *modelRun) mode() os.FileMode {
 		}
 	}
 	return modes[d.rng.IntN(len(modes))]
-}
-
-// trackLostModes follows, after op succeeded, the files whose mode the
-// mount's view loses to a known bug: a folder rename shows each uploaded
-// file under it with mode 0644 once the kernel's cached attributes expire
-// (renameDir replaces the tree entries that MoveDir moved with bare ones,
-// and the Copy's completion finds no mode to keep). The store and a fresh
-// mount keep the mode; a chmod sets it again.
-func (d *modelRun) trackLostModes(op modelOp) {
-	under := func(p, dir string) bool { return strings.HasPrefix(p, dir+"/") }
-	switch op.kind {
-	case "unlink", "chmod":
-		delete(d.lostMode, op.src)
-	case "rename-file":
-		lost := d.lostMode[op.src]
-		delete(d.lostMode, op.src)
-		delete(d.lostMode, op.dst)
-		if lost {
-			d.lostMode[op.dst] = true
-		}
-	case "rename-dir":
-		for p := range d.lostMode {
-			if under(p, op.src) {
-				delete(d.lostMode, p)
-			}
-		}
-		files, _ := d.scan()
-		for p := range files {
-			if !under(p, op.dst) {
-				continue
-			}
-			info, err := os.Lstat(filepath.Join(d.ref, p))
-			if err != nil {
-				d.t.Fatal(err)
-			}
-			if modeBits(info.Mode()) != 0o644 {
-				d.lostMode[p] = true
-			}
-		}
-	}
 }
 
 func (d *modelRun) mkdirOp(name string) modelOp {
@@ -583,9 +540,6 @@ func (d *modelRun) step(i int) modelOp {
 	outcome := modelErrno(refErr)
 	d.ops = append(d.ops, fmt.Sprintf("%5d %s: %s", i, op.desc, outcome))
 	d.counts[op.kind+":"+strings.SplitN(outcome, " (", 2)[0]]++
-	if refErr == nil && !d.knownBugs {
-		d.trackLostModes(op)
-	}
 	if op.mustFail != 0 && !errors.Is(refErr, op.mustFail) {
 		d.t.Fatalf("op %d %s: the model says %v, want %v: the test is wrong", i, op.desc, refErr, op.mustFail)
 	}
@@ -623,23 +577,19 @@ func shortSum(b []byte) string {
 	return fmt.Sprintf("%x…", s[:6])
 }
 
-// describe is what a comparison looks at in the entry at rel: name, type,
-// permission bits (unless a known bug lost them on the mount), and a
-// file's size.
-func (d *modelRun) describe(rel string, info fs.FileInfo) string {
+// describe is what a comparison looks at in an entry: name, type,
+// permission bits, and a file's size.
+func describe(info fs.FileInfo) string {
 	if info.IsDir() {
 		return fmt.Sprintf("%s folder %v", info.Name(), info.Mode().Perm())
 	}
 	mode := info.Mode().String()
-	if d != nil && d.lostMode[rel] {
-		mode = "(mode lost to a known bug)"
-	}
 	return fmt.Sprintf("%s %s %d bytes", info.Name(), mode, info.Size())
 }
 
 // modelTree describes every entry under root, a file with its content's
-// hash too. With d nil, every mode is compared.
-func (d *modelRun) modelTree(t *testing.T, root string) map[string]string {
+// hash too.
+func modelTree(t *testing.T, root string) map[string]string {
 	t.Helper()
 	out := make(map[string]string)
 	err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
@@ -655,7 +605,7 @@ func (d *modelRun) modelTree(t *testing.T, root string) map[string]string {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		desc := d.describe(rel, info)
+		desc := describe(info)
 		if info.Mode().IsRegular() {
 			data, err := os.ReadFile(p)
 			if err != nil {
@@ -673,16 +623,9 @@ func (d *modelRun) modelTree(t *testing.T, root string) map[string]string {
 }
 
 // compareTrees requires the mount at root to show what the model holds.
-// The first mount's view may have lost modes to a known bug (lostMode);
-// a fresh mount's has every one.
-func (d *modelRun) compareTrees(root, when string, fresh bool) {
+func (d *modelRun) compareTrees(root, when string) {
 	d.t.Helper()
-	c := d
-	if fresh {
-		c = nil
-	}
-	want := c.modelTree(d.t, d.ref)
-	reportDiffs(d.t, "tree "+when, want, c.modelTree(d.t, root))
+	reportDiffs(d.t, "tree "+when, modelTree(d.t, d.ref), modelTree(d.t, root))
 }
 
 func reportDiffs(t *testing.T, when string, want, got map[string]string) {
@@ -715,8 +658,7 @@ func (d *modelRun) compareStore(when string) {
 	d.t.Helper()
 	d.m.sync(tierSync)
 	want := make(map[string]string)
-	var all *modelRun // every mode: the store has them all
-	for k, v := range all.modelTree(d.t, d.ref) {
+	for k, v := range modelTree(d.t, d.ref) {
 		if strings.Contains(v, " folder ") {
 			want[k+"/"] = "folder"
 			continue

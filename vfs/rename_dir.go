@@ -150,8 +150,12 @@ func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName str
 		}
 		if rest = strings.TrimSuffix(rest, "/"); rest != "" {
 			e := cache.Entry{Name: rest, Dir: strings.HasSuffix(newKey, "/"), Size: size, Local: true}
-			if !e.Dir && !o.entry.MTime.IsZero() {
-				e.MTime, e.Mode, e.Attrs = o.entry.MTime, o.entry.Mode, o.entry.Attrs
+			if !e.Dir {
+				if attrs, ok := f.movedAttrs(key, o); ok {
+					// The file keeps its mode, owner and times: a later
+					// edit under the new name stores what it shows.
+					e.CopyAttrs(attrs)
+				}
 			}
 			shown = append(shown, e)
 		}
@@ -211,6 +215,26 @@ func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName str
 		}
 	}
 	return true, nil
+}
+
+// movedAttrs returns the attributes a file moved by a folder rename keeps:
+// those of the entry the tree shows for its old key (a listing carries
+// none), or of the tree's entry found when the keys came from the tree.
+func (f *FS) movedAttrs(key string, o dirObject) (cache.Entry, bool) {
+	if !o.entry.MTime.IsZero() {
+		return o.entry, true
+	}
+	rel, ok := f.relPath(key)
+	if !ok {
+		return cache.Entry{}, false
+	}
+	dir, name := splitPath(rel)
+	e, ok, err := f.cfg.Tree.Get(dir, name)
+	if err != nil {
+		f.log.Warn("attributes of a moved file", "key", key, "err", err)
+		return cache.Entry{}, false
+	}
+	return e, ok && !e.Dir && !e.Gone && (e.Attrs || !e.MTime.IsZero())
 }
 
 // dirObject is a key under a folder being renamed, as the store listed it
