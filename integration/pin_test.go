@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,13 @@ func xattr(t testing.TB, path, name string) string {
 	t.Helper()
 	buf := make([]byte, 256)
 	n, err := unix.Getxattr(path, name, buf)
+	for attempt := 1; errors.Is(err, unix.EINTR) && attempt < 5; attempt++ {
+		// The Go runtime signals its threads (SIGURG) and the kernel
+		// interrupts the FUSE request; getxattr(2) may then fail with
+		// EINTR, and Go's wrapper does not retry it. A careful caller
+		// does.
+		n, err = unix.Getxattr(path, name, buf)
+	}
 	if err != nil {
 		t.Fatalf("getxattr %s %s: %v", path, name, err)
 	}
