@@ -68,7 +68,8 @@ type Config struct {
 	// Concurrency bounds parallel uploads (default 4).
 	Concurrency int
 	// MinBackoff and MaxBackoff bound the exponential retry delay
-	// (default 1s and 1m).
+	// (default 1s and 1m; backend.Backoff, so each delay is spread by
+	// ±backend.BackoffJitter).
 	MinBackoff, MaxBackoff time.Duration
 	// Now stamps commits and conflicts (default time.Now). Retry timing
 	// always uses the real clock.

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/backend"
 )
 
 // entryState is where a pending op is in its life.
@@ -37,8 +39,8 @@ type entry struct {
 	// outright, and its hash is remembered by whatever supersedes it.
 	maybeSent bool
 	attempts  int
-	backoff   time.Duration
-	notBefore time.Time // retry not before (real clock); zero: now
+	backoff   *backend.Backoff // of its retries; nil until one fails
+	notBefore time.Time        // retry not before (real clock); zero: now
 	// queuedAt is when the oldest change this op carries was committed
 	// (real clock; inherited by the op that supersedes it), and
 	// settleUntil is when its upload delay ends (see Config.UploadDelay).
@@ -208,9 +210,9 @@ func (h *readyHeap) Pop() any {
 // outage tracks an unreachable store. GUARDED_BY(Journal.mu).
 type outage struct {
 	offline bool
-	backoff time.Duration
-	until   time.Time // no attempt before (real clock)
-	since   time.Time // when the current pause began
+	backoff *backend.Backoff // of the probes; set when the pause begins
+	until   time.Time        // no attempt before (real clock)
+	since   time.Time        // when the current pause began
 }
 
 // Run uploads pending ops until ctx ends, then waits for its uploads to
@@ -337,26 +339,24 @@ func (j *Journal) failed(e *entry, err error, how failure) {
 		// (a probe) lengthens it: the others were already in flight.
 		if !o.offline || !e.startedAt.Before(o.since) {
 			if !o.offline {
-				o.backoff = j.minBackoff
-			} else {
-				o.backoff = min(2*o.backoff, j.maxBackoff)
+				o.backoff = backend.NewBackoff(j.minBackoff, j.maxBackoff)
 			}
+			wait := o.backoff.Next()
 			o.offline = true
 			o.since = now
-			o.until = now.Add(o.backoff)
-			j.log.Warn("store unreachable, pausing uploads", "key", e.rec.Key, "err", err, "retry_in", o.backoff)
+			o.until = now.Add(wait)
+			j.log.Warn("store unreachable, pausing uploads", "key", e.rec.Key, "err", err, "retry_in", wait)
 		}
 	case failRetry:
 		e.lastErr = err
-		if e.backoff == 0 {
-			e.backoff = j.minBackoff
-		} else {
-			e.backoff = min(2*e.backoff, j.maxBackoff)
+		if e.backoff == nil {
+			e.backoff = backend.NewBackoff(j.minBackoff, j.maxBackoff)
 		}
-		e.notBefore = now.Add(e.backoff)
+		wait := e.backoff.Next()
+		e.notBefore = now.Add(wait)
 		j.storeAnsweredLocked()
 		j.log.Warn("upload failed, will retry", "op", e.rec.Kind, "key", e.rec.Key, "seq", e.rec.Seq,
-			"attempt", e.attempts, "retry_in", e.backoff, "err", err)
+			"attempt", e.attempts, "retry_in", wait, "err", err)
 	case failPark:
 		e.lastErr = err
 		e.state = stateParked

@@ -6,7 +6,8 @@
 // While offline, calls fail immediately with backend.ErrOffline until the
 // next probe time; then one call is let through as a probe. A probe that
 // succeeds, or fails with any other error (the store answered), marks the
-// store online again. Probe intervals back off from MinBackoff to MaxBackoff.
+// store online again. Probe intervals back off from MinBackoff to MaxBackoff
+// by backend.Backoff (doubling, with jitter).
 // Prober runs such probes in the background so that work queued while
 // offline (the journal) can resume by itself.
 package health
@@ -30,13 +31,13 @@ type Checker struct {
 	now        func() time.Time
 
 	mu           sync.Mutex
-	offline      bool      // GUARDED_BY(mu)
-	since        time.Time // GUARDED_BY(mu): when the current state began
-	lastErr      error     // GUARDED_BY(mu): the error that made it offline
-	backoff      time.Duration
-	nextProbe    time.Time     // GUARDED_BY(mu)
-	probing      bool          // GUARDED_BY(mu): a probe call is in flight
-	onlineNotify chan struct{} // GUARDED_BY(mu): closed when going online
+	offline      bool             // GUARDED_BY(mu)
+	since        time.Time        // GUARDED_BY(mu): when the current state began
+	lastErr      error            // GUARDED_BY(mu): the error that made it offline
+	backoff      *backend.Backoff // GUARDED_BY(mu): of the probes, from when it went offline
+	nextProbe    time.Time        // GUARDED_BY(mu)
+	probing      bool             // GUARDED_BY(mu): a probe call is in flight
+	onlineNotify chan struct{}    // GUARDED_BY(mu): closed when going online
 }
 
 // New wraps b. The store is assumed online until a call says otherwise.
@@ -120,15 +121,15 @@ func (c *Checker) observe(err error, probe bool) {
 		c.probing = false
 	}
 	if errors.Is(err, backend.ErrOffline) {
-		if !c.offline {
-			c.offline = true
-			c.since = c.now()
-			c.backoff = c.minBackoff
-		} else if probe {
-			c.backoff = min(2*c.backoff, c.maxBackoff)
+		if !c.offline || probe {
+			if !c.offline {
+				c.offline = true
+				c.since = c.now()
+				c.backoff = backend.NewBackoff(c.minBackoff, c.maxBackoff)
+			}
+			c.nextProbe = c.now().Add(c.backoff.Next())
 		}
 		c.lastErr = err
-		c.nextProbe = c.now().Add(c.backoff)
 		return
 	}
 	// Cancelled calls say nothing about the store.

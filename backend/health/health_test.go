@@ -74,12 +74,19 @@ func TestOfflineFailsFastThenProbesBack(t *testing.T) {
 	if got := inner.calls.Load(); got != 1 {
 		t.Fatalf("%d calls reached the store during backoff, want 1", got)
 	}
-	// A failed probe doubles the backoff.
-	now = now.Add(time.Second)
+	// A failed probe doubles the backoff. Each delay is spread by the
+	// jitter: the first ends within 1.25 s, the second no sooner than 1.5 s.
+	longest := func(d time.Duration) time.Duration {
+		return time.Duration(float64(d)*(1+backend.BackoffJitter)) + time.Millisecond
+	}
+	shortest := func(d time.Duration) time.Duration {
+		return time.Duration(float64(d)*(1-backend.BackoffJitter)) - time.Millisecond
+	}
+	now = now.Add(longest(time.Second))
 	if c.Probe(ctx) {
 		t.Fatal("probe reported online while the store is down")
 	}
-	now = now.Add(time.Second) // < 2s backoff
+	now = now.Add(shortest(2 * time.Second)) // within the doubled backoff
 	if _, err := c.Get(ctx, "k", 0, 1, ""); !errors.Is(err, backend.ErrOffline) {
 		t.Fatalf("call within doubled backoff: %v", err)
 	}
@@ -89,7 +96,7 @@ func TestOfflineFailsFastThenProbesBack(t *testing.T) {
 	// The store comes back: the next probe marks it online and wakes waiters.
 	inner.fail(nil)
 	wait := c.WaitOnline()
-	now = now.Add(2 * time.Second)
+	now = now.Add(longest(2 * time.Second))
 	if !c.Probe(ctx) {
 		t.Fatal("probe did not see the store back")
 	}
