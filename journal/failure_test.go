@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -16,44 +17,46 @@ import (
 // Offline: uploads pause with backoff instead of spinning, nothing is
 // dropped, and the journal drains by itself once the store is back.
 func TestOfflineThenOnlineDrains(t *testing.T) {
-	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop", func(c *Config) {
-		c.MinBackoff = 20 * time.Millisecond
-		c.MaxBackoff = 80 * time.Millisecond
-	})
-	m.faulty.SetOffline(true)
-	want := map[string]string{}
-	for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
-		m.put(k, "content "+k, Base{})
-		want[k] = "content " + k
-	}
-	m.run()
-	time.Sleep(400 * time.Millisecond)
-	// Spinning would make thousands of calls; backing off from 20ms to
-	// 80ms with one probe at a time makes about 8.
-	if n := m.hooks.count(""); n == 0 || n > 20 {
-		t.Errorf("%d calls in 400ms while offline", n)
-	}
-	s := m.j.Stats()
-	if !s.Offline || s.Pending != 6 || len(s.Parked) != 0 || len(s.Retrying) == 0 ||
-		!strings.Contains(s.Retrying[0].Err, "backend unreachable") {
-		t.Errorf("stats while offline = %+v", s)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if err := m.j.WaitIdle(ctx); err == nil || !strings.Contains(err.Error(), "the store is unreachable") ||
-		!strings.Contains(err.Error(), "backend unreachable") {
-		t.Errorf("WaitIdle while offline = %v", err)
-	}
-	r.assertFiles(map[string]string{})
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		m := newMachine(t, r.root, "laptop", func(c *Config) {
+			c.MinBackoff = 20 * time.Millisecond
+			c.MaxBackoff = 80 * time.Millisecond
+		})
+		m.faulty.SetOffline(true)
+		want := map[string]string{}
+		for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
+			m.put(k, "content "+k, Base{})
+			want[k] = "content " + k
+		}
+		m.run()
+		time.Sleep(400 * time.Millisecond)
+		// Spinning would make thousands of calls; backing off from 20ms to
+		// 80ms with one probe at a time makes about 8.
+		if n := m.hooks.count(""); n == 0 || n > 20 {
+			t.Errorf("%d calls in 400ms while offline", n)
+		}
+		s := m.j.Stats()
+		if !s.Offline || s.Pending != 6 || len(s.Parked) != 0 || len(s.Retrying) == 0 ||
+			!strings.Contains(s.Retrying[0].Err, "backend unreachable") {
+			t.Errorf("stats while offline = %+v", s)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		if err := m.j.WaitIdle(ctx); err == nil || !strings.Contains(err.Error(), "the store is unreachable") ||
+			!strings.Contains(err.Error(), "backend unreachable") {
+			t.Errorf("WaitIdle while offline = %v", err)
+		}
+		r.assertFiles(map[string]string{})
 
-	m.faulty.SetOffline(false)
-	m.waitIdle()
-	r.assertFiles(want)
-	if s := m.j.Stats(); s.Offline || s.Pending != 0 {
-		t.Errorf("stats after drain = %+v", s)
-	}
-	m.assertNoStagedLeft()
+		m.faulty.SetOffline(false)
+		m.waitIdle()
+		r.assertFiles(want)
+		if s := m.j.Stats(); s.Offline || s.Pending != 0 {
+			t.Errorf("stats after drain = %+v", s)
+		}
+		m.assertNoStagedLeft()
+	})
 }
 
 // A 409 or an unknown error is retried with backoff, never dropped.
@@ -88,57 +91,59 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 // ErrAccess parks the op: kept with its data, shown, not retried until the
 // next Open, while unrelated keys carry on.
 func TestAccessDeniedParks(t *testing.T) {
-	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop")
-	denied := func(ctx context.Context, c call) error {
-		if c.Key == "secret/a" {
-			return fmt.Errorf("put %q: %w", c.Key, backend.ErrAccess)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		m := newMachine(t, r.root, "laptop")
+		denied := func(ctx context.Context, c call) error {
+			if c.Key == "secret/a" {
+				return fmt.Errorf("put %q: %w", c.Key, backend.ErrAccess)
+			}
+			return nil
 		}
-		return nil
-	}
-	m.hooks.setHooks(denied, nil)
-	m.put("secret/a", "private", Base{})
-	m.put("secret/a-sibling", "fine", Base{})
-	m.run()
-	eventually(t, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
-	eventually(t, "the sibling uploaded", func() bool { return m.j.Stats().Pending == 1 })
-	// A later op reading the parked key waits behind it; an unrelated one
-	// does not.
-	m.commit(Op{Kind: Copy, Key: "secret/b", Src: "secret/a", Base: Base{}})
-	m.commit(Op{Kind: Delete, Key: "secret/a-sibling", Base: Base{Exists: true, ETag: r.stat("secret/a-sibling").ETag}})
-	eventually(t, "the delete done", func() bool { return m.j.Stats().Pending == 2 })
-	if p, _ := m.j.Pending("secret/b"); !p.SrcChained {
-		t.Errorf("copy of the parked file not chained to it: %+v", p)
-	}
+		m.hooks.setHooks(denied, nil)
+		m.put("secret/a", "private", Base{})
+		m.put("secret/a-sibling", "fine", Base{})
+		m.run()
+		eventually(t, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
+		eventually(t, "the sibling uploaded", func() bool { return m.j.Stats().Pending == 1 })
+		// A later op reading the parked key waits behind it; an unrelated one
+		// does not.
+		m.commit(Op{Kind: Copy, Key: "secret/b", Src: "secret/a", Base: Base{}})
+		m.commit(Op{Kind: Delete, Key: "secret/a-sibling", Base: Base{Exists: true, ETag: r.stat("secret/a-sibling").ETag}})
+		eventually(t, "the delete done", func() bool { return m.j.Stats().Pending == 2 })
+		if p, _ := m.j.Pending("secret/b"); !p.SrcChained {
+			t.Errorf("copy of the parked file not chained to it: %+v", p)
+		}
 
-	s := m.j.Stats()
-	if p := s.Parked[0]; p.Key != "secret/a" || !strings.Contains(p.Err, "access denied") || p.Since.IsZero() {
-		t.Errorf("parked = %+v", p)
-	}
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := m.j.WaitIdle(ctx)
-	if !errors.Is(err, ErrParked) || !strings.Contains(err.Error(), `"secret/a"`) || time.Since(start) > time.Second {
-		t.Errorf("WaitIdle = %v after %v, want ErrParked at once", err, time.Since(start))
-	}
-	puts := m.hooks.count(faulty.OpPut)
-	time.Sleep(50 * time.Millisecond)
-	if n := m.hooks.count(faulty.OpPut); n != puts {
-		t.Errorf("a parked op was retried: %d Puts, then %d", puts, n)
-	}
-	if p, ok := m.j.Pending("secret/a"); !ok || !p.Parked {
-		t.Errorf("Pending = %+v, want parked", p)
-	}
+		s := m.j.Stats()
+		if p := s.Parked[0]; p.Key != "secret/a" || !strings.Contains(p.Err, "access denied") || p.Since.IsZero() {
+			t.Errorf("parked = %+v", p)
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := m.j.WaitIdle(ctx)
+		if !errors.Is(err, ErrParked) || !strings.Contains(err.Error(), `"secret/a"`) || time.Since(start) > time.Second {
+			t.Errorf("WaitIdle = %v after %v, want ErrParked at once", err, time.Since(start))
+		}
+		puts := m.hooks.count(faulty.OpPut)
+		synctest.Wait() // a retry that was due would have started
+		if n := m.hooks.count(faulty.OpPut); n != puts {
+			t.Errorf("a parked op was retried: %d Puts, then %d", puts, n)
+		}
+		if p, ok := m.j.Pending("secret/a"); !ok || !p.Parked {
+			t.Errorf("Pending = %+v, want parked", p)
+		}
 
-	// Fixed permissions; the next mount retries.
-	m.kill()
-	m.hooks.setHooks(nil, nil)
-	m.open()
-	m.run()
-	m.waitIdle()
-	r.assertFiles(map[string]string{"secret/a": "private", "secret/b": "private"})
-	m.assertNoStagedLeft()
+		// Fixed permissions; the next mount retries.
+		m.kill()
+		m.hooks.setHooks(nil, nil)
+		m.open()
+		m.run()
+		m.waitIdle()
+		r.assertFiles(map[string]string{"secret/a": "private", "secret/b": "private"})
+		m.assertNoStagedLeft()
+	})
 }
 
 func TestInvalidKeyParks(t *testing.T) {

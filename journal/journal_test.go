@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -195,134 +196,142 @@ func TestCommitRejectsBadOps(t *testing.T) {
 
 // Ops on one key run strictly in order: the second waits for the first.
 func TestSameKeyRunsInOrder(t *testing.T) {
-	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop")
-	g := newGate()
-	first := true
-	var mu sync.Mutex
-	m.hooks.setHooks(func(ctx context.Context, c call) error {
-		mu.Lock()
-		hold := c.Op == faulty.OpPut && first
-		first = false
-		mu.Unlock()
-		if hold {
-			return g.hold(ctx, c)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		m := newMachine(t, r.root, "laptop")
+		g := newGate()
+		first := true
+		var mu sync.Mutex
+		m.hooks.setHooks(func(ctx context.Context, c call) error {
+			mu.Lock()
+			hold := c.Op == faulty.OpPut && first
+			first = false
+			mu.Unlock()
+			if hold {
+				return g.hold(ctx, c)
+			}
+			return nil
+		}, nil)
+		m.put("k", "v1", Base{})
+		m.run()
+		g.wait(t)
+		m.put("k", "v2", Base{}) // the vfs passes whatever; chaining decides
+		synctest.Wait()          // every goroutine that could start an upload has
+		if n := m.hooks.count(faulty.OpPut); n != 1 {
+			t.Fatalf("%d Puts while the first on the key is in flight, want 1", n)
 		}
-		return nil
-	}, nil)
-	m.put("k", "v1", Base{})
-	m.run()
-	g.wait(t)
-	m.put("k", "v2", Base{}) // the vfs passes whatever; chaining decides
-	time.Sleep(50 * time.Millisecond)
-	if n := m.hooks.count(faulty.OpPut); n != 1 {
-		t.Fatalf("%d Puts while the first on the key is in flight, want 1", n)
-	}
-	g.release()
-	m.waitIdle()
-	r.assertFiles(map[string]string{"k": "v2"})
-	v1 := m.resultList()[0].Info.ETag
-	want := []string{"Put k if-none-match", "Put k if-match " + v1}
-	if got := m.hooks.log(); !slices.Equal(got, want) {
-		t.Errorf("calls = %q, want %q", got, want)
-	}
-	if len(m.j.Conflicts()) != 0 {
-		t.Errorf("conflicts = %+v", m.j.Conflicts())
-	}
+		g.release()
+		m.waitIdle()
+		r.assertFiles(map[string]string{"k": "v2"})
+		v1 := m.resultList()[0].Info.ETag
+		want := []string{"Put k if-none-match", "Put k if-match " + v1}
+		if got := m.hooks.log(); !slices.Equal(got, want) {
+			t.Errorf("calls = %q, want %q", got, want)
+		}
+		if len(m.j.Conflicts()) != 0 {
+			t.Errorf("conflicts = %+v", m.j.Conflicts())
+		}
+	})
 }
 
 // A rename commits Copy then Delete of the old key: the Delete must wait
 // for the Copy although they are on different keys.
 func TestRenameDeleteWaitsForCopy(t *testing.T) {
-	r := newRemote(t)
-	old := r.put("old.txt", "payload", backend.Cond{}, nil)
-	m := newMachine(t, r.root, "laptop")
-	g := newGate()
-	m.hooks.setHooks(func(ctx context.Context, c call) error {
-		if c.Op == faulty.OpCopy {
-			return g.hold(ctx, c)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		old := r.put("old.txt", "payload", backend.Cond{}, nil)
+		m := newMachine(t, r.root, "laptop")
+		g := newGate()
+		m.hooks.setHooks(func(ctx context.Context, c call) error {
+			if c.Op == faulty.OpCopy {
+				return g.hold(ctx, c)
+			}
+			return nil
+		}, nil)
+		m.commit(
+			Op{Kind: Copy, Key: "new.txt", Src: "old.txt", SrcETag: old.ETag, Base: Base{}},
+			Op{Kind: Delete, Key: "old.txt", Base: Base{Exists: true, ETag: old.ETag}},
+		)
+		m.run()
+		g.wait(t)
+		synctest.Wait() // every goroutine that could start an upload has
+		if n := m.hooks.count(faulty.OpDelete); n != 0 {
+			t.Fatal("the Delete of the old key started before the Copy completed")
 		}
-		return nil
-	}, nil)
-	m.commit(
-		Op{Kind: Copy, Key: "new.txt", Src: "old.txt", SrcETag: old.ETag, Base: Base{}},
-		Op{Kind: Delete, Key: "old.txt", Base: Base{Exists: true, ETag: old.ETag}},
-	)
-	m.run()
-	g.wait(t)
-	time.Sleep(50 * time.Millisecond)
-	if n := m.hooks.count(faulty.OpDelete); n != 0 {
-		t.Fatal("the Delete of the old key started before the Copy completed")
-	}
-	g.release()
-	m.waitIdle()
-	r.assertFiles(map[string]string{"new.txt": "payload"})
-	want := []string{
-		"Copy new.txt from old.txt@" + old.ETag + " if-none-match",
-		"Delete old.txt if-match " + old.ETag,
-	}
-	if got := m.hooks.log(); !slices.Equal(got, want) {
-		t.Errorf("calls = %q, want %q", got, want)
-	}
+		g.release()
+		m.waitIdle()
+		r.assertFiles(map[string]string{"new.txt": "payload"})
+		want := []string{
+			"Copy new.txt from old.txt@" + old.ETag + " if-none-match",
+			"Delete old.txt if-match " + old.ETag,
+		}
+		if got := m.hooks.log(); !slices.Equal(got, want) {
+			t.Errorf("calls = %q, want %q", got, want)
+		}
+	})
 }
 
 // The ops of one Commit run in order even on unrelated keys: a rename of a
 // dirty file uploads the new name before it deletes the old one.
 func TestGroupOrdersUnrelatedKeys(t *testing.T) {
-	r := newRemote(t)
-	old := r.put("old.txt", "v0", backend.Cond{}, nil)
-	m := newMachine(t, r.root, "laptop")
-	g := newGate()
-	m.hooks.setHooks(func(ctx context.Context, c call) error {
-		if c.Op == faulty.OpPut {
-			return g.hold(ctx, c)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		old := r.put("old.txt", "v0", backend.Cond{}, nil)
+		m := newMachine(t, r.root, "laptop")
+		g := newGate()
+		m.hooks.setHooks(func(ctx context.Context, c call) error {
+			if c.Op == faulty.OpPut {
+				return g.hold(ctx, c)
+			}
+			return nil
+		}, nil)
+		m.commit(
+			Op{Kind: PutFile, Key: "new.txt", Staged: m.file("edited, then renamed")},
+			Op{Kind: Delete, Key: "old.txt", Base: Base{Exists: true, ETag: old.ETag}},
+		)
+		m.put("unrelated.txt", "independent", Base{}) // another Commit: not held back
+		m.run()
+		g.wait(t)
+		g.wait(t)
+		synctest.Wait() // every goroutine that could start an upload has
+		if n := m.hooks.count(faulty.OpDelete); n != 0 {
+			t.Fatal("the Delete of the old name started before the upload of the new one completed")
 		}
-		return nil
-	}, nil)
-	m.commit(
-		Op{Kind: PutFile, Key: "new.txt", Staged: m.file("edited, then renamed")},
-		Op{Kind: Delete, Key: "old.txt", Base: Base{Exists: true, ETag: old.ETag}},
-	)
-	m.put("unrelated.txt", "independent", Base{}) // another Commit: not held back
-	m.run()
-	g.wait(t)
-	g.wait(t)
-	time.Sleep(50 * time.Millisecond)
-	if n := m.hooks.count(faulty.OpDelete); n != 0 {
-		t.Fatal("the Delete of the old name started before the upload of the new one completed")
-	}
-	g.release()
-	m.waitIdle()
-	r.assertFiles(map[string]string{"new.txt": "edited, then renamed", "unrelated.txt": "independent"})
-	if log := m.hooks.log(); log[len(log)-1] != "Delete old.txt if-match "+old.ETag {
-		t.Errorf("calls = %q", log)
-	}
+		g.release()
+		m.waitIdle()
+		r.assertFiles(map[string]string{"new.txt": "edited, then renamed", "unrelated.txt": "independent"})
+		if log := m.hooks.log(); log[len(log)-1] != "Delete old.txt if-match "+old.ETag {
+			t.Errorf("calls = %q", log)
+		}
+	})
 }
 
 // Unrelated keys upload in parallel, never more than Concurrency at once.
 func TestUnrelatedKeysUploadInParallelBounded(t *testing.T) {
-	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 2 })
-	g := newGate()
-	m.hooks.setHooks(func(ctx context.Context, c call) error { return g.hold(ctx, c) }, nil)
-	want := map[string]string{}
-	for _, k := range []string{"a", "b", "c", "d"} {
-		m.put(k, "content of "+k, Base{})
-		want[k] = "content of " + k
-	}
-	m.run()
-	g.wait(t)
-	g.wait(t)
-	time.Sleep(50 * time.Millisecond)
-	if n := len(g.entered); n != 0 {
-		t.Errorf("%d more uploads started beyond Concurrency 2", n)
-	}
-	if s := m.j.Stats(); s.Uploading != 2 || s.Pending != 4 {
-		t.Errorf("stats = %+v, want 2 uploading of 4 pending", s)
-	}
-	g.release()
-	m.waitIdle()
-	r.assertFiles(want)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 2 })
+		g := newGate()
+		m.hooks.setHooks(func(ctx context.Context, c call) error { return g.hold(ctx, c) }, nil)
+		want := map[string]string{}
+		for _, k := range []string{"a", "b", "c", "d"} {
+			m.put(k, "content of "+k, Base{})
+			want[k] = "content of " + k
+		}
+		m.run()
+		g.wait(t)
+		g.wait(t)
+		synctest.Wait() // every goroutine that could start an upload has
+		if n := len(g.entered); n != 0 {
+			t.Errorf("%d more uploads started beyond Concurrency 2", n)
+		}
+		if s := m.j.Stats(); s.Uploading != 2 || s.Pending != 4 {
+			t.Errorf("stats = %+v, want 2 uploading of 4 pending", s)
+		}
+		g.release()
+		m.waitIdle()
+		r.assertFiles(want)
+	})
 }
 
 // A PutFile supersedes a waiting PutFile of the same key and keeps its
@@ -362,32 +371,34 @@ func TestCoalescing(t *testing.T) {
 // A PutFile that supersedes one waiting for an earlier op of its Commit
 // takes over its place: it still waits (here, for the folder's marker).
 func TestSupersedingKeepsGroupPlace(t *testing.T) {
-	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop")
-	g := newGate()
-	m.hooks.setHooks(func(ctx context.Context, c call) error {
-		if c.Key == "d/" {
-			return g.hold(ctx, c)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRemote(t)
+		m := newMachine(t, r.root, "laptop")
+		g := newGate()
+		m.hooks.setHooks(func(ctx context.Context, c call) error {
+			if c.Key == "d/" {
+				return g.hold(ctx, c)
+			}
+			return nil
+		}, nil)
+		m.commit(
+			Op{Kind: PutMarker, Key: "d/"},
+			Op{Kind: PutFile, Key: "d/f", Staged: m.file("v1")},
+		)
+		m.run()
+		g.wait(t)
+		m.put("d/f", "v2", Base{})
+		if s := m.j.Stats(); s.Pending != 2 {
+			t.Fatalf("pending = %d, want 2 (v2 superseded v1)", s.Pending)
 		}
-		return nil
-	}, nil)
-	m.commit(
-		Op{Kind: PutMarker, Key: "d/"},
-		Op{Kind: PutFile, Key: "d/f", Staged: m.file("v1")},
-	)
-	m.run()
-	g.wait(t)
-	m.put("d/f", "v2", Base{})
-	if s := m.j.Stats(); s.Pending != 2 {
-		t.Fatalf("pending = %d, want 2 (v2 superseded v1)", s.Pending)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if n := m.hooks.count(faulty.OpPut); n != 1 {
-		t.Fatalf("d/f uploaded before the marker of its Commit: %q", m.hooks.log())
-	}
-	g.release()
-	m.waitIdle()
-	r.assertFiles(map[string]string{"d/f": "v2"})
+		synctest.Wait() // every goroutine that could start an upload has
+		if n := m.hooks.count(faulty.OpPut); n != 1 {
+			t.Fatalf("d/f uploaded before the marker of its Commit: %q", m.hooks.log())
+		}
+		g.release()
+		m.waitIdle()
+		r.assertFiles(map[string]string{"d/f": "v2"})
+	})
 }
 
 // A rename of a dirty file followed by an edit of the new name: the first
