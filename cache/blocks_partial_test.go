@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 const (
@@ -280,7 +281,7 @@ func TestSeekingReadersShareOneFetch(t *testing.T) {
 		wg.Go(func() { e.read(h, c, 20*mib+5*page, page) })
 	}
 	e.fake.waitBlocked(t, 1)
-	waitFor(t, "the readers to join", func() bool {
+	wait.Until(t, 10*time.Second, "the readers to join", func() bool {
 		e.s.mu.Lock()
 		defer e.s.mu.Unlock()
 		return e.s.stats.Joins >= 2
@@ -307,7 +308,7 @@ func TestRunPublishesBlocksAsTheyArrive(t *testing.T) {
 		_, err := h.ReadAt(context.Background(), make([]byte, 8*testBS), 0) // one run of 8 blocks
 		whole <- err
 	}()
-	waitFor(t, "the run to start", func() bool { return e.gets() == 1 })
+	wait.Until(t, 10*time.Second, "the run to start", func() bool { return e.gets() == 1 })
 
 	first := make(chan struct{})
 	go func() {

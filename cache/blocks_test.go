@@ -20,6 +20,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 const testBS = 64 << 10 // block size of most tests: many blocks, small objects
@@ -115,7 +116,7 @@ func (e *blockEnv) crash() {
 // waitIdle waits until no fetch is in flight.
 func (e *blockEnv) waitIdle() {
 	e.t.Helper()
-	waitFor(e.t, "fetches to finish", func() bool {
+	wait.Until(e.t, 10*time.Second, "fetches to finish", func() bool {
 		e.s.mu.Lock()
 		defer e.s.mu.Unlock()
 		return len(e.s.flights) == 0
@@ -410,7 +411,7 @@ func TestBlockStoreConcurrentReadersShareOneFetch(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "all readers to wait for the block", func() bool {
+	wait.Until(t, 10*time.Second, "all readers to wait for the block", func() bool {
 		st := e.s.Stats()
 		return st.Misses+st.Joins == readers
 	})
@@ -442,7 +443,7 @@ func TestHandleJoinsReadAheadInFlight(t *testing.T) {
 		defer close(done)
 		e.read(b, c, testBS+100, 100) // block 1, in flight
 	}()
-	waitFor(t, "the reader to join the read-ahead", func() bool { return e.s.Stats().Joins == 1 })
+	wait.Until(t, 10*time.Second, "the reader to join the read-ahead", func() bool { return e.s.Stats().Joins == 1 })
 	e.fake.release()
 	<-done
 	if g := e.gets(); g != 3 {
@@ -757,7 +758,7 @@ func TestBlockStoreFlusherPersistsWithoutClose(t *testing.T) {
 	e.read(h, c, 0, c.Size)
 	h.Close()
 	e.waitIdle()
-	waitFor(t, "the flusher", func() bool {
+	wait.Until(t, 10*time.Second, "the flusher", func() bool {
 		e.s.mu.Lock()
 		defer e.s.mu.Unlock()
 		return len(e.s.pending) == 0 && len(e.s.unsynced) == 0

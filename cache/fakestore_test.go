@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // fakeStore is an in-memory Fetcher for the block store's tests. Object
@@ -246,20 +247,9 @@ func (f *fakeStore) counts() (gets int, bytes int64) {
 // waitBlocked waits until n GETs wait at the gate.
 func (f *fakeStore) waitBlocked(t *testing.T, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d GETs at the gate", n), func() bool {
+	wait.Until(t, 10*time.Second, fmt.Sprintf("%d GETs at the gate", n), func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		return f.blocked >= n
 	})
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

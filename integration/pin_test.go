@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // xattr reads a Nimbus attribute of path.
@@ -52,18 +54,6 @@ func nimbusCmd(t testing.TB, timeout time.Duration, args ...string) (string, err
 		t.Fatalf("nimbus %s did not finish within %s: %s", strings.Join(args, " "), timeout, out)
 	}
 	return string(out), err
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // TestPinOfflineAndResume checks promises 6 and 7: a pinned folder of about
@@ -164,7 +154,7 @@ func TestPinOfflineAndResume(t *testing.T) {
 	e.minio.Restart()
 	edited := want["pinned/sub0/f000.bin"].bytes(0, want["pinned/sub0/f000.bin"].size)
 	copy(edited, "EDITED OFFLINE")
-	waitFor(t, 90*time.Second, "offline writes uploaded by themselves", func() bool {
+	wait.Until(t, 90*time.Second, "offline writes uploaded by themselves", func() bool {
 		objs := e.objectsQuiet()
 		return string(objs["pinned/written-offline.txt"]) == "written while offline" &&
 			bytes.Equal(objs["pinned/sub0/f000.bin"], edited)
@@ -183,13 +173,13 @@ func TestPinOfflineAndResume(t *testing.T) {
 	// A new remote file under the pinned folder is fetched by the poller.
 	fresh := pattern{seed: 99, size: 300 << 10}
 	e.putStream("pinned/sub2/fresh.bin", fresh.reader(), fresh.size)
-	waitFor(t, 30*time.Second, "a new remote file under a pinned folder becomes pinned", func() bool {
+	wait.Until(t, 30*time.Second, "a new remote file under a pinned folder becomes pinned", func() bool {
 		buf := make([]byte, 32)
 		n, err := unix.Getxattr(m.path("pinned/sub2/fresh.bin"), "user.nimbus.state", buf)
 		return err == nil && string(buf[:n]) == "pinned"
 	})
 	// So is a file created here under the pinned folder, once uploaded.
-	waitFor(t, 30*time.Second, "a file created under a pinned folder becomes pinned", func() bool {
+	wait.Until(t, 30*time.Second, "a file created under a pinned folder becomes pinned", func() bool {
 		buf := make([]byte, 32)
 		n, err := unix.Getxattr(m.path("pinned/written-offline.txt"), "user.nimbus.state", buf)
 		return err == nil && string(buf[:n]) == "pinned"
@@ -212,7 +202,7 @@ func TestPinOfflineAndResume(t *testing.T) {
 	if err := unix.Setxattr(m.path("pinned/sub3"), "user.nimbus.pin", []byte("1"), 0); err != nil {
 		t.Fatalf("setxattr user.nimbus.pin: %v", err)
 	}
-	waitFor(t, time.Minute, "pin through the xattr completes", func() bool {
+	wait.Until(t, time.Minute, "pin through the xattr completes", func() bool {
 		for _, p := range m.status().Pins {
 			if p.Path == "pinned/sub3" && p.Complete {
 				return true

@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // TestStatesAndPendingStatus covers the user.nimbus.state values not seen
@@ -45,7 +47,7 @@ func TestStatesAndPendingStatus(t *testing.T) {
 	content := bytes.Repeat([]byte("pending "), 128<<10) // 1 MiB
 	before := time.Now()
 	writeFile(t, m.path("up.txt"), content)
-	waitFor(t, 10*time.Second, "up.txt shows as uploading", func() bool { return state("up.txt") == "uploading" })
+	wait.Until(t, 10*time.Second, "up.txt shows as uploading", func() bool { return state("up.txt") == "uploading" })
 	st := m.status()
 	if st.Uploads.Pending < 1 || st.Uploads.PendingBytes < int64(len(content)) {
 		t.Errorf("status while uploading: %d pending, %d bytes; want >= 1 and >= %d", st.Uploads.Pending, st.Uploads.PendingBytes, len(content))

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 func withUploadDelay(d time.Duration) func(*Config) {
@@ -78,7 +79,7 @@ func TestUploadDelayEnds(t *testing.T) {
 	m := newMachine(t, r.root, "laptop", withUploadDelay(20*time.Millisecond))
 	m.run()
 	m.put("k", "v1", Base{})
-	eventually(t, "the delayed upload", func() bool { return m.hooks.count(faulty.OpPut) == 1 && m.j.Stats().Pending == 0 })
+	wait.Until(t, 10*time.Second, "the delayed upload", func() bool { return m.hooks.count(faulty.OpPut) == 1 && m.j.Stats().Pending == 0 })
 	r.assertFiles(map[string]string{"k": "v1"})
 }
 
@@ -105,7 +106,7 @@ func TestUploadDelayGrowsForHotKeys(t *testing.T) {
 		if d := delayOf("hot", before); d < want || d > want+time.Since(before) {
 			t.Fatalf("round %d: delay %v, want %v", round, d, want)
 		}
-		eventually(t, "the upload of round "+fmt.Sprint(round), func() bool { return m.j.Stats().Pending == 0 })
+		wait.Until(t, 10*time.Second, "the upload of round "+fmt.Sprint(round), func() bool { return m.j.Stats().Pending == 0 })
 		b = Base{Exists: true, ETag: r.stat("hot").ETag}
 		want *= 2
 	}

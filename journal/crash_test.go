@@ -13,6 +13,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // A Put that reached the store while its record was not cleared (a crash
@@ -204,7 +205,7 @@ func TestSupersededAttemptThatReachedStoreIsNotAConflict(t *testing.T) {
 	})
 	m.put("a.txt", "v1", Base{Exists: true, ETag: e0.ETag})
 	m.run()
-	eventually(t, "the lost answer", func() bool {
+	wait.Until(t, 10*time.Second, "the lost answer", func() bool {
 		s := m.j.Stats()
 		return s.Offline && s.Uploading == 0
 	})
@@ -241,7 +242,7 @@ func TestDeleteAfterLostUploadRemovesIt(t *testing.T) {
 	})
 	m.put("tmp.txt", "short-lived", Base{})
 	m.run()
-	eventually(t, "the lost answer", func() bool {
+	wait.Until(t, 10*time.Second, "the lost answer", func() bool {
 		s := m.j.Stats()
 		return s.Offline && s.Uploading == 0
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // Offline: uploads pause with backoff instead of spinning, nothing is
@@ -104,13 +105,13 @@ func TestAccessDeniedParks(t *testing.T) {
 		m.put("secret/a", "private", Base{})
 		m.put("secret/a-sibling", "fine", Base{})
 		m.run()
-		eventually(t, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
-		eventually(t, "the sibling uploaded", func() bool { return m.j.Stats().Pending == 1 })
+		wait.Until(t, 10*time.Second, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
+		wait.Until(t, 10*time.Second, "the sibling uploaded", func() bool { return m.j.Stats().Pending == 1 })
 		// A later op reading the parked key waits behind it; an unrelated one
 		// does not.
 		m.commit(Op{Kind: Copy, Key: "secret/b", Src: "secret/a", Base: Base{}})
 		m.commit(Op{Kind: Delete, Key: "secret/a-sibling", Base: Base{Exists: true, ETag: r.stat("secret/a-sibling").ETag}})
-		eventually(t, "the delete done", func() bool { return m.j.Stats().Pending == 2 })
+		wait.Until(t, 10*time.Second, "the delete done", func() bool { return m.j.Stats().Pending == 2 })
 		if p, _ := m.j.Pending("secret/b"); !p.SrcChained {
 			t.Errorf("copy of the parked file not chained to it: %+v", p)
 		}
@@ -151,7 +152,7 @@ func TestInvalidKeyParks(t *testing.T) {
 	m := newMachine(t, r.root, "laptop")
 	m.put("bad/../key", "data", Base{}) // the dir store refuses ".." segments
 	m.run()
-	eventually(t, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
+	wait.Until(t, 10*time.Second, "the op parked", func() bool { return len(m.j.Stats().Parked) == 1 })
 	if p := m.j.Stats().Parked[0]; !strings.Contains(p.Err, "invalid key") {
 		t.Errorf("parked = %+v", p)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 func TestUploadStoresContentAndHash(t *testing.T) {
@@ -655,7 +656,7 @@ func TestStatsAndWaitIdleReport(t *testing.T) {
 	}, nil)
 	m.run()
 	g.wait(t)
-	eventually(t, "b and d/ uploaded", func() bool { return m.j.Stats().Pending == 1 })
+	wait.Until(t, 10*time.Second, "b and d/ uploaded", func() bool { return m.j.Stats().Pending == 1 })
 	s = m.j.Stats()
 	if s.Uploading != 1 || s.PendingBytes != 5 || !s.Oldest.Equal(t0.Add(time.Minute)) {
 		t.Errorf("stats while a uploads = %+v", s)
@@ -721,13 +722,7 @@ func TestGroupsOfOneCommitAreIndependent(t *testing.T) {
 	m.run()
 	g.wait(t)
 	// Group 1 completes although group 0 is held.
-	deadline := time.Now().Add(10 * time.Second)
-	for m.hooks.count(faulty.OpDelete) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("group 1 did not run while group 0 was held: %q", m.hooks.log())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Until(t, 10*time.Second, "group 1 to run while group 0 is held", func() bool { return m.hooks.count(faulty.OpDelete) >= 1 })
 	for _, c := range m.hooks.log() {
 		if strings.HasPrefix(c, "Delete dir/a.txt") {
 			t.Fatal("group 0's Delete ran before its Copy completed")

@@ -5,9 +5,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // folderRename builds the commit of a folder rename as vfs makes it (online
@@ -75,7 +77,7 @@ func TestFolderRenameReplayAfterCrashKeepsRemoteEdit(t *testing.T) {
 	untouched.wait(t)
 	lost.wait(t)
 	lost.wait(t)
-	eventually(t, "the move of b.txt", func() bool {
+	wait.Until(t, 10*time.Second, "the move of b.txt", func() bool {
 		for _, res := range m.resultList() {
 			if res.Op.Kind == Delete && res.Op.Key == "dir/b.txt" {
 				return true

@@ -9,8 +9,10 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // versionedStore is a tiny in-memory versioned bucket: every write adds a
@@ -294,7 +296,7 @@ func TestRestoreOfflineAndCrash(t *testing.T) {
 	m := restoreMachine(t, st)
 	m.commit(Op{Kind: Restore, Key: "f", Version: v1.id, Base: Base{Exists: true, ETag: v2.etag}})
 	m.run()
-	eventually(t, "an attempt fails offline", func() bool { return m.j.Stats().Offline })
+	wait.Until(t, 10*time.Second, "an attempt fails offline", func() bool { return m.j.Stats().Offline })
 	m.kill()
 	st.setOffline(false)
 	wantContent(t, st, "f", "second")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/dir"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 func newFaulty(t *testing.T) *Faulty {
@@ -163,7 +164,7 @@ func TestBlockGets(t *testing.T) {
 		data, err := read(t, f, "k")
 		done <- result{data, err}
 	}()
-	waitFor(t, func() bool { return f.BlockedGets() == 1 })
+	wait.Until(t, 5*time.Second, "the Get to block", func() bool { return f.BlockedGets() == 1 })
 	select {
 	case r := <-done:
 		t.Fatalf("Get returned %+v while blocked", r)
@@ -201,22 +202,11 @@ func TestBlockedGetHonoursContextAndOffline(t *testing.T) {
 		_, err := f.Get(context.Background(), "k", 0, -1, "")
 		errc <- err
 	}()
-	waitFor(t, func() bool { return f.BlockedGets() == 1 })
+	wait.Until(t, 5*time.Second, "the Get to block", func() bool { return f.BlockedGets() == 1 })
 	f.SetOffline(true)
 	release()
 	if err := <-errc; !errors.Is(err, backend.ErrOffline) {
 		t.Fatalf("Get released while offline = %v; want ErrOffline", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 5s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
