@@ -91,11 +91,11 @@ type BlockStoreConfig struct {
 	// be > 0.
 	Capacity int64
 	// ReadAhead is the largest read-ahead window of one sequential reader,
-	// in bytes. Default 16 MiB; negative disables read-ahead. The window is
+	// in bytes. Default DefaultReadAhead (64 MiB); negative disables read-ahead. The window is
 	// further limited to a quarter of Capacity.
 	ReadAhead int64
 	// FetchConcurrency caps the ranged GETs running at once in the whole
-	// store. Default 16.
+	// store. Default DefaultFetchConcurrency (16).
 	FetchConcurrency int
 	// FlushInterval is how often block presence is persisted. Default 1 s.
 	FlushInterval time.Duration
@@ -148,7 +148,8 @@ type BlockStats struct {
 // # Fetching
 //
 // A read fetches the missing blocks it covers, consecutive ones in one
-// ranged GET pinned to the ETag (at most 4 MiB), and only publishes them
+// ranged GET pinned to the ETag (at most maxRunBytes, 8 MiB, and a quarter
+// of Capacity), and only publishes them
 // once the body has delivered exactly the bytes asked for. A Handle that
 // reads sequentially also reads ahead, in a window that doubles up to
 // ReadAhead (and a quarter of Capacity), split into parallel GETs. All

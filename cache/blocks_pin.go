@@ -309,7 +309,7 @@ func (p *pinFetch) reserveSpace(missing int64) error {
 	} else if others := s.pinPending; missing+others+pinSpareBytes > free {
 		return fmt.Errorf("%w: pinning needs %s, the file system of %s has %s free"+
 			" (%s of it taken by other pins in progress, %s kept spare): free some space or pin less",
-			ErrNoSpace, FormatBytes(missing), s.dir, FormatBytes(free), FormatBytes(others), FormatBytes(pinSpareBytes))
+			ErrNoSpace, inMiB(missing), s.dir, inMiB(free), inMiB(others), inMiB(pinSpareBytes))
 	}
 	s.pinPending += missing
 	p.pending = missing
@@ -487,16 +487,6 @@ func (p *pinFetch) await(ctx context.Context, w pinWait) error {
 	return nil
 }
 
-// FormatBytes renders n for people: 1.5 GiB, 300 MiB, 12 KiB, 17 B.
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
-}
+// inMiB renders n in MiB for the one message of this package that reports
+// sizes to people (the CLI formats everything else).
+func inMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

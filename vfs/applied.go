@@ -41,7 +41,7 @@ func (f *FS) Applied(r journal.Result) {
 		f.dropTombstone(dir, name)
 	case r.Op.Kind == journal.PutMarker:
 		e := cache.Entry{Name: name, Dir: true}
-		if old, ok, _ := f.cfg.Tree.Lookup(dir, name); ok && old.Dir {
+		if old, ok := f.lookupApplied(dir, name); ok && old.Dir {
 			e.CopyAttrs(old) // its mtime follows its entries since
 		} else {
 			attrsFromMeta(r.Op.Meta, &e)
@@ -52,7 +52,7 @@ func (f *FS) Applied(r journal.Result) {
 		f.treeMoved(r) // rename_dir.go
 	default: // PutFile, Copy
 		e := cache.Entry{Name: name, Size: r.Info.Size, ETag: r.Info.ETag, MTime: r.Info.ModTime}
-		old, known, _ := f.cfg.Tree.Lookup(dir, name)
+		old, known := f.lookupApplied(dir, name)
 		if r.Op.Kind == journal.PutFile && r.Op.Meta != nil {
 			attrsFromMeta(r.Op.Meta, &e) // what was stored with it
 			if known && e.Type() == syscall.S_IFLNK && old.Type() == syscall.S_IFLNK {
@@ -95,6 +95,19 @@ func (f *FS) Applied(r journal.Result) {
 	if len(notify) > 0 {
 		f.background(func() { f.notifyEntries(notify) })
 	}
+}
+
+// lookupApplied is the tree's entry of a name whose upload completed. A
+// failure to read the tree is logged and taken as no entry: the completed
+// version is then shown with the attributes it was stored with, and the
+// next listing corrects the rest.
+func (f *FS) lookupApplied(dir, name string) (cache.Entry, bool) {
+	e, ok, err := f.cfg.Tree.Lookup(dir, name)
+	if err != nil {
+		f.log.Warn("cannot read the tree for a completed upload", "dir", dir, "name", name, "err", err)
+		return cache.Entry{}, false
+	}
+	return e, ok
 }
 
 // dropLocal forgets the local state of dir/name and makes dir list again,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"syscall"
@@ -65,7 +66,7 @@ func (w *workFile) close() {
 	}
 	if err := w.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		// Read-only use or content already committed: nothing is lost.
-		_ = err
+		slog.Debug("closing a working copy", "path", w.f.Name(), "err", err)
 	}
 }
 
@@ -116,7 +117,7 @@ func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base 
 func removeQuietly(path string) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		// A leftover staging file is removed by the journal at next open.
-		_ = err
+		slog.Debug("removing a staging file", "path", path, "err", err)
 	}
 }
 

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nimbus-fs/nimbus/cache"
 )
 
 func TestParseRemote(t *testing.T) {
@@ -76,8 +74,8 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) succeeded", in)
 		}
 	}
-	if got := cache.FormatBytes(3 << 29); got != "1.5 GiB" {
-		t.Errorf("cache.FormatBytes = %q", got)
+	if got := formatBytes(3 << 29); got != "1.5 GiB" {
+		t.Errorf("formatBytes = %q", got)
 	}
 }
 

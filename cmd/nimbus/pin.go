@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/vfs"
 )
 
@@ -64,7 +63,7 @@ func (m *mountState) free(path string, unpin bool) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg := fmt.Sprintf("freed %s under %s", cache.FormatBytes(freed), path)
+	msg := fmt.Sprintf("freed %s under %s", formatBytes(freed), path)
 	if len(unpinned) > 0 {
 		msg = fmt.Sprintf("unpinned %d path(s) and %s", len(unpinned), msg)
 	}
@@ -239,7 +238,7 @@ func progressLine(path string, p *vfs.PinProgress, elapsed time.Duration) string
 		state = "stopped"
 	}
 	return fmt.Sprintf("%s [%s] %d/%d files, %s/%s, %s/s, %s", path, bar, p.FilesDone, p.Files,
-		cache.FormatBytes(p.BytesDone), cache.FormatBytes(p.Bytes), cache.FormatBytes(int64(rate)), state)
+		formatBytes(p.BytesDone), formatBytes(p.Bytes), formatBytes(int64(rate)), state)
 }
 
 func isTerminal(w io.Writer) bool {

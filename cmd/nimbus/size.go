@@ -72,3 +72,17 @@ func (v *sizeValue) Set(s string) error {
 	*v = sizeValue(n)
 	return nil
 }
+
+// formatBytes renders n for people: 1.5 GiB, 300 MiB, 12 KiB, 17 B.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}

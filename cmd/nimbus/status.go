@@ -179,11 +179,11 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(tw, "mountpoint:\t%s (pid %d, up %s)\n", r.Mountpoint, r.PID, time.Since(r.Started).Round(time.Second))
 	fmt.Fprintf(tw, "state:\t%s\n", state)
 	fmt.Fprintf(tw, "cache:\t%s used of %s, plus %s pinned (%d blocks, %d hits, %d misses, %d evictions) in %s\n",
-		cache.FormatBytes(r.Cache.Used), cache.FormatBytes(r.Cache.Capacity), cache.FormatBytes(r.Cache.Pinned), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
+		formatBytes(r.Cache.Used), formatBytes(r.Cache.Capacity), formatBytes(r.Cache.Pinned), r.Cache.Blocks, r.Cache.Hits, r.Cache.Misses, r.Cache.Evictions, r.CacheDir)
 	for _, p := range r.Pins {
 		fmt.Fprintf(tw, "pinned:\t%s\n", progressLine(filepath.Join(r.Mountpoint, p.Path), &p, time.Since(p.Started)))
 	}
-	up := fmt.Sprintf("%d pending (%s)", r.Uploads.Pending, cache.FormatBytes(r.Uploads.PendingBytes))
+	up := fmt.Sprintf("%d pending (%s)", r.Uploads.Pending, formatBytes(r.Uploads.PendingBytes))
 	if !r.Uploads.Oldest.IsZero() {
 		up += fmt.Sprintf(", oldest from %s", r.Uploads.Oldest.Local().Format(time.DateTime))
 	}
@@ -208,10 +208,10 @@ func printStatus(w io.Writer, r *statusReport) {
 		ops = append(ops, fmt.Sprintf("%s %d", op, n))
 	}
 	sort.Strings(ops)
-	bytes := fmt.Sprintf("%s in, %s out", cache.FormatBytes(r.Requests["bytes_in"]), cache.FormatBytes(r.Requests["bytes_out"]))
+	bytes := fmt.Sprintf("%s in, %s out", formatBytes(r.Requests["bytes_in"]), formatBytes(r.Requests["bytes_out"]))
 	if c := r.Requests["bytes_copied"]; c > 0 {
 		// Unchanged parts of edited files, copied by the store itself.
-		bytes += fmt.Sprintf(", %s copied server-side", cache.FormatBytes(c))
+		bytes += fmt.Sprintf(", %s copied server-side", formatBytes(c))
 	}
 	fmt.Fprintf(tw, "requests:\t%s; %s\n", strings.Join(ops, ", "), bytes)
 	if len(r.Skipped) > 0 {

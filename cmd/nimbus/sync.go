@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/nimbus-fs/nimbus/cache"
 )
 
 // sync waits for the journal to drain and the attribute index to be
@@ -77,7 +75,7 @@ func syncFailure(path string, err error) error {
 	if serr := callControl(path, "status", &rep); serr != nil {
 		return fmt.Errorf("not everything is uploaded: %s", shorten(oneLine(err.Error()), 150))
 	}
-	left := fmt.Sprintf("%d change(s) (%s)", rep.Uploads.Pending, cache.FormatBytes(rep.Uploads.PendingBytes))
+	left := fmt.Sprintf("%d change(s) (%s)", rep.Uploads.Pending, formatBytes(rep.Uploads.PendingBytes))
 	switch {
 	case !rep.Online:
 		return fmt.Errorf("not everything is uploaded: %s wait while the store is offline (%s); they upload once it is back",

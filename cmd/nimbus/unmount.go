@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
 
@@ -111,7 +110,7 @@ func (r unmountReport) pendingNote() string {
 		changes = fmt.Sprintf("%d changes", r.Pending)
 	}
 	return fmt.Sprintf("%s (%s) not uploaded yet: they upload at the next mount of the cache folder %s",
-		changes, cache.FormatBytes(r.PendingBytes), r.CacheDir)
+		changes, formatBytes(r.PendingBytes), r.CacheDir)
 }
 
 func (r unmountReport) message(mp string) string {

@@ -18,7 +18,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nimbus-fs/nimbus/backend"
-	"github.com/nimbus-fs/nimbus/cache"
 )
 
 func init() {
@@ -123,7 +122,7 @@ which one is current, and deletes.`,
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "VERSION\tMODIFIED\tSIZE\t")
 			for _, v := range vs {
-				size, note := cache.FormatBytes(v.Size), ""
+				size, note := formatBytes(v.Size), ""
 				if v.Deleted {
 					size, note = "-", "deleted"
 				}
@@ -211,7 +210,7 @@ nimbus restore can bring back, with the time of each delete.`,
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DELETED\tSIZE\tPATH")
 			for _, d := range ds {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", d.Deleted.Local().Format("2006-01-02 15:04:05"), cache.FormatBytes(d.Size), d.Path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", d.Deleted.Local().Format("2006-01-02 15:04:05"), formatBytes(d.Size), d.Path)
 			}
 			return tw.Flush()
 		},
