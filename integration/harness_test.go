@@ -1,8 +1,3 @@
-// Package integration runs the real nimbus binary on a real FUSE mount over
-// a real MinIO server, and acts on the mount with ordinary file operations.
-//
-// Every mount and process a test starts is torn down by t.Cleanup, even when
-// the test fails, so that a stuck mount never hangs the next test.
 package integration
 
 import (
