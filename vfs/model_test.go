@@ -63,8 +63,6 @@ func TestModelDifferential(t *testing.T) {
 		ref:    t.TempDir(),
 		counts: make(map[string]int),
 		root:   os.Geteuid() == 0,
-
-		knownBugs: os.Getenv("NIMBUS_VFS_KNOWN_BUGS") == "1",
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -126,9 +124,6 @@ type modelRun struct {
 	// root: permission bits do not restrict the model, so any mode may
 	// be drawn (the mount enforces none, as it has no default_permissions).
 	root bool
-	// knownBugs (NIMBUS_VFS_KNOWN_BUGS=1) compares what known bugs get
-	// wrong too.
-	knownBugs bool
 }
 
 // modelFiles and modelDirs are few, so that names collide: an op often
@@ -501,12 +496,7 @@ func (d *modelRun) isDir(rel string) bool {
 func (d *modelRun) mode() os.FileMode {
 	modes := []os.FileMode{0o600, 0o640, 0o644, 0o664, 0o666, 0o700, 0o750, 0o755, 0o777}
 	if d.root {
-		modes = append(modes, 0o400, 0o444, 0o555, 0o4755, 0o1777)
-		if os.Getenv("NIMBUS_VFS_KNOWN_BUGS") == "1" {
-			// Known bug: the vfs takes mode 0 for "not set", so chmod 000
-			// shows (and uploads) the mode the file had before.
-			modes = append(modes, 0o000)
-		}
+		modes = append(modes, 0o400, 0o444, 0o555, 0o4755, 0o1777, 0o000)
 	}
 	return modes[d.rng.IntN(len(modes))]
 }
