@@ -173,12 +173,21 @@ func (m *mountState) needVersioning(ctx context.Context) error {
 	}
 	on, err := m.health.Versioning(ctx)
 	if err != nil {
-		return fmt.Errorf("cannot tell whether the bucket keeps versions: %w", err)
+		return versioningUnknown(err)
 	}
 	if !on {
 		return fmt.Errorf("versioning is off on bucket %q, so there are no earlier versions: turn it on with: %s", m.opts.remote.bucket, m.versioningCommand())
 	}
 	return nil
+}
+
+// versioningUnknown is the error of a failed question whether the bucket
+// keeps versions, which every version command asks first.
+func versioningUnknown(err error) error {
+	if errors.Is(err, backend.ErrOffline) {
+		return fmt.Errorf("the store is offline, and this needs it: try again once it is back (see nimbus status): %w", err)
+	}
+	return fmt.Errorf("cannot tell whether the bucket keeps versions (%w): check the credentials' permissions (s3:GetBucketVersioning)", err)
 }
 
 // versioningCommand is the command that turns versioning on.
@@ -384,7 +393,7 @@ func (m *mountState) versioned(ctx context.Context) (bool, error) {
 	}
 	on, err := m.health.Versioning(ctx)
 	if err != nil {
-		return false, fmt.Errorf("cannot tell whether the bucket keeps versions: %w", err)
+		return false, versioningUnknown(err)
 	}
 	return on, nil
 }
