@@ -295,7 +295,7 @@ func (m *mountState) restore(abs string, a restoreArgs) (restoreResult, error) {
 		return restoreResult{}, err
 	}
 	if m.opts.store.at != "" {
-		return restoreResult{}, m.restoreInView(key, rel)
+		return restoreResult{}, m.restoreInView(key, rel, a.Version)
 	}
 	if a.Version != "" {
 		return m.restoreVersion(abs, key, rel, a.Version)
@@ -334,15 +334,23 @@ func (m *mountState) atString() string {
 	return m.opts.store.atTime.UTC().Format(time.RFC3339)
 }
 
-// restoreInView is the error of nimbus restore in an --at mount, which is
-// read-only: it names the command to run on a writable mount of the same
-// remote, with the version this view shows when rel is a file it shows.
-func (m *mountState) restoreInView(key, rel string) error {
+// restoreInView is the error of nimbus restore [--version version] in an
+// --at mount, which is read-only: it names the command to run on a
+// writable mount of the same remote, with the version asked for, or else
+// the version this view shows when rel is a file it shows.
+func (m *mountState) restoreInView(key, rel, version string) error {
 	remote := m.opts.remote.String()
-	where := fmt.Sprintf("the --at %s view is read-only: on a writable mount of %s (nimbus mount %s MNT), run", m.atString(), remote, remote)
+	mount := "nimbus mount " + remote + " MNT"
+	if m.opts.endpoint != "" {
+		mount = "nimbus mount --endpoint " + m.opts.endpoint + " " + remote + " MNT"
+	}
+	where := fmt.Sprintf("the --at %s view is read-only: on a writable mount of %s (%s), run", m.atString(), remote, mount)
 	target := "MNT/" + rel
 	if rel == "" {
 		target = "MNT"
+	}
+	if version != "" {
+		return fmt.Errorf("%s: nimbus restore %s --version %s", where, target, version)
 	}
 	if id := m.shownVersion(key); id != "" {
 		return fmt.Errorf("%s: nimbus restore %s --version %s (the version shown here)", where, target, id)
