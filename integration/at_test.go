@@ -133,7 +133,8 @@ func TestAtPointInTime(t *testing.T) {
 
 // TestAtVersions: in an --at mount, nimbus versions lists the history as
 // it stood at TIME (later versions left out, "current" the one the view
-// shows), a file written later has none there, and nimbus restore refuses
+// shows), a file written later has none there, nimbus deleted lists what
+// had been deleted by TIME, and nimbus restore refuses
 // in one line naming the command to run on a writable mount, with the
 // version shown, and changes nothing.
 func TestAtVersions(t *testing.T) {
@@ -141,7 +142,13 @@ func TestAtVersions(t *testing.T) {
 	e.minio.EnableVersioning(t, e.bucket)
 	live := e.mount(mountOpt{})
 	v1, v2 := "a, version 1\n", "a, version 2, longer\n"
-	if err := os.WriteFile(live.path("a.txt"), []byte(v1), 0o644); err != nil {
+	for _, name := range []string{"a.txt", "gone-then.txt", "gone-later.txt"} {
+		if err := os.WriteFile(live.path(name), []byte(v1), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live.sync(time.Minute)
+	if err := os.Remove(live.path("gone-then.txt")); err != nil {
 		t.Fatal(err)
 	}
 	live.sync(time.Minute)
@@ -151,6 +158,9 @@ func TestAtVersions(t *testing.T) {
 	at := time.Now().UTC().Format(time.RFC3339)
 	time.Sleep(1100 * time.Millisecond)
 	if err := os.WriteFile(live.path("a.txt"), []byte(v2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(live.path("gone-later.txt")); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(live.path("new.txt"), []byte("later\n"), 0o644); err != nil {
@@ -177,6 +187,11 @@ func TestAtVersions(t *testing.T) {
 
 	// Without --version, the command names the version the view shows;
 	// with one, that one.
+	// nimbus deleted in the view: what had been deleted by TIME.
+	if ds := deletedList(t, past.dir); len(ds) != 1 || ds[0].Path != "gone-then.txt" {
+		t.Errorf("deleted in the --at mount = %+v; want gone-then.txt alone (gone-later.txt still existed then)", ds)
+	}
+
 	for version, args := range map[string][]string{
 		now[1].ID: {"restore", past.path("a.txt")},
 		now[0].ID: {"restore", past.path("a.txt"), "--version", now[0].ID},

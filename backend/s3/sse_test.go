@@ -59,8 +59,8 @@ func headSSE(t *testing.T, srv *minio.Server, bucket, key string, ck CustomerKey
 }
 
 // TestSSEKMS: with Encryption SSE aws:kms, every way of writing an object
-// (PutObject, multipart, CopyObject, a delta) leaves it encrypted with the
-// KMS key, as a HEAD shows; AES256 likewise.
+// (PutObject, multipart, CopyObject, a multipart copy, a delta) leaves it
+// encrypted with the KMS key, as a HEAD shows; AES256 likewise.
 func TestSSEKMS(t *testing.T) {
 	srv := minio.StartWith(t, minio.Options{KMSSecretKey: testKMSKey})
 	bucket := minio.BucketName(t)
@@ -77,11 +77,14 @@ func TestSSEKMS(t *testing.T) {
 			if _, err := s.Copy(ctx, p+"small", "", p+"copy", backend.Cond{IfNoneMatch: true}); err != nil {
 				t.Fatalf("Copy: %v", err)
 			}
+			if _, err := s.Copy(ctx, p+"big", "", p+"bigcopy", backend.Cond{IfNoneMatch: true}); err != nil {
+				t.Fatalf("multipart Copy: %v", err)
+			}
 			v2 := edited(big, 7*mib)
 			if _, err := s.PutDelta(ctx, p+"big", bytes.NewReader(v2), testSize, nil, base, []backend.Range{{Off: 0, Len: 7 * mib}, {Off: 7*mib + 1, Len: testSize - 7*mib - 1}}); err != nil {
 				t.Fatalf("PutDelta: %v", err)
 			}
-			for _, key := range []string{p + "small", p + "copy", p + "big"} {
+			for _, key := range []string{p + "small", p + "copy", p + "big", p + "bigcopy"} {
 				sse, _, err := headSSE(t, srv, bucket, key, nil)
 				if err != nil {
 					t.Fatalf("HEAD %s: %v", key, err)
@@ -90,7 +93,7 @@ func TestSSEKMS(t *testing.T) {
 					t.Errorf("%s: server-side encryption %q; want %q", key, sse, enc.SSE)
 				}
 			}
-			if content(t, s, p+"big") != sha256.Sum256(v2) || content(t, s, p+"copy") != sha256.Sum256(small) {
+			if content(t, s, p+"big") != sha256.Sum256(v2) || content(t, s, p+"copy") != sha256.Sum256(small) || content(t, s, p+"bigcopy") != sha256.Sum256(big) {
 				t.Fatal("encrypted objects read back wrong")
 			}
 		})
