@@ -203,7 +203,10 @@ func newDeletedCmd() *cobra.Command {
 		Use:   "deleted [DIR] [--json]",
 		Short: "List what can be restored under a folder",
 		Long: `List the files deleted under DIR (default: the current folder) that
-nimbus restore can bring back, with the time of each delete.`,
+nimbus restore can bring back, with the time of each delete. On a bucket
+without versions, each delete of a path is listed (newest first), and
+restore brings back the newest. In a point-in-time mount (--at TIME), it
+lists what had been deleted by TIME.`,
 		Args: argsBetween(0, 1, "at most one DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := optionalPath(args, "DIR")
