@@ -131,6 +131,88 @@ func TestAtPointInTime(t *testing.T) {
 	}
 }
 
+// TestAtVersions: in an --at mount, nimbus versions lists the history as
+// it stood at TIME (later versions left out, "current" the one the view
+// shows), a file written later has none there, nimbus deleted lists what
+// had been deleted by TIME, and nimbus restore refuses
+// in one line naming the command to run on a writable mount, with the
+// version shown, and changes nothing.
+func TestAtVersions(t *testing.T) {
+	e := newEnv(t)
+	e.minio.EnableVersioning(t, e.bucket)
+	live := e.mount(mountOpt{})
+	v1, v2 := "a, version 1\n", "a, version 2, longer\n"
+	for _, name := range []string{"a.txt", "gone-then.txt", "gone-later.txt"} {
+		if err := os.WriteFile(live.path(name), []byte(v1), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live.sync(time.Minute)
+	if err := os.Remove(live.path("gone-then.txt")); err != nil {
+		t.Fatal(err)
+	}
+	live.sync(time.Minute)
+	// Store times have a second's resolution here: keep TIME clear of both
+	// sides.
+	time.Sleep(1100 * time.Millisecond)
+	at := time.Now().UTC().Format(time.RFC3339)
+	time.Sleep(1100 * time.Millisecond)
+	if err := os.WriteFile(live.path("a.txt"), []byte(v2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(live.path("gone-later.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(live.path("new.txt"), []byte("later\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	live.sync(time.Minute)
+
+	now := versionsOf(t, live.path("a.txt"))
+	if len(now) != 2 || !now[0].Current || now[0].Size != int64(len(v2)) || now[1].Current {
+		t.Fatalf("versions in the live mount = %+v; want version 2 current, then version 1", now)
+	}
+	past := e.mount(mountOpt{args: []string{"--at", at}})
+	then := versionsOf(t, past.path("a.txt"))
+	if len(then) != 1 || then[0].ID != now[1].ID || !then[0].Current || then[0].Size != int64(len(v1)) {
+		t.Errorf("versions in the --at %s mount = %+v; want version 1 (%s) alone, current then", at, then, now[1].ID)
+	}
+	if out := nimbusOK(t, time.Minute, "versions", past.path("a.txt")); !strings.Contains(out, now[1].ID) || strings.Contains(out, now[0].ID) {
+		t.Errorf("nimbus versions in the --at mount:\n%s\nwant version 1 only", out)
+	}
+	_, errOut, code := nimbusRun(t, time.Minute, "versions", past.path("new.txt"))
+	if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "no version written by") {
+		t.Errorf("versions of a file written after TIME, in the --at mount: exit %d, %q; want one line saying there was none then", code, errOut)
+	}
+
+	// Without --version, the command names the version the view shows;
+	// with one, that one.
+	// nimbus deleted in the view: what had been deleted by TIME.
+	if ds := deletedList(t, past.dir); len(ds) != 1 || ds[0].Path != "gone-then.txt" {
+		t.Errorf("deleted in the --at mount = %+v; want gone-then.txt alone (gone-later.txt still existed then)", ds)
+	}
+
+	for version, args := range map[string][]string{
+		now[1].ID: {"restore", past.path("a.txt")},
+		now[0].ID: {"restore", past.path("a.txt"), "--version", now[0].ID},
+	} {
+		_, errOut, code := nimbusRun(t, time.Minute, args...)
+		want := "nimbus restore MNT/a.txt --version " + version
+		if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "read-only") ||
+			!strings.Contains(errOut, want) || !strings.Contains(errOut, "nimbus mount --endpoint "+e.minio.Endpoint+" s3://"+e.bucket) {
+			t.Errorf("nimbus %v: exit %d, %q; want one line saying the view is read-only and to run %q on a writable mount of s3://%s", args, code, errOut, want, e.bucket)
+		}
+	}
+	_, errOut, code = nimbusRun(t, time.Minute, "restore", past.path("new.txt"))
+	if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "read-only") || !strings.Contains(errOut, "nimbus restore MNT/new.txt") {
+		t.Errorf("restore of a file the view does not show: exit %d, %q; want the read-only refusal naming the command", code, errOut)
+	}
+	e.objectEquals("a.txt", v2)
+	if n := e.storedVersions("a.txt"); n != 2 {
+		t.Errorf("a.txt has %d versions after the refused restores; want 2", n)
+	}
+}
+
 // TestAtUnversioned: --at on a bucket without versions fails at once, in
 // one line that says why.
 func TestAtUnversioned(t *testing.T) {

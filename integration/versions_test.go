@@ -135,6 +135,12 @@ func TestVersionsRestore(t *testing.T) {
 	// Offline, then a crash: the restore waits in the journal.
 	vs = versionsOf(t, f)
 	e.minio.Stop()
+	for _, cmd := range []string{"versions", "deleted"} {
+		_, errOut, code := nimbusRun(t, time.Minute, cmd, f)
+		if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "offline") || !strings.Contains(errOut, "try again once it is back") {
+			t.Errorf("nimbus %s offline: exit %d, %q; want one line saying the store is offline and to try again", cmd, code, errOut)
+		}
+	}
 	out = nimbusOK(t, 2*time.Minute, "restore", "--version", vs[len(vs)-1].ID, f)
 	if !strings.Contains(out, "journaled") {
 		t.Fatalf("offline restore printed %q; want it journaled", out)

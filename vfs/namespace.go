@@ -137,7 +137,7 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EISDIR
 	}
 	key := n.fsys.fileKey(cache.JoinPath(dir, name))
-	op := journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e), Trash: n.fsys.trashKey(cache.JoinPath(dir, name), e)}
+	op := journal.Op{Kind: journal.Delete, Key: key, Base: remoteBase(e), Trash: n.fsys.trashKey(cache.JoinPath(dir, name))}
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
@@ -149,24 +149,16 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
-// maxTrashCopy is the largest object one server-side copy (CopyObject)
-// can move to the trash.
-const maxTrashCopy = 5 << 30
-
-// trashKey is where a delete of the file at path (entry e) keeps it: its
-// trash key, or "" when the trash is off or cannot hold it (a key over
-// S3's limit, or a file one CopyObject cannot copy), which the log says.
-func (f *FS) trashKey(path string, e cache.Entry) string {
+// trashKey is where a delete of the file at path keeps it: its trash key,
+// or "" when the trash is off or cannot hold it (a key over S3's limit),
+// which the log says.
+func (f *FS) trashKey(path string) string {
 	if !f.cfg.Trash {
 		return ""
 	}
 	key := trash.Key(f.cfg.Prefix, path, time.Now())
-	switch {
-	case len(key) > maxKeyLen:
+	if len(key) > maxKeyLen {
 		f.log.Warn("deleted for good: its trash key would be longer than 1,024 bytes", "path", path)
-		return ""
-	case e.Size > maxTrashCopy:
-		f.log.Warn("deleted for good: the trash takes files up to 5 GiB (one server-side copy)", "path", path, "size", e.Size)
 		return ""
 	}
 	return key

@@ -141,6 +141,42 @@ func (s *Store) ListFlat(ctx context.Context, prefix string, fn func(backend.Pag
 	return fn(page)
 }
 
+var _ backend.VersionLister = (*Store)(nil)
+
+// Versioning implements backend.VersionLister: the store's.
+func (s *Store) Versioning(ctx context.Context) (bool, error) {
+	return s.inner.Versioning(ctx)
+}
+
+// ListVersions implements backend.VersionLister for nimbus versions and
+// deleted in the view: the history as it stood at the view's time. Only
+// the versions and delete markers written at or before it are listed,
+// newest first for each key, and Current marks the one each key showed
+// then (a delete marker when it was deleted then), not the one current
+// now.
+func (s *Store) ListVersions(ctx context.Context, prefix string, fn func([]backend.Version) error) error {
+	var cur string   // the key whose versions are being read
+	decided := false // its version shown at s.at is passed
+	return s.inner.ListVersions(ctx, prefix, func(page []backend.Version) error {
+		out := make([]backend.Version, 0, len(page))
+		for _, v := range page {
+			if v.Key != cur {
+				cur, decided = v.Key, false
+			}
+			if v.ModTime.After(s.at) {
+				continue
+			}
+			v.Current = !decided
+			decided = true
+			out = append(out, v)
+		}
+		if len(out) == 0 {
+			return nil
+		}
+		return fn(out)
+	})
+}
+
 // version returns the version key shows at the view's time; ErrNotFound if
 // none (deleted, or written later).
 func (s *Store) version(ctx context.Context, key string) (backend.Version, error) {

@@ -147,3 +147,50 @@ func TestView(t *testing.T) {
 		t.Errorf("copy: %v, want ErrReadOnly", err)
 	}
 }
+
+// The view's version listing is the history as it stood at the view's
+// time: later versions are left out, and Current marks the version each
+// key showed then (a delete marker for a key deleted then), across pages.
+func TestViewVersions(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	at := t0.Add(time.Hour)
+	f := &fakeVersions{data: map[string]string{}}
+	f.add("a.txt", "a v1", t0, false)
+	f.add("a.txt", "a v2", t0.Add(30*time.Minute), false)
+	f.add("a.txt", "a v3", at.Add(time.Minute), false) // later: not listed
+	f.add("gone.txt", "g", t0, false)
+	f.add("gone.txt", "", t0.Add(time.Minute), true)
+	f.add("gone.txt", "g again", at.Add(time.Second), false) // later
+	f.add("later.txt", "l", at.Add(time.Second), false)
+	// Sorted first, so that the fake's page boundary falls inside a.txt.
+	f.add("0.txt", "z v1", t0, false)
+	f.add("0.txt", "z v2", t0.Add(time.Minute), false)
+	for i := range f.vs {
+		f.vs[i].Current = i == 2 || i == 5 || i == 6 || i == 8 // the store's current versions now
+	}
+	s := New(f, at)
+	if on, err := s.Versioning(context.Background()); err != nil || !on {
+		t.Fatalf("Versioning = %v, %v; want the store's", on, err)
+	}
+	var got []string
+	err := s.ListVersions(context.Background(), "", func(p []backend.Version) error {
+		for _, v := range p {
+			got = append(got, fmt.Sprintf("%s %s current=%v deleted=%v", v.Key, v.ID, v.Current, v.Deleted))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"0.txt v9 current=true deleted=false",
+		"0.txt v8 current=false deleted=false",
+		"a.txt v2 current=true deleted=false",
+		"a.txt v1 current=false deleted=false",
+		"gone.txt v5 current=true deleted=true",
+		"gone.txt v4 current=false deleted=false",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("versions at %v:\n%s\nwant:\n%s", at, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -154,46 +154,60 @@ func planDelta(size, partSize int64, same []backend.Range, srcSize int64) []delt
 }
 
 // putParts sends parts as one multipart upload of key whose Complete
-// carries If-Match base, and aborts the upload if that fails. Its errors
-// are the SDK's, for putError.
+// carries If-Match base (see uploadParts). Its errors are the SDK's, for
+// putError.
 func (s *Store) putParts(ctx context.Context, key string, body io.ReaderAt, size int64, meta map[string]string, base string, parts []deltaPart) (backend.DeltaResult, error) {
-	opts := s.uploader.ClientOptions
-	checksum := s.partChecksum()
-	created, err := s.client.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{
-		Bucket:            aws.String(s.bucket),
-		Key:               aws.String(key),
-		Metadata:          meta,
-		ChecksumAlgorithm: checksum,
-	}, opts...)
-	if err != nil {
-		return backend.DeltaResult{}, err
+	up := &partsUpload{
+		key:         key,
+		copySource:  copySource(s.bucket, key),
+		copyIfMatch: base,
+		body:        shortBodyCheck{ra: body, base: 0, end: size},
 	}
-	up := &deltaUpload{
-		s:        s,
-		key:      key,
-		uploadID: aws.ToString(created.UploadId),
-		base:     base,
-		body:     shortBodyCheck{ra: body, base: 0, end: size},
-		checksum: checksum,
-	}
-	done, err := up.sendParts(ctx, parts)
+	etag, err := s.uploadParts(ctx, up, &awss3.CreateMultipartUploadInput{Metadata: meta}, parts, backend.Cond{IfMatch: base})
 	res := up.result()
 	if err == nil {
-		var out *awss3.CompleteMultipartUploadOutput
-		out, err = s.client.CompleteMultipartUpload(ctx, &awss3.CompleteMultipartUploadInput{
+		res.Info = backend.ObjectInfo{Key: key, Size: size, ETag: etag}
+	}
+	return res, err
+}
+
+// uploadParts makes up.key out of parts in one multipart upload: create
+// (whose bucket, key and checksum are filled in here) starts it, the parts
+// are copied or sent by up, and the CompleteMultipartUpload carries cond,
+// so that the object appears atomically and only if cond holds then. A
+// failure aborts the upload, on a context of its own. It returns the new
+// object's ETag; its errors are the SDK's.
+func (s *Store) uploadParts(ctx context.Context, up *partsUpload, create *awss3.CreateMultipartUploadInput, parts []deltaPart, cond backend.Cond) (string, error) {
+	opts := s.uploader.ClientOptions
+	up.s = s
+	up.checksum = s.partChecksum()
+	create.Bucket, create.Key, create.ChecksumAlgorithm = aws.String(s.bucket), aws.String(up.key), up.checksum
+	created, err := s.client.CreateMultipartUpload(ctx, create, opts...)
+	if err != nil {
+		return "", err
+	}
+	up.uploadID = aws.ToString(created.UploadId)
+	done, err := up.sendParts(ctx, parts)
+	if err == nil {
+		in := &awss3.CompleteMultipartUploadInput{
 			Bucket:          aws.String(s.bucket),
-			Key:             aws.String(key),
+			Key:             aws.String(up.key),
 			UploadId:        aws.String(up.uploadID),
 			MultipartUpload: &types.CompletedMultipartUpload{Parts: done},
-			IfMatch:         quoteETag(base),
-		}, opts...)
-		if err == nil {
-			res.Info = backend.ObjectInfo{Key: key, Size: size, ETag: unquoteETag(out.ETag)}
-			return res, nil
+		}
+		if cond.IfMatch != "" {
+			in.IfMatch = quoteETag(cond.IfMatch)
+		}
+		if cond.IfNoneMatch {
+			in.IfNoneMatch = aws.String("*")
+		}
+		var out *awss3.CompleteMultipartUploadOutput
+		if out, err = s.client.CompleteMultipartUpload(ctx, in, opts...); err == nil {
+			return unquoteETag(out.ETag), nil
 		}
 	}
-	s.abortUpload(ctx, key, up.uploadID)
-	return res, err
+	s.abortUpload(ctx, up.key, up.uploadID)
+	return "", err
 }
 
 // partChecksum is the checksum algorithm of multipart uploads: CRC32, as
@@ -206,25 +220,30 @@ func (s *Store) partChecksum() types.ChecksumAlgorithm {
 	return types.ChecksumAlgorithmCrc32
 }
 
-// deltaUpload is one multipart upload of PutDelta while its parts are sent.
-type deltaUpload struct {
-	s        *Store
-	key      string
-	uploadID string
-	base     string
-	body     io.ReaderAt
-	checksum types.ChecksumAlgorithm
+// partsUpload is one multipart upload (of PutDelta, or of a large Copy)
+// while its parts are sent: copied parts come from copySource (copySource's
+// form, with "?versionId=" for a version) and carry
+// x-amz-copy-source-if-match: copyIfMatch, so that every part is copied
+// from the same version; uploaded parts are read from body.
+type partsUpload struct {
+	s           *Store
+	key         string
+	uploadID    string
+	copySource  string
+	copyIfMatch string
+	body        io.ReaderAt // nil when every part is copied
+	checksum    types.ChecksumAlgorithm
 
 	sent, copied, copyParts atomic.Int64 // of the requests made
 }
 
-func (u *deltaUpload) result() backend.DeltaResult {
+func (u *partsUpload) result() backend.DeltaResult {
 	return backend.DeltaResult{Sent: u.sent.Load(), Copied: u.copied.Load(), CopyParts: int(u.copyParts.Load())}
 }
 
 // sendParts sends every part, UploadConcurrency at a time, and returns the
 // completed parts in order. The first failure stops the others.
-func (u *deltaUpload) sendParts(ctx context.Context, parts []deltaPart) ([]types.CompletedPart, error) {
+func (u *partsUpload) sendParts(ctx context.Context, parts []deltaPart) ([]types.CompletedPart, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make([]types.CompletedPart, len(parts))
@@ -270,7 +289,7 @@ feed:
 }
 
 // sendPart copies or uploads part number num.
-func (u *deltaUpload) sendPart(ctx context.Context, num int32, p deltaPart) (types.CompletedPart, error) {
+func (u *partsUpload) sendPart(ctx context.Context, num int32, p deltaPart) (types.CompletedPart, error) {
 	s := u.s
 	opts := s.uploader.ClientOptions
 	if p.copy {
@@ -281,8 +300,8 @@ func (u *deltaUpload) sendPart(ctx context.Context, num int32, p deltaPart) (typ
 			Key:               aws.String(u.key),
 			UploadId:          aws.String(u.uploadID),
 			PartNumber:        aws.Int32(num),
-			CopySource:        aws.String(copySource(s.bucket, u.key)),
-			CopySourceIfMatch: quoteETag(u.base),
+			CopySource:        aws.String(u.copySource),
+			CopySourceIfMatch: quoteETag(u.copyIfMatch),
 			CopySourceRange:   aws.String(fmt.Sprintf("bytes=%d-%d", p.off, p.off+p.n-1)),
 		}, opts...)
 		if err != nil {

@@ -49,10 +49,12 @@ const (
 	defaultUploadConcurrency  = 8
 
 	// minPartSize and maxPartSize bound S3's part size (the last part may
-	// be smaller); maxPutObjectSize is the most one PutObject can carry.
-	minPartSize      = manager.MinUploadPartSize
-	maxPartSize      = 5 << 30
-	maxPutObjectSize = 5 << 30
+	// be smaller); maxPutObjectSize is the most one PutObject can carry,
+	// maxCopyObjectSize the most one CopyObject can.
+	minPartSize       = manager.MinUploadPartSize
+	maxPartSize       = 5 << 30
+	maxPutObjectSize  = 5 << 30
+	maxCopyObjectSize = 5 << 30
 
 	// abortTimeout bounds the abort of a failed upload, which runs after
 	// the caller's ctx may have been cancelled.
@@ -71,11 +73,16 @@ func withMultipartDefaults(cfg Config) (Config, error) {
 	if cfg.UploadConcurrency == 0 {
 		cfg.UploadConcurrency = defaultUploadConcurrency
 	}
+	if cfg.CopyThreshold == 0 {
+		cfg.CopyThreshold = maxCopyObjectSize
+	}
 	switch {
 	case cfg.MultipartThreshold < 0 || cfg.MultipartThreshold > maxPutObjectSize:
 		return cfg, fmt.Errorf("s3: multipart threshold %d is not within (0, %d]: objects up to it go up as one PutObject", cfg.MultipartThreshold, int64(maxPutObjectSize))
 	case cfg.PartSize < minPartSize || cfg.PartSize > maxPartSize:
 		return cfg, fmt.Errorf("s3: part size %d is not within S3's [%d, %d]", cfg.PartSize, minPartSize, int64(maxPartSize))
+	case cfg.CopyThreshold < minPartSize || cfg.CopyThreshold > maxCopyObjectSize:
+		return cfg, fmt.Errorf("s3: copy threshold %d is not within [%d, %d]: objects up to it are copied with one CopyObject, larger ones in parts of at least %d", cfg.CopyThreshold, minPartSize, int64(maxCopyObjectSize), minPartSize)
 	case cfg.UploadConcurrency < 0:
 		return cfg, fmt.Errorf("s3: negative upload concurrency %d", cfg.UploadConcurrency)
 	}

@@ -110,21 +110,31 @@ func (s *Store) Stat(ctx context.Context, key string) (backend.ObjectInfo, error
 // head is a HeadObject, with If-Match when ifMatch is set, and opts added
 // to the client's options. Errors are the SDK's, unwrapped.
 func (s *Store) head(ctx context.Context, key, ifMatch string, opts ...func(*awss3.Options)) (backend.ObjectInfo, error) {
+	out, err := s.headObject(ctx, key, ifMatch, opts...)
+	if err != nil {
+		return backend.ObjectInfo{}, err
+	}
+	return headInfo(key, out), nil
+}
+
+// headObject is head with the whole answer.
+func (s *Store) headObject(ctx context.Context, key, ifMatch string, opts ...func(*awss3.Options)) (*awss3.HeadObjectOutput, error) {
 	in := &awss3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)}
 	if ifMatch != "" {
 		in.IfMatch = quoteETag(ifMatch)
 	}
-	out, err := s.client.HeadObject(ctx, in, opts...)
-	if err != nil {
-		return backend.ObjectInfo{}, err
-	}
+	return s.client.HeadObject(ctx, in, opts...)
+}
+
+// headInfo is the ObjectInfo of key's HEAD answer.
+func headInfo(key string, out *awss3.HeadObjectOutput) backend.ObjectInfo {
 	return backend.ObjectInfo{
 		Key:     key,
 		Size:    aws.ToInt64(out.ContentLength),
 		ETag:    unquoteETag(out.ETag),
 		ModTime: aws.ToTime(out.LastModified),
 		Meta:    lowerKeys(out.Metadata),
-	}, nil
+	}
 }
 
 // Get implements backend.Backend with one ranged GetObject (If-Match when
@@ -325,8 +335,9 @@ func (b *sizedBody) Seek(offset int64, whence int) (int64, error) {
 // on the copy's destination), and one CopyObject that carries
 // x-amz-copy-source-if-match with src's ETag (so the bytes copied are the
 // ones that were checked) plus dst's If-Match / If-None-Match. The new
-// object keeps src's metadata. Sources over 5 GiB need multipart copy,
-// which comes with the write path.
+// object keeps src's metadata. A source over Config.CopyThreshold is
+// copied in parts instead (copy.go), on the same terms; a multipart upload
+// aborted elsewhere meanwhile is ErrConflict.
 func (s *Store) Copy(ctx context.Context, src, srcETag, dst string, cond backend.Cond) (backend.ObjectInfo, error) {
 	if err := checkKey("copy", src); err != nil {
 		return backend.ObjectInfo{}, err
@@ -341,30 +352,48 @@ func (s *Store) Copy(ctx context.Context, src, srcETag, dst string, cond backend
 	// Without srcETag, src may legitimately change between our HEAD and
 	// the copy; then the copy's source check fails and we try again.
 	for attempt := 1; ; attempt++ {
-		info, err := s.head(ctx, src, srcETag)
+		head, err := s.headObject(ctx, src, srcETag)
 		if err != nil {
 			return backend.ObjectInfo{}, s.opError(ctx, op, src, err)
 		}
+		info := headInfo(src, head)
 		if err := s.checkCond(ctx, dst, cond); err != nil {
 			return backend.ObjectInfo{}, err
 		}
-		in := s.copyInput(dst, copySource(s.bucket, src), cond)
-		in.CopySourceIfMatch = quoteETag(info.ETag)
-		out, err := s.client.CopyObject(ctx, in)
+		var res backend.ObjectInfo
+		if info.Size > s.copyThreshold {
+			res, err = s.copyParts(ctx, copySource(s.bucket, src), head, dst, cond)
+		} else {
+			in := s.copyInput(dst, copySource(s.bucket, src), cond)
+			in.CopySourceIfMatch = quoteETag(info.ETag)
+			var out *awss3.CopyObjectOutput
+			if out, err = s.client.CopyObject(ctx, in); err == nil {
+				res = copied(backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag}, out)
+			}
+		}
 		if err != nil {
 			kind := classify(err)
 			if kind == backend.ErrPrecondition && srcETag == "" && cond == (backend.Cond{}) && attempt < maxAttempts {
 				continue
 			}
-			if kind == backend.ErrNotFound && cond.IfMatch != "" {
-				// Stores that check If-Match on the destination
-				// answer 404 when it is absent.
-				return backend.ObjectInfo{}, s.opErrorAs(ctx, op, src, backend.ErrPrecondition, err)
-			}
-			return backend.ObjectInfo{}, s.opError(ctx, op, src, err)
+			return backend.ObjectInfo{}, s.copyError(ctx, op, src, cond, err)
 		}
-		return copied(backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag}, out), nil
+		return res, nil
 	}
+}
+
+// copyError maps the error of a CopyObject or of a multipart copy. Stores
+// that check If-Match on the destination answer 404 when it is absent: a
+// failed precondition. A multipart upload that vanished (NoSuchUpload) is
+// a concurrent operation, worth retrying.
+func (s *Store) copyError(ctx context.Context, op, key string, cond backend.Cond, err error) error {
+	switch {
+	case isNoSuchUpload(err):
+		return s.opErrorAs(ctx, op, key, backend.ErrConflict, err)
+	case classify(err) == backend.ErrNotFound && cond.IfMatch != "":
+		return s.opErrorAs(ctx, op, key, backend.ErrPrecondition, err)
+	}
+	return s.opError(ctx, op, key, err)
 }
 
 // copyInput is the CopyObject of source (copySource's form) to dst with the

@@ -26,8 +26,10 @@
 // Put sends objects larger than Config.MultipartThreshold as a multipart
 // upload (multipart.go): parts are read from the body in parallel and the
 // write condition is checked when the upload is completed, so the object
-// still appears atomically and conditionally. Copy is a single CopyObject
-// (at most 5 GiB); multipart copy comes with the write path. PutDelta
+// still appears atomically and conditionally. Copy is a single CopyObject,
+// or above Config.CopyThreshold (5 GiB, CopyObject's limit) a multipart
+// upload of UploadPartCopy parts, conditional on its Complete (copy.go).
+// PutDelta
 // (delta.go) sends a new version of a large object as a multipart upload
 // whose unchanged parts are copied server-side from the current version.
 package s3
@@ -121,6 +123,11 @@ type Config struct {
 	// once. 0 means 8. Parts are read from the body as they are sent,
 	// not buffered, so this costs connections rather than memory.
 	UploadConcurrency int
+	// CopyThreshold is the size above which Copy and CopyVersion copy an
+	// object as a multipart upload of UploadPartCopy parts (copy.go)
+	// instead of one CopyObject. 0 means 5 GiB, CopyObject's limit; at
+	// least 5 MiB, S3's smallest part.
+	CopyThreshold int64
 
 	// Encryption is the server-side encryption of every write (and, with
 	// SSE-C, of every read); see sse.go. The zero value asks for none.
@@ -139,6 +146,8 @@ type Store struct {
 	name           string // String(), computed once; never holds credentials
 	// multipartThreshold is Config.MultipartThreshold with its default.
 	multipartThreshold int64
+	// copyThreshold is Config.CopyThreshold with its default.
+	copyThreshold int64
 	// customerKey: requests carry an SSE-C key (see sse.go).
 	customerKey bool
 }
@@ -273,6 +282,7 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		endpointSource:     cfg.EndpointSource,
 		name:               name,
 		multipartThreshold: cfg.MultipartThreshold,
+		copyThreshold:      cfg.CopyThreshold,
 		customerKey:        cfg.Encryption.CustomerKey != nil,
 	}
 }

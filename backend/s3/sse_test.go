@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -33,7 +34,7 @@ func openEncrypted(t *testing.T, srv *minio.Server, bucket string, enc Encryptio
 	s, err := New(t.Context(), Config{
 		Bucket: bucket, Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
 		MultipartThreshold: testThreshold, PartSize: testPartSize, UploadConcurrency: 4,
-		Encryption: enc,
+		CopyThreshold: testThreshold, Encryption: enc,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -58,8 +59,8 @@ func headSSE(t *testing.T, srv *minio.Server, bucket, key string, ck CustomerKey
 }
 
 // TestSSEKMS: with Encryption SSE aws:kms, every way of writing an object
-// (PutObject, multipart, CopyObject, a delta) leaves it encrypted with the
-// KMS key, as a HEAD shows; AES256 likewise.
+// (PutObject, multipart, CopyObject, a multipart copy, a delta) leaves it
+// encrypted with the KMS key, as a HEAD shows; AES256 likewise.
 func TestSSEKMS(t *testing.T) {
 	srv := minio.StartWith(t, minio.Options{KMSSecretKey: testKMSKey})
 	bucket := minio.BucketName(t)
@@ -76,11 +77,14 @@ func TestSSEKMS(t *testing.T) {
 			if _, err := s.Copy(ctx, p+"small", "", p+"copy", backend.Cond{IfNoneMatch: true}); err != nil {
 				t.Fatalf("Copy: %v", err)
 			}
+			if _, err := s.Copy(ctx, p+"big", "", p+"bigcopy", backend.Cond{IfNoneMatch: true}); err != nil {
+				t.Fatalf("multipart Copy: %v", err)
+			}
 			v2 := edited(big, 7*mib)
 			if _, err := s.PutDelta(ctx, p+"big", bytes.NewReader(v2), testSize, nil, base, []backend.Range{{Off: 0, Len: 7 * mib}, {Off: 7*mib + 1, Len: testSize - 7*mib - 1}}); err != nil {
 				t.Fatalf("PutDelta: %v", err)
 			}
-			for _, key := range []string{p + "small", p + "copy", p + "big"} {
+			for _, key := range []string{p + "small", p + "copy", p + "big", p + "bigcopy"} {
 				sse, _, err := headSSE(t, srv, bucket, key, nil)
 				if err != nil {
 					t.Fatalf("HEAD %s: %v", key, err)
@@ -89,7 +93,7 @@ func TestSSEKMS(t *testing.T) {
 					t.Errorf("%s: server-side encryption %q; want %q", key, sse, enc.SSE)
 				}
 			}
-			if content(t, s, p+"big") != sha256.Sum256(v2) || content(t, s, p+"copy") != sha256.Sum256(small) {
+			if content(t, s, p+"big") != sha256.Sum256(v2) || content(t, s, p+"copy") != sha256.Sum256(small) || content(t, s, p+"bigcopy") != sha256.Sum256(big) {
 				t.Fatal("encrypted objects read back wrong")
 			}
 		})
@@ -126,7 +130,27 @@ func TestSSEC(t *testing.T) {
 	if res.CopyParts != 2 {
 		t.Fatalf("delta copied %d parts server-side; want 2", res.CopyParts)
 	}
-	if content(t, s, "big") != sha256.Sum256(v2) || content(t, s, "copy") != sha256.Sum256(small) || content(t, s, "small") != sha256.Sum256(small) {
+	// A copy over the copy threshold goes in parts: each UploadPartCopy
+	// carries the key of the new object and of its source.
+	var copyParts, keyed int
+	var mu sync.Mutex
+	beforeInput(s, func(in any) {
+		if p, ok := in.(*awss3.UploadPartCopyInput); ok {
+			mu.Lock()
+			copyParts++
+			if p.SSECustomerKey != nil && p.CopySourceSSECustomerKey != nil && p.CopySourceSSECustomerKeyMD5 != nil {
+				keyed++
+			}
+			mu.Unlock()
+		}
+	})
+	if _, err := s.Copy(ctx, "big", "", "bigcopy", backend.Cond{IfNoneMatch: true}); err != nil {
+		t.Fatalf("multipart Copy: %v", err)
+	}
+	if copyParts != testCopyParts || keyed != copyParts {
+		t.Fatalf("multipart Copy: %d UploadPartCopy, %d with both keys; want %d, all", copyParts, keyed, testCopyParts)
+	}
+	if content(t, s, "big") != sha256.Sum256(v2) || content(t, s, "copy") != sha256.Sum256(small) || content(t, s, "small") != sha256.Sum256(small) || content(t, s, "bigcopy") != sha256.Sum256(v2) {
 		t.Fatal("SSE-C objects read back wrong")
 	}
 	r, err := s.Get(ctx, "big", 7*mib-2, 4, "")
@@ -138,7 +162,7 @@ func TestSSEC(t *testing.T) {
 	if err != nil || !bytes.Equal(got, v2[7*mib-2:7*mib+2]) {
 		t.Fatalf("ranged Get = %x, %v; want %x", got, err, v2[7*mib-2:7*mib+2])
 	}
-	for _, k := range []string{"small", "copy", "big"} {
+	for _, k := range []string{"small", "copy", "big", "bigcopy"} {
 		if _, alg, err := headSSE(t, srv, bucket, k, key); err != nil || alg != "AES256" {
 			t.Fatalf("HEAD %s with the key: algorithm %q, %v; want AES256", k, alg, err)
 		}

@@ -83,8 +83,17 @@ func (s *Store) ListVersions(ctx context.Context, prefix string, fn func([]backe
 // StatVersion implements backend.VersionReader with one HeadObject of the
 // version.
 func (s *Store) StatVersion(ctx context.Context, key, id string) (backend.ObjectInfo, error) {
-	if err := checkKey("stat", key); err != nil {
+	out, err := s.headVersion(ctx, key, id)
+	if err != nil {
 		return backend.ObjectInfo{}, err
+	}
+	return headInfo(key, out), nil
+}
+
+// headVersion is StatVersion with the whole answer.
+func (s *Store) headVersion(ctx context.Context, key, id string) (*awss3.HeadObjectOutput, error) {
+	if err := checkKey("stat", key); err != nil {
+		return nil, err
 	}
 	out, err := s.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key), VersionId: aws.String(id)})
 	if err != nil {
@@ -98,12 +107,9 @@ func (s *Store) StatVersion(ctx context.Context, key, id string) (backend.Object
 				closeQuietly(r.Body)
 			}
 		}
-		return backend.ObjectInfo{}, s.versionError(ctx, "stat", key, id, err)
+		return nil, s.versionError(ctx, "stat", key, id, err)
 	}
-	return backend.ObjectInfo{
-		Key: key, Size: aws.ToInt64(out.ContentLength), ETag: unquoteETag(out.ETag),
-		ModTime: aws.ToTime(out.LastModified), Meta: lowerKeys(out.Metadata),
-	}, nil
+	return out, nil
 }
 
 // GetVersion implements backend.VersionReader with one ranged GetObject of
@@ -142,28 +148,35 @@ func (s *Store) GetVersion(ctx context.Context, key, id string, off, n int64) (i
 	return &getBody{s: s, ctx: ctx, key: key, r: body, c: out.Body}, nil
 }
 
-// CopyVersion implements backend.VersionCopier: a HeadObject of the version
-// (for its size: one CopyObject carries at most 5 GiB), the destination's
-// condition checked with a HeadObject as in Copy, and one CopyObject from
-// the version that also carries the condition.
+// CopyVersion implements backend.VersionCopier: a HeadObject of the
+// version, the destination's condition checked with a HeadObject as in
+// Copy, and one CopyObject from the version that also carries the
+// condition; a version over Config.CopyThreshold is copied in parts
+// instead (copy.go), each from the version and its ETag.
 func (s *Store) CopyVersion(ctx context.Context, src, id, dst string, cond backend.Cond) (backend.ObjectInfo, error) {
 	if err := checkKey("copy", dst); err != nil {
 		return backend.ObjectInfo{}, err
 	}
-	info, err := s.StatVersion(ctx, src, id)
+	head, err := s.headVersion(ctx, src, id)
 	if err != nil {
 		return backend.ObjectInfo{}, err
 	}
-	if info.Size > maxPutObjectSize {
-		return backend.ObjectInfo{}, fmt.Errorf("copy version %s of %q in %s: %d bytes is more than one CopyObject carries (5 GiB)", id, src, s, info.Size)
-	}
+	info := headInfo(src, head)
 	if err := s.checkCond(ctx, dst, cond); err != nil {
 		return backend.ObjectInfo{}, err
 	}
-	in := s.copyInput(dst, copySource(s.bucket, src)+"?versionId="+url.QueryEscape(id), cond)
-	out, err := s.client.CopyObject(ctx, in)
+	source := copySource(s.bucket, src) + "?versionId=" + url.QueryEscape(id)
+	op := "copy version " + id + " of " + src + " to"
+	if info.Size > s.copyThreshold {
+		res, err := s.copyParts(ctx, source, head, dst, cond)
+		if err != nil {
+			return backend.ObjectInfo{}, s.copyError(ctx, op, dst, cond, err)
+		}
+		return res, nil
+	}
+	out, err := s.client.CopyObject(ctx, s.copyInput(dst, source, cond))
 	if err != nil {
-		return backend.ObjectInfo{}, s.opError(ctx, "copy version "+id+" of "+src+" to", dst, err)
+		return backend.ObjectInfo{}, s.opError(ctx, op, dst, err)
 	}
 	return copied(backend.ObjectInfo{Key: dst, Size: info.Size, ETag: info.ETag, Meta: info.Meta}, out), nil
 }

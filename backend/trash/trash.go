@@ -1,14 +1,27 @@
 // Package trash is the layout and upkeep of the trash of a store without
 // versions: a file deleted through a mount is first copied server-side to
-// PREFIX.nimbus-trash/DATE/PATH (journal.Op.Trash), where DATE is the UTC
-// day of the delete (2006-01-02), PREFIX the mount's root prefix and PATH
-// the file's path below it. nimbus deleted lists it, nimbus restore copies
-// a file back, and the mount sweeps date folders older than --trash.
+// PREFIX.nimbus-trash/DATE/PATH~deleted-TIME (journal.Op.Trash), where DATE
+// is the UTC day of the delete (2006-01-02), TIME its UTC time of day to
+// the nanosecond (150405.000000000Z), PREFIX the mount's root prefix and
+// PATH the file's path below it. nimbus deleted lists it, nimbus restore
+// copies a file back, and the mount sweeps date folders older than
+// --trash.
 //
 // The layout is the whole state: nothing is kept locally, so every mount
 // of the bucket (and an S3 lifecycle rule on the prefix) sees the same
-// trash. A second delete of one path on one day replaces the first one's
-// trash copy.
+// trash.
+//
+// Every trash key carries the time suffix, so that each delete of a path
+// keeps its own copy, even two on one day from two machines. The key is
+// decided when the delete is journaled (Key), with no request: knowing
+// whether a plain DATE/PATH were free would need one per delete, and could
+// not be known offline; and a key decided at upload would differ on a
+// replay after a crash, copying twice. A suffix only on the later deletes
+// could equal a user's own name ("a.txt~deleted-…" deleted plainly);
+// since every key has exactly one, the last one is always nimbus's and
+// stripping it gives back the path, whatever the user's names look like.
+// Keys without a suffix (trash copies made before it existed) are read as
+// DATE/PATH, deleted at the copy's modification time.
 package trash
 
 import (
@@ -30,10 +43,42 @@ const Dir = ".nimbus-trash"
 // dateLayout names a date folder.
 const dateLayout = "2006-01-02"
 
+// The time suffix of a trash copy's name: suffixSep, then the UTC time of
+// day in timeLayout, then "Z".
+const (
+	suffixSep  = "~deleted-"
+	timeLayout = "150405.000000000"
+	suffixLen  = len(suffixSep) + len(timeLayout) + 1
+)
+
 // Key returns the trash key of the file at path (below the root prefix)
 // deleted at t.
 func Key(prefix, path string, t time.Time) string {
-	return prefix + Dir + "/" + t.UTC().Format(dateLayout) + "/" + path
+	t = t.UTC()
+	return prefix + Dir + "/" + t.Format(dateLayout) + "/" + path + suffixSep + t.Format(timeLayout) + "Z"
+}
+
+// parse splits rel, a trash key below the trash folder, into the deleted
+// file's path and the time of its delete. ok is false when rel is not in
+// a date folder; a name without a time suffix has a zero time.
+func parse(rel string) (path string, deleted time.Time, ok bool) {
+	date, rest, found := strings.Cut(rel, "/")
+	if !found || rest == "" || strings.HasSuffix(rest, "/") {
+		return "", time.Time{}, false // a marker, or not in a date folder
+	}
+	day, err := time.Parse(dateLayout, date)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	i := len(rest) - suffixLen
+	if i <= 0 || rest[i:i+len(suffixSep)] != suffixSep || !strings.HasSuffix(rest, "Z") || rest[i-1] == '/' {
+		return rest, time.Time{}, true
+	}
+	tod, err := time.Parse(timeLayout, rest[i+len(suffixSep):len(rest)-1])
+	if err != nil {
+		return rest, time.Time{}, true
+	}
+	return rest[:i], day.Add(tod.Sub(time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC))), true
 }
 
 // Entry is one trash copy.
@@ -42,7 +87,8 @@ type Entry struct {
 	Path string // the deleted file's path below the root prefix
 	ETag string
 	Size int64
-	// Deleted is when the file was deleted: when its trash copy was made.
+	// Deleted is when the file was deleted: the time in its key, or for a
+	// key without one, when its trash copy was made.
 	Deleted time.Time
 }
 
@@ -60,17 +106,17 @@ func List(ctx context.Context, store lister, prefix, path string) ([]Entry, erro
 	var out []Entry
 	err := store.ListFlat(ctx, root, func(p backend.Page) error {
 		for _, o := range p.Objects {
-			date, rel, ok := strings.Cut(strings.TrimPrefix(o.Key, root), "/")
-			if !ok || rel == "" || strings.HasSuffix(rel, "/") {
-				continue // a marker, or not in a date folder
-			}
-			if _, err := time.Parse(dateLayout, date); err != nil {
+			rel, deleted, ok := parse(strings.TrimPrefix(o.Key, root))
+			if !ok {
 				continue
 			}
 			if path != "" && rel != path && !strings.HasPrefix(rel, path+"/") {
 				continue
 			}
-			out = append(out, Entry{Key: o.Key, Path: rel, ETag: o.ETag, Size: o.Size, Deleted: o.ModTime})
+			if deleted.IsZero() {
+				deleted = o.ModTime
+			}
+			out = append(out, Entry{Key: o.Key, Path: rel, ETag: o.ETag, Size: o.Size, Deleted: deleted})
 		}
 		return nil
 	})

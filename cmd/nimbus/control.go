@@ -216,13 +216,16 @@ func callControlReq(path string, req controlRequest, result any) error {
 	return nil
 }
 
+// errNotInMount: the path given to a command is on no nimbus mount.
+var errNotInMount = errors.New("is not inside a nimbus mount")
+
 // findControlSocket asks the mount holding path for its control socket.
 func findControlSocket(path string) (string, error) {
 	buf := make([]byte, 4096)
 	n, err := unix.Getxattr(path, "user.nimbus.control", buf)
 	if err != nil {
 		if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
-			return "", fmt.Errorf("%s is not inside a nimbus mount", path)
+			return "", fmt.Errorf("%s %w", path, errNotInMount)
 		}
 		return "", fmt.Errorf("%s: %v (is the mount still alive?)", path, err)
 	}

@@ -169,16 +169,25 @@ func (m *mountState) isDir(rel string) bool {
 // versions.
 func (m *mountState) needVersioning(ctx context.Context) error {
 	if m.opts.remote.scheme != "s3" {
-		return errors.New("a dir: remote keeps no versions")
+		return errors.New("a dir: remote keeps no versions, only deleted files: see nimbus deleted and nimbus restore PATH")
 	}
 	on, err := m.health.Versioning(ctx)
 	if err != nil {
-		return fmt.Errorf("cannot tell whether the bucket keeps versions: %w", err)
+		return versioningUnknown(err)
 	}
 	if !on {
 		return fmt.Errorf("versioning is off on bucket %q, so there are no earlier versions: turn it on with: %s", m.opts.remote.bucket, m.versioningCommand())
 	}
 	return nil
+}
+
+// versioningUnknown is the error of a failed question whether the bucket
+// keeps versions, which every version command asks first.
+func versioningUnknown(err error) error {
+	if errors.Is(err, backend.ErrOffline) {
+		return fmt.Errorf("the store is offline, and this needs it: try again once it is back (see nimbus status): %w", err)
+	}
+	return fmt.Errorf("cannot tell whether the bucket keeps versions (%w): check the credentials' permissions (s3:GetBucketVersioning)", err)
 }
 
 // versioningCommand is the command that turns versioning on.
@@ -197,7 +206,7 @@ func (m *mountState) versions(abs string) ([]versionEntry, error) {
 		return nil, err
 	}
 	if rel == "" {
-		return nil, errors.New("versions lists the versions of one file, not of the mount's root")
+		return nil, errors.New("versions lists the versions of one file, not of the mount's root: give a file's path")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
 	defer cancel()
@@ -217,10 +226,13 @@ func (m *mountState) versions(abs string) ([]versionEntry, error) {
 		return nil, err
 	}
 	if len(out) == 0 {
-		if m.isDir(rel) {
-			return nil, fmt.Errorf("%s is a folder: versions are kept per file", abs)
+		switch {
+		case m.isDir(rel):
+			return nil, fmt.Errorf("%s is a folder: versions are kept per file, give a file in it", abs)
+		case m.opts.store.at != "":
+			return nil, fmt.Errorf("%s has no version written by %s, the time of this --at view: run nimbus versions on it in a live mount to see later ones", abs, m.atString())
 		}
-		return nil, fmt.Errorf("%s has no versions in the bucket (not uploaded yet?)", abs)
+		return nil, fmt.Errorf("%s has no versions in the bucket (not uploaded yet? see nimbus status)", abs)
 	}
 	return out, nil
 }
@@ -282,6 +294,9 @@ func (m *mountState) restore(abs string, a restoreArgs) (restoreResult, error) {
 	if err != nil {
 		return restoreResult{}, err
 	}
+	if m.opts.store.at != "" {
+		return restoreResult{}, m.restoreInView(key, rel, a.Version)
+	}
 	if a.Version != "" {
 		return m.restoreVersion(abs, key, rel, a.Version)
 	}
@@ -290,7 +305,7 @@ func (m *mountState) restore(abs string, a restoreArgs) (restoreResult, error) {
 
 func (m *mountState) restoreVersion(abs, key, rel, version string) (restoreResult, error) {
 	if rel == "" {
-		return restoreResult{}, errors.New("restore --version restores one file, not the mount's root")
+		return restoreResult{}, errors.New("restore --version restores one file, not the mount's root: give a file's path")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
 	defer cancel()
@@ -314,6 +329,57 @@ func (m *mountState) restoreVersion(abs, key, rel, version string) (restoreResul
 	return m.commitRestores(abs, []journal.Op{op})
 }
 
+// atString is the time an --at mount shows, for messages.
+func (m *mountState) atString() string {
+	return m.opts.store.atTime.UTC().Format(time.RFC3339)
+}
+
+// restoreInView is the error of nimbus restore [--version version] in an
+// --at mount, which is read-only: it names the command to run on a
+// writable mount of the same remote, with the version asked for, or else
+// the version this view shows when rel is a file it shows.
+func (m *mountState) restoreInView(key, rel, version string) error {
+	remote := m.opts.remote.String()
+	mount := "nimbus mount " + remote + " MNT"
+	if m.opts.endpoint != "" {
+		mount = "nimbus mount --endpoint " + m.opts.endpoint + " " + remote + " MNT"
+	}
+	where := fmt.Sprintf("the --at %s view is read-only: on a writable mount of %s (%s), run", m.atString(), remote, mount)
+	target := "MNT/" + rel
+	if rel == "" {
+		target = "MNT"
+	}
+	if version != "" {
+		return fmt.Errorf("%s: nimbus restore %s --version %s", where, target, version)
+	}
+	if id := m.shownVersion(key); id != "" {
+		return fmt.Errorf("%s: nimbus restore %s --version %s (the version shown here)", where, target, id)
+	}
+	return fmt.Errorf("%s: nimbus restore %s [--version ID] (see nimbus versions there), or copy the files out of this view", where, target)
+}
+
+// shownVersion is the ID of the version of key an --at view shows, "" when
+// it shows none (a folder, a file deleted or not written then) or the
+// store cannot say.
+func (m *mountState) shownVersion(key string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), versionsTimeout)
+	defer cancel()
+	var id string
+	err := m.health.ListVersions(ctx, key, func(page []backend.Version) error {
+		for _, v := range page {
+			if v.Key == key && v.Current && !v.Deleted {
+				id = v.ID
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Debug("restore in an --at view: the version shown is unknown", "key", key, "err", err)
+		return ""
+	}
+	return id
+}
+
 // seenBase is the version of key the user sees: the one the restore is
 // conditioned on (If-Match), or none (If-None-Match) for a deleted file.
 func (m *mountState) seenBase(ctx context.Context, key, rel string) journal.Base {
@@ -335,7 +401,7 @@ func (m *mountState) versioned(ctx context.Context) (bool, error) {
 	}
 	on, err := m.health.Versioning(ctx)
 	if err != nil {
-		return false, fmt.Errorf("cannot tell whether the bucket keeps versions: %w", err)
+		return false, versioningUnknown(err)
 	}
 	return on, nil
 }

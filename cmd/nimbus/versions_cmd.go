@@ -60,7 +60,12 @@ func callVersions(p, op string, args, result any) (string, error) {
 			return "", err
 		}
 	}
-	return abs, callControlReq(existing, req, result)
+	err = callControlReq(existing, req, result)
+	if errors.Is(err, errNotInMount) && existing != abs {
+		// The message would name the folder found, not the path given.
+		return abs, fmt.Errorf("%s is not inside a nimbus mount (%s, the nearest folder that exists, is not one): give a path in a mount", abs, existing)
+	}
+	return abs, err
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -109,7 +114,12 @@ func newVersionsCmd() *cobra.Command {
 		Short: "List a file's versions, newest first",
 		Long: `List the versions a versioned bucket keeps of a file, newest first: the
 version ID (for nimbus restore --version), when it was written, its size,
-which one is current, and deletes.`,
+which one is current, and deletes.
+
+In a point-in-time mount (nimbus mount --at TIME), it lists the history as
+it stood at TIME: the versions written up to TIME, and "current" marks the
+one the view shows, not the one current now. Run it in a live mount to see
+later versions.`,
 		Args: argsBetween(1, 1, "one PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var vs []versionEntry
@@ -148,7 +158,10 @@ copy, conditional on the version now current: if the file changed meanwhile,
 nothing is changed). Without it, bring back what was deleted at PATH: a file,
 or everything deleted under a folder, each as its last version before the
 delete, never over a file that exists again. Restores are journaled like
-any other change: offline they run once the store is back.`,
+any other change: offline they run once the store is back.
+
+A point-in-time mount (nimbus mount --at TIME) is read-only: there, restore
+names the command to run on a writable mount instead.`,
 		Args: argsBetween(1, 1, "one PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var res restoreResult
@@ -189,7 +202,10 @@ func newDeletedCmd() *cobra.Command {
 		Use:   "deleted [DIR] [--json]",
 		Short: "List what can be restored under a folder",
 		Long: `List the files deleted under DIR (default: the current folder) that
-nimbus restore can bring back, with the time of each delete.`,
+nimbus restore can bring back, with the time of each delete. On a bucket
+without versions, each delete of a path is listed (newest first), and
+restore brings back the newest. In a point-in-time mount (--at TIME), it
+lists what had been deleted by TIME.`,
 		Args: argsBetween(0, 1, "at most one DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := optionalPath(args, "DIR")
