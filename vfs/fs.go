@@ -134,9 +134,13 @@ type Config struct {
 	// CLI finds the mount's daemon from any path inside it.
 	ControlSocket string
 	Logger        *slog.Logger
-	// MountID names this mount's snapshots (partial.go) apart from other
-	// mounts' of the same bucket; stable across remounts of one cache.
-	MountID string
+	// Attrs records the attributes of what the mount uploads in the
+	// attribute index (backend/attrindex), whose decorator Store then
+	// is; nil: nothing is recorded (a read-only mount).
+	Attrs attrRecorder
+	// Snapshots makes the snapshots of partial edits (backend/snapshots);
+	// nil: every edit starts from a full copy (a read-only mount).
+	Snapshots snapshotter
 	// PartialMin is the size from which a file not all cached is edited
 	// without downloading it first (partial.go); 0 turns that off.
 	PartialMin int64
@@ -175,11 +179,9 @@ type FS struct {
 	watched watchSet    // directories to poll
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
-	snaps   snapshots   // snapshots of files edited without download (partial.go)
-	attrs   *attrIndex  // per-folder sidecars of mode and mtime (attrindex.go); nil: none
 
-	// bgCtx is the context of background work (listings, pin jobs, the
-	// snapshot sweeper, kernel notifications), all started by background;
+	// bgCtx is the context of background work (listings, pin jobs,
+	// kernel notifications), all started by background;
 	// Stop ends it and waits for them.
 	bgCtx  context.Context
 	bgStop context.CancelFunc
@@ -211,10 +213,6 @@ func New(cfg Config) *FS {
 		applied: make(map[string]uint64),
 	}
 	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
-	f.attrs = f.newAttrIndex()
-	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
-		f.background(f.keepSweeping)
-	}
 	return f
 }
 
@@ -234,13 +232,10 @@ func (f *FS) background(fn func()) bool {
 	return true
 }
 
-// Stop ends background work (pin jobs, listings, the snapshot sweeper,
-// kernel notifications, the attribute index's writers after a last short
-// flush) and returns once it is done; the mount is being torn down.
+// Stop ends background work (pin jobs, listings, kernel notifications)
+// and returns once it is done; the mount is being torn down. The attribute
+// index and the snapshots belong to whoever made them (cmd/nimbus).
 func (f *FS) Stop() {
-	if f.attrs != nil {
-		f.attrs.stop(f.online())
-	}
 	f.bgMu.Lock()
 	f.bgStop()
 	f.bgMu.Unlock()
@@ -374,8 +369,7 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 		if err != nil {
 			return fmt.Errorf("list %q: %w", prefix, err)
 		}
-		entries, skipped := listingToEntries(prefix, pages)
-		entries = f.indexListing(ctx, dir, prefix, pages, entries)
+		entries, skipped := listingToEntries(prefix, pages) // with the attribute index's attributes
 		f.localMu.Lock()
 		overtaken := f.applied[dir] != gen
 		if !overtaken || attempt == maxRelist {
