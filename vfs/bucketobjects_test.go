@@ -37,3 +37,10 @@ func bucketObjects(t *testing.T, store backend.Backend, j journalLog, fsys **FS,
 	}
 	return index, snaps
 }
+
+// The packages the mount wires in have what the vfs asks of them.
+var (
+	_ attrRecorder = (*attrindex.Index)(nil)
+	_ snapshotter  = (*snapshots.Store)(nil)
+	_ lister       = (*attrindex.Index)(nil)
+)
