@@ -354,6 +354,15 @@ func (x *Index) List(ctx context.Context, prefix string, fn func(backend.Page) e
 		}
 	}
 	files := x.forListing(ctx, prefix, key, found)
+	if found == nil && !x.anyGone() {
+		// Nothing to add or hide: the pages as the store gave them.
+		for _, p := range pages {
+			if err := fn(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	for _, p := range pages {
 		out := backend.Page{Objects: make([]backend.ObjectInfo, 0, len(p.Objects)), Prefixes: make([]string, 0, len(p.Prefixes))}
 		for _, o := range p.Objects {
@@ -557,6 +566,18 @@ func (x *Index) update(dir string, apply func(*folder)) {
 	}
 	close(x.wake)
 	x.wake = make(chan struct{})
+}
+
+// anyGone reports whether a folder removed here may still have a sidecar.
+func (x *Index) anyGone() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, st := range x.folders {
+		if st.gone || st.clearing {
+			return true
+		}
+	}
+	return false
 }
 
 // clearing reports whether the sidecar of folder dir is to be deleted, or
