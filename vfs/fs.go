@@ -7,7 +7,12 @@
 // the result is persisted in the cache's Tree (bbolt). Lookup, Getattr and
 // Readdir are answered from the Tree; a directory is re-listed only when its
 // listing is older than DirTTL. No HEAD is made per entry: listings carry
-// size, ETag and mtime. When the store cannot be reached, the stale listing
+// size, ETag and mtime, and, listed through the attribute index's
+// decorator (backend/attrindex), each entry's mode, owner and times. The
+// vfs reports what it uploads to that index (Config.Attrs) and has partial
+// edits' snapshots made by backend/snapshots (Config.Snapshots): nimbus's
+// own objects in the bucket live outside the vfs, and a nil capability is
+// off. When the store cannot be reached, the stale listing
 // is served, so a mount keeps browsing offline.
 //
 // # Contents
