@@ -59,9 +59,12 @@
 //
 //	vfs FS.localMu → vfs fileNode.mu → journal writeMu → journal mu
 //	                                 → cache BlockStore flushMu → mu
+//	vfs FS.localMu → attrindex Index.mu
 //
-// The journal calls FS.Applied with none of its locks held, and the cache
-// calls back into nothing, so no lock is ever taken against this order.
+// The journal calls FS.Applied with none of its locks held, the cache
+// calls back into nothing, and the attribute index asks the vfs what it
+// shows (FS.Shows) with none of its locks held, so no lock is ever taken
+// against this order.
 package vfs
 
 import (

@@ -51,6 +51,13 @@
 // Close writes what is pending for a few seconds while the store is
 // reachable, then ends the writers; Flush (nimbus sync) waits for all of
 // it, and its error says which folders wait and why.
+//
+// # Locking
+//
+// Index.mu guards the folders' write state and the seen cache has its own
+// lock; both are leaves. The vfs records changes with its own locks held
+// (FS.localMu), so no request is made and no Config func (which asks the
+// vfs or the journal) is called while either is held.
 package attrindex
 
 import (
