@@ -48,6 +48,25 @@ type ObjectInfo struct {
 	// Meta is user metadata (x-amz-meta-*), lower-case names without the
 	// prefix. Listings leave it nil: S3 does not return it there.
 	Meta map[string]string
+	// Attrs are the POSIX attributes nimbus keeps for this version of the
+	// object beside its metadata, as a listing decorated by
+	// backend/attrindex reports them; nil: none known from the listing.
+	Attrs *Attrs
+}
+
+// Attrs are the POSIX attributes of a file or folder that a listing can
+// carry (package attrindex), so that no HEAD per entry is needed to show
+// them. A zero field is unknown.
+type Attrs struct {
+	// Mode is st_mode, type bits included.
+	Mode                uint32
+	MTime, ATime, CTime time.Time
+	// Owner: UID and GID are set; else the mounting user's.
+	Owner    bool
+	UID, GID uint32
+	Rdev     uint32
+	// Target is a symlink's target, when it is short enough to be kept.
+	Target string
 }
 
 // Page is one page of a delimited listing.
@@ -57,6 +76,9 @@ type Page struct {
 	Objects []ObjectInfo
 	// Prefixes are the common prefixes ("dir/sub/"), each ending in "/".
 	Prefixes []string
+	// PrefixAttrs are the attributes of some of Prefixes (the folders'),
+	// by prefix, as a listing decorated by backend/attrindex reports them.
+	PrefixAttrs map[string]Attrs
 }
 
 // Cond is the condition of a write. The zero value is unconditional.

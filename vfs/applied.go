@@ -86,7 +86,7 @@ func (f *FS) Applied(r journal.Result) {
 		f.settle(rel, r, stored)
 	}
 	f.localMu.Unlock()
-	f.indexApplied(r, stored) // the folder's sidecar of mode and mtime (attrindex.go)
+	f.recordAttrs(r, stored) // the folder's sidecar of attributes (attrindex.go)
 
 	if r.Conflict != nil {
 		f.log.Warn("conflict", "key", r.Conflict.Key, "copy", r.Conflict.ConflictKey, "reason", r.Conflict.Reason)

@@ -15,7 +15,7 @@ import (
 // What POSIX keeps and S3 does not (type, mode, owner, times, a device's
 // number) travels as object metadata (attrMeta) on files, symlinks,
 // special files and directory markers, and in the attribute index of the
-// parent folder (attrindex.go), which is what listings read. A symlink's
+// parent folder (backend/attrindex), which is what listings read. A symlink's
 // target is its object's body (the layout of s3fs and gcsfuse); FIFOs,
 // sockets and devices are empty objects typed by their mode.
 //

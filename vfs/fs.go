@@ -7,7 +7,12 @@
 // the result is persisted in the cache's Tree (bbolt). Lookup, Getattr and
 // Readdir are answered from the Tree; a directory is re-listed only when its
 // listing is older than DirTTL. No HEAD is made per entry: listings carry
-// size, ETag and mtime. When the store cannot be reached, the stale listing
+// size, ETag and mtime, and, listed through the attribute index's
+// decorator (backend/attrindex), each entry's mode, owner and times. The
+// vfs reports what it uploads to that index (Config.Attrs) and has partial
+// edits' snapshots made by backend/snapshots (Config.Snapshots): nimbus's
+// own objects in the bucket live outside the vfs, and a nil capability is
+// off. When the store cannot be reached, the stale listing
 // is served, so a mount keeps browsing offline.
 //
 // # Contents
@@ -54,9 +59,12 @@
 //
 //	vfs FS.localMu → vfs fileNode.mu → journal writeMu → journal mu
 //	                                 → cache BlockStore flushMu → mu
+//	vfs FS.localMu → attrindex Index.mu
 //
-// The journal calls FS.Applied with none of its locks held, and the cache
-// calls back into nothing, so no lock is ever taken against this order.
+// The journal calls FS.Applied with none of its locks held, the cache
+// calls back into nothing, and the attribute index asks the vfs what it
+// shows (FS.Shows) with none of its locks held, so no lock is ever taken
+// against this order.
 package vfs
 
 import (
@@ -134,9 +142,13 @@ type Config struct {
 	// CLI finds the mount's daemon from any path inside it.
 	ControlSocket string
 	Logger        *slog.Logger
-	// MountID names this mount's snapshots (partial.go) apart from other
-	// mounts' of the same bucket; stable across remounts of one cache.
-	MountID string
+	// Attrs records the attributes of what the mount uploads in the
+	// attribute index (backend/attrindex), whose decorator Store then
+	// is; nil: nothing is recorded (a read-only mount).
+	Attrs attrRecorder
+	// Snapshots makes the snapshots of partial edits (backend/snapshots);
+	// nil: every edit starts from a full copy (a read-only mount).
+	Snapshots snapshotter
 	// PartialMin is the size from which a file not all cached is edited
 	// without downloading it first (partial.go); 0 turns that off.
 	PartialMin int64
@@ -175,11 +187,9 @@ type FS struct {
 	watched watchSet    // directories to poll
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
-	snaps   snapshots   // snapshots of files edited without download (partial.go)
-	attrs   *attrIndex  // per-folder sidecars of mode and mtime (attrindex.go); nil: none
 
-	// bgCtx is the context of background work (listings, pin jobs, the
-	// snapshot sweeper, kernel notifications), all started by background;
+	// bgCtx is the context of background work (listings, pin jobs,
+	// kernel notifications), all started by background;
 	// Stop ends it and waits for them.
 	bgCtx  context.Context
 	bgStop context.CancelFunc
@@ -211,10 +221,6 @@ func New(cfg Config) *FS {
 		applied: make(map[string]uint64),
 	}
 	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
-	f.attrs = f.newAttrIndex()
-	if cfg.Journal != nil && !cfg.ReadOnly && cfg.MountID != "" {
-		f.background(f.keepSweeping)
-	}
 	return f
 }
 
@@ -234,13 +240,10 @@ func (f *FS) background(fn func()) bool {
 	return true
 }
 
-// Stop ends background work (pin jobs, listings, the snapshot sweeper,
-// kernel notifications, the attribute index's writers after a last short
-// flush) and returns once it is done; the mount is being torn down.
+// Stop ends background work (pin jobs, listings, kernel notifications)
+// and returns once it is done; the mount is being torn down. The attribute
+// index and the snapshots belong to whoever made them (cmd/nimbus).
 func (f *FS) Stop() {
-	if f.attrs != nil {
-		f.attrs.stop(f.online())
-	}
 	f.bgMu.Lock()
 	f.bgStop()
 	f.bgMu.Unlock()
@@ -374,8 +377,7 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 		if err != nil {
 			return fmt.Errorf("list %q: %w", prefix, err)
 		}
-		entries, skipped := listingToEntries(prefix, pages)
-		entries = f.indexListing(ctx, dir, prefix, pages, entries)
+		entries, skipped := listingToEntries(prefix, pages) // with the attribute index's attributes
 		f.localMu.Lock()
 		overtaken := f.applied[dir] != gen
 		if !overtaken || attempt == maxRelist {

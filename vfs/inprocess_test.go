@@ -139,15 +139,17 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	}
 	t.Cleanup(func() { closeOrLog(t, "journal", m.jour.Close) })
 
-	var vfsStore lister = m.store
+	index, snaps := bucketObjects(t, m.store, m.jour, &fsys, "tier")
+	var vfsStore lister = index
 	if opt.afterListFlat != nil {
-		vfsStore = hookedStore{Store: m.store, afterListFlat: opt.afterListFlat}
+		vfsStore = hookedStore{Backend: index, afterListFlat: opt.afterListFlat}
 	}
 	fsys = New(Config{
 		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
-		DirTTL: opt.dirTTL, Logger: log, MountID: "tier", PartialMin: 32 << 20,
+		DirTTL: opt.dirTTL, Logger: log, Attrs: index, Snapshots: snaps, PartialMin: 32 << 20,
 	})
 	m.fsys = fsys
+	t.Cleanup(index.Close) // after the FS stops
 	t.Cleanup(fsys.Stop)
 	if err := fsys.Reconcile(); err != nil {
 		t.Fatal(err)
@@ -190,17 +192,17 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	return m
 }
 
-// hookedStore is the dir store with a hook between reading a flat listing
+// hookedStore is the store with a hook between reading a flat listing
 // and handing it over (its other methods, the optional ones included, are
 // the store's).
 type hookedStore struct {
-	*dir.Store
+	backend.Backend
 	afterListFlat func(prefix string)
 }
 
 func (s hookedStore) ListFlat(ctx context.Context, prefix string, fn func(backend.Page) error) error {
 	var pages []backend.Page
-	if err := s.Store.ListFlat(ctx, prefix, func(p backend.Page) error {
+	if err := s.Backend.ListFlat(ctx, prefix, func(p backend.Page) error {
 		pages = append(pages, p)
 		return nil
 	}); err != nil {

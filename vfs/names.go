@@ -6,6 +6,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/attrindex"
+	"github.com/nimbus-fs/nimbus/backend/snapshots"
 	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/cache"
 )
@@ -33,11 +35,11 @@ func whyUnshowable(name string) string {
 }
 
 // reservedName reports whether name belongs to nimbus's own objects in the
-// bucket: the per-folder attribute index (attrindex.go) and the hidden
-// folder of snapshots (partial.go's snapshotDir). Listings hide them, and
-// no file or folder may take their names.
+// bucket: the per-folder attribute index (backend/attrindex), the hidden
+// folder of snapshots (backend/snapshots) and the trash (backend/trash).
+// Listings hide them, and no file or folder may take their names.
 func reservedName(name string) bool {
-	return name == attrIndexName || name == snapshotDir || name == trashDir
+	return name == attrindex.Name || name == snapshots.Dir || name == trashDir
 }
 
 // trashDir is the folder of deleted files kept on an unversioned bucket
@@ -82,7 +84,8 @@ func checkKey(key string) error {
 }
 
 // listingToEntries turns the pages of a delimited listing under keyPrefix
-// into directory entries, and reports the keys that cannot be shown. When a
+// into directory entries, with the attributes the listing carries (the
+// attribute index's), and reports the keys that cannot be shown. When a
 // key is both an object and a prefix, the directory wins.
 func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []cache.Skipped) {
 	var entries []cache.Entry
@@ -100,7 +103,11 @@ func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []
 			}
 			if !dirs[name] {
 				dirs[name] = true
-				entries = append(entries, cache.Entry{Name: name, Dir: true})
+				e := cache.Entry{Name: name, Dir: true}
+				if a, ok := p.PrefixAttrs[pfx]; ok {
+					applyAttrs(&e, a)
+				}
+				entries = append(entries, e)
 			}
 		}
 	}
@@ -121,7 +128,11 @@ func listingToEntries(keyPrefix string, pages []backend.Page) ([]cache.Entry, []
 				skipped = append(skipped, cache.Skipped{Key: o.Key, Reason: "shadowed by the directory " + o.Key + "/"})
 				continue
 			}
-			entries = append(entries, cache.Entry{Name: name, Size: o.Size, ETag: o.ETag, MTime: o.ModTime})
+			e := cache.Entry{Name: name, Size: o.Size, ETag: o.ETag, MTime: o.ModTime}
+			if o.Attrs != nil {
+				applyAttrs(&e, *o.Attrs)
+			}
+			entries = append(entries, e)
 		}
 	}
 	return entries, skipped

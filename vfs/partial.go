@@ -2,16 +2,12 @@ package vfs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/snapshots"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -19,35 +15,25 @@ import (
 // Editing a large file whose content is not cached.
 //
 // Copying the whole content into the working copy at the first write would
-// download all of it. Instead the first write has the store make a snapshot:
-// a server-side copy of the version being edited, under a hidden key, which
-// is one request and moves no bytes over the network. The working copy then
-// starts empty at the full size and records the ranges it lacks; their bytes
-// are the snapshot's. Reads of them go through the block cache. The upload
-// copies the unchanged parts server-side (journal.Delta) and reads from the
-// snapshot only the bytes around the changes that it must send
+// download all of it. Instead the first write has the mount's snapshots
+// (backend/snapshots, which explains why and how they are kept) make a
+// server-side copy of the version being edited. The working copy then
+// starts empty at the full size and records the ranges it lacks; their
+// bytes are the snapshot's. Reads of them go through the block cache. The
+// upload copies the unchanged parts server-side (journal.Delta) and reads
+// from the snapshot only the bytes around the changes that it must send
 // (journal.Partial).
-//
-// Why a snapshot rather than reading the edited version later: if another
-// machine replaces that version before the upload, the local version must
-// still be uploaded whole, as a conflicted copy, and S3 keeps no old
-// versions to rebuild it from.
-//
-// Snapshots live under snapshotDir/<mount id>/ and are deleted once neither
-// a pending upload nor a working copy refers to them (sweepSnapshots).
 
-// snapshotDir is the hidden folder of snapshots, at the mount's root.
-const snapshotDir = ".nimbus-snapshots"
-
-// maxSnapshotSize is the largest object one server-side copy can make
-// (S3's CopyObject limit). Larger files are copied whole to edit them.
-const maxSnapshotSize = 5 << 30
-
-// snapshotStore is what snapshots need from the object store, besides
-// listing.
-type snapshotStore interface {
-	Copy(ctx context.Context, src, srcETag, dst string, cond backend.Cond) (backend.ObjectInfo, error)
-	Delete(ctx context.Context, key string, ifMatch string) error
+// snapshotter is what partial edits need of the mount's snapshots
+// (backend/snapshots).
+type snapshotter interface {
+	// Make snapshots version etag of key, held until release is called;
+	// backend.ErrPrecondition if etag is no longer key's version.
+	Make(ctx context.Context, key, etag string) (snap backend.ObjectInfo, release func(), err error)
+	// Hold keeps snapshot key from the sweeps until release is called.
+	Hold(key string) (release func())
+	// Delete deletes snapshot key now.
+	Delete(ctx context.Context, key string) error
 }
 
 // partial describes a working copy that lacks some of its content.
@@ -59,7 +45,7 @@ type partial struct {
 	base cache.Content
 	// missing are the ranges the working copy lacks, sorted and disjoint.
 	missing []journal.Range
-	// release drops the hold on the snapshot (see snapshots.hold).
+	// release drops the hold on the snapshot (snapshotter.Hold).
 	release func()
 }
 
@@ -152,47 +138,13 @@ func (p *partial) readRange(ctx context.Context, blocks contentCache, dest []byt
 	return fmt.Errorf("read the part of a file not downloaded yet: %w", err)
 }
 
-// snapshots tracks this mount's snapshots.
-type snapshots struct {
-	mu sync.Mutex
-	// held counts the working copies that refer to each snapshot key.
-	held map[string]int
-	// suspects are keys the last sweep found unreferenced: deleted if the
-	// next one finds them unreferenced still. (A reference moves from a
-	// working copy to a journal op in two steps.)
-	suspects map[string]bool
-	// made is set once this mount has made a snapshot or found one.
-	made bool
-}
-
-// hold counts a working copy's reference to snapshot key until release.
-func (s *snapshots) hold(key string) (release func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held == nil {
-		s.held = make(map[string]int)
-	}
-	s.held[key]++
-	s.made = true
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.held[key]--; s.held[key] <= 0 {
-				delete(s.held, key)
-			}
-		})
-	}
-}
-
 // holding returns a partial that refers to the same snapshot as p, with
 // its own copy of the ranges and its own hold.
 func (f *FS) holding(p *partial) *partial {
 	if p == nil {
 		return nil
 	}
-	return &partial{snap: p.snap, base: p.base, missing: append([]journal.Range(nil), p.missing...), release: f.snaps.hold(p.snap.Key)}
+	return &partial{snap: p.snap, base: p.base, missing: append([]journal.Range(nil), p.missing...), release: f.cfg.Snapshots.Hold(p.snap.Key)}
 }
 
 // fromJournal is the partial of a pending op, not held: a working copy
@@ -233,39 +185,23 @@ func (f *FS) truncated(w *workFile, size int64) {
 	}
 }
 
-// snapshotPrefix is the key prefix of this mount's snapshots.
-func (f *FS) snapshotPrefix() string {
-	return f.cfg.Prefix + snapshotDir + "/" + f.cfg.MountID + "/"
-}
-
 // partialEdit reports whether editing content c of the file at key should
 // start from a snapshot rather than a full copy: a large version that is
-// not all cached, when the store can make one.
+// not all cached, when the mount keeps snapshots.
 func (f *FS) partialEdit(c cache.Content, key string) bool {
-	if f.cfg.PartialMin <= 0 || f.cfg.MountID == "" || c.Key != key || c.ETag == "" {
+	if f.cfg.PartialMin <= 0 || f.cfg.Snapshots == nil || c.Key != key || c.ETag == "" {
 		return false
 	}
-	if _, ok := f.cfg.Store.(snapshotStore); !ok {
-		return false
-	}
-	return c.Size >= f.cfg.PartialMin && c.Size <= maxSnapshotSize && f.cfg.Blocks.CachedBytes(c) < c.Size
+	return c.Size >= f.cfg.PartialMin && c.Size <= snapshots.MaxSize && f.cfg.Blocks.CachedBytes(c) < c.Size
 }
 
 // snapshotWork makes a working copy of version c that holds nothing yet,
 // backed by a new snapshot of c. It fails with backend.ErrPrecondition if c
 // is no longer the current version.
 func (f *FS) snapshotWork(ctx context.Context, c cache.Content, base journal.Base) (*workFile, error) {
-	id := make([]byte, 12)
-	if _, err := rand.Read(id); err != nil {
-		return nil, err
-	}
-	key := f.snapshotPrefix() + hex.EncodeToString(id)
-	// Held before it exists, so that no sweep can take it for garbage.
-	release := f.snaps.hold(key)
-	info, err := f.cfg.Store.(snapshotStore).Copy(ctx, c.Key, c.ETag, key, backend.Cond{IfNoneMatch: true})
+	info, release, err := f.cfg.Snapshots.Make(ctx, c.Key, c.ETag)
 	if err != nil {
-		release()
-		return nil, fmt.Errorf("snapshot of %q for a partial edit: %w", c.Key, err)
+		return nil, fmt.Errorf("partial edit: %w", err)
 	}
 	file, err := f.cfg.Journal.StagingFile()
 	if err == nil {
@@ -277,19 +213,15 @@ func (f *FS) snapshotWork(ctx context.Context, c cache.Content, base journal.Bas
 	}
 	if err != nil {
 		release()
-		f.deleteSnapshot(key)
+		if derr := f.cfg.Snapshots.Delete(context.Background(), info.Key); derr != nil {
+			f.log.Warn("delete snapshot", "key", info.Key, "err", derr)
+		}
 		return nil, fmt.Errorf("staging file: %w", err)
 	}
-	p := &partial{snap: cache.Content{Key: key, ETag: info.ETag, Size: c.Size}, base: c,
+	p := &partial{snap: cache.Content{Key: info.Key, ETag: info.ETag, Size: c.Size}, base: c,
 		missing: []journal.Range{{Off: 0, Len: c.Size}}, release: release}
-	f.log.Debug("editing without downloading", "key", c.Key, "size", c.Size, "snapshot", key)
+	f.log.Debug("editing without downloading", "key", c.Key, "size", c.Size, "snapshot", info.Key)
 	return &workFile{f: file, size: c.Size, base: base, partial: p}, nil
-}
-
-func (f *FS) deleteSnapshot(key string) {
-	if err := f.cfg.Store.(snapshotStore).Delete(context.Background(), key, ""); err != nil {
-		f.log.Warn("delete snapshot", "key", key, "err", err)
-	}
 }
 
 // complete fetches everything w lacks into it, making it a plain working
@@ -338,107 +270,4 @@ func copyHeld(dst *os.File, src io.ReaderAt, size int64, p *partial) (int64, err
 		return 0, err
 	}
 	return size, dst.Truncate(size)
-}
-
-// sweepSnapshots deletes this mount's snapshots that nothing refers to: no
-// pending journal op, no working copy. A key is deleted only when two
-// sweeps in a row find it unreferenced. When final is set the mount is
-// gone: working copies no longer count (a node the kernel never released
-// may still hold one), and one sweep is enough.
-func (f *FS) sweepSnapshots(ctx context.Context, final bool) error {
-	sd, ok := f.cfg.Store.(snapshotStore)
-	if !ok || f.cfg.MountID == "" || f.cfg.Journal == nil {
-		return nil
-	}
-	var keys []string
-	err := f.cfg.Store.ListFlat(ctx, f.snapshotPrefix(), func(p backend.Page) error {
-		for _, o := range p.Objects {
-			if !strings.HasSuffix(o.Key, "/") { // a folder, in some stores
-				keys = append(keys, o.Key)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list snapshots: %w", err)
-	}
-	// References are read after the listing: a snapshot listed was held
-	// before it was made.
-	used := make(map[string]bool)
-	for _, p := range f.cfg.Journal.PendingUnder(f.cfg.Prefix) {
-		if p.Partial != nil {
-			used[p.Partial.From] = true
-		}
-	}
-	s := &f.snaps
-	s.mu.Lock()
-	if !final {
-		for k := range s.held {
-			used[k] = true
-		}
-	}
-	var doomed []string
-	suspects := make(map[string]bool)
-	for _, k := range keys {
-		switch {
-		case used[k]:
-		case final || s.suspects[k]:
-			doomed = append(doomed, k)
-		default:
-			suspects[k] = true
-		}
-	}
-	s.suspects = suspects
-	if len(keys) > 0 {
-		s.made = true
-	}
-	s.mu.Unlock()
-	for _, k := range doomed {
-		if err := sd.Delete(ctx, k, ""); err != nil {
-			return fmt.Errorf("delete snapshot %s: %w", k, err)
-		}
-	}
-	if len(doomed) > 0 {
-		f.log.Debug("deleted unused snapshots", "n", len(doomed))
-	}
-	return nil
-}
-
-// sweepInterval is how often unused snapshots are looked for, while this
-// mount has any.
-const sweepInterval = time.Minute
-
-// keepSweeping sweeps snapshots until bgCtx ends: once at start (leftovers
-// of a crash), then every sweepInterval while this mount has made any.
-func (f *FS) keepSweeping() {
-	t := time.NewTimer(5 * time.Second)
-	defer t.Stop()
-	swept := false
-	for {
-		select {
-		case <-f.bgCtx.Done():
-			return
-		case <-t.C:
-		}
-		f.snaps.mu.Lock()
-		made := f.snaps.made
-		f.snaps.mu.Unlock()
-		if made || !swept {
-			if err := f.sweepSnapshots(f.bgCtx, false); err != nil && f.bgCtx.Err() == nil {
-				f.log.Debug("sweep snapshots", "err", err)
-			} else {
-				swept = true
-			}
-		}
-		t.Reset(sweepInterval)
-	}
-}
-
-// SweepSnapshots deletes the snapshots no pending upload needs. It is for
-// the end of a mount, when no file is open any more.
-func (f *FS) SweepSnapshots(ctx context.Context) error {
-	if f.cfg.ReadOnly {
-		return nil
-	}
-	return f.sweepSnapshots(ctx, true)
 }

@@ -2,7 +2,6 @@ package vfs
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nimbus-fs/nimbus/backend"
-	"github.com/nimbus-fs/nimbus/backend/dir"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -82,69 +79,6 @@ type countingReaderAt struct {
 func (r *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	r.reads = append(r.reads, rg(off, int64(len(p))))
 	return bytes.NewReader(r.data).ReadAt(p, off)
-}
-
-// Sweeps delete this mount's snapshots that nothing refers to, after two
-// sweeps agree; a snapshot a pending op or a working copy refers to stays,
-// and so do other mounts'.
-func TestSweepSnapshots(t *testing.T) {
-	root := t.TempDir()
-	store, err := dir.New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	put := func(key string) {
-		if _, err := store.Put(ctx, key, strings.NewReader("x"), 1, nil, backend.Cond{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mine := ".nimbus-snapshots/m1/"
-	for _, k := range []string{"orphan", "pending", "open"} {
-		put(mine + k)
-	}
-	put(".nimbus-snapshots/m2/theirs")
-	j := &fakeJournal{ops: []journal.PendingOp{{Seq: 1, Kind: journal.PutFile, Key: "big",
-		Partial: &journal.Partial{From: mine + "pending", FromETag: "e", Missing: []journal.Range{rg(0, 1)}}}}}
-	f := New(Config{Store: store, Journal: j, MountID: "m1"})
-	defer f.Stop()
-	release := f.snaps.hold(mine + "open")
-	defer release()
-
-	left := func() []string {
-		var keys []string
-		if err := store.ListFlat(ctx, ".nimbus-snapshots/", func(p backend.Page) error {
-			for _, o := range p.Objects {
-				if !strings.HasSuffix(o.Key, "/") {
-					keys = append(keys, strings.TrimPrefix(o.Key, ".nimbus-snapshots/"))
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return keys
-	}
-	all := []string{"m1/open", "m1/orphan", "m1/pending", "m2/theirs"}
-	if err := f.sweepSnapshots(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if got := left(); !slices.Equal(got, all) {
-		t.Errorf("after one sweep: %v; want all kept %v", got, all)
-	}
-	if err := f.sweepSnapshots(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := left(), []string{"m1/open", "m1/pending", "m2/theirs"}; !slices.Equal(got, want) {
-		t.Errorf("after two sweeps: %v; want %v", got, want)
-	}
-	// At the end of the mount working copies no longer count.
-	if err := f.SweepSnapshots(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := left(), []string{"m1/pending", "m2/theirs"}; !slices.Equal(got, want) {
-		t.Errorf("after the final sweep: %v; want %v", got, want)
-	}
 }
 
 func cacheContent(key, etag string, size int64) cache.Content {

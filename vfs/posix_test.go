@@ -55,7 +55,8 @@ func mountPOSIX(t *testing.T, store *memStore) *posixMount {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsys = New(Config{Store: store, Tree: tree, Blocks: blocks, Journal: j, DirTTL: time.Hour, MountID: "test"})
+	index, snaps := bucketObjects(t, store, j, &fsys, "test")
+	fsys = New(Config{Store: index, Tree: tree, Blocks: blocks, Journal: j, DirTTL: time.Hour, Attrs: index, Snapshots: snaps})
 	ctx, cancel := context.WithCancel(context.Background())
 	uploads := make(chan struct{})
 	go func() { defer close(uploads); j.Run(ctx) }()
@@ -75,6 +76,7 @@ func mountPOSIX(t *testing.T, store *memStore) *posixMount {
 			_ = syscall.Unmount(mp, syscall.MNT_DETACH) // best effort; the test failed already
 		}
 		fsys.Stop()
+		index.Close()
 		cancel()
 		<-uploads
 		j.Close()
@@ -376,7 +378,7 @@ func TestSymlinksAndSpecialFiles(t *testing.T) {
 		t.Errorf("write to the fifo: %v", err)
 	}
 	m.sync(t)
-	if body, ok := remote.content("rel"); !ok || string(body) != links["rel"] {
+	if body, ok := remote.Content("rel"); !ok || string(body) != links["rel"] {
 		t.Errorf("the link's object holds %q (%v), want its target", body, ok)
 	}
 	check(mountPOSIX(t, remote), "another mount")

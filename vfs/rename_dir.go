@@ -261,10 +261,7 @@ func (f *FS) dirObjects(ctx context.Context, path, prefix string) ([]dirObject, 
 	if f.online() {
 		var objs []dirObject
 		err := f.cfg.Store.ListFlat(ctx, prefix, func(p backend.Page) error {
-			for _, o := range p.Objects {
-				if isAttrIndexKey(o.Key) {
-					continue // rewritten by the attribute index, not moved (attrindex.go)
-				}
+			for _, o := range p.Objects { // no sidecar: the attribute index hides them
 				objs = append(objs, dirObject{key: o.Key, etag: o.ETag, size: o.Size})
 			}
 			return nil

@@ -19,15 +19,12 @@ import (
 //
 // A symlink is an object whose body is its target, typed S_IFLNK in its
 // metadata and in the attribute index, which also carries the target (up
-// to maxIndexedTarget bytes), so that ls -l shows it with no request per
+// to attrindex.MaxTarget bytes), so that ls -l shows it with no request per
 // entry; a longer target is read from the body at readlink. FIFOs,
 // sockets and character and block devices are empty objects typed by
 // their mode (a device's number in nimbus-rdev): the kernel serves the
 // pipe, socket or device itself, nimbus only names it. Changing one of
 // them (chmod, chown, utimens) uploads it again: it is a few bytes.
-
-// maxIndexedTarget bounds the symlink targets kept in the attribute index.
-const maxIndexedTarget = 1024
 
 // metaNode is a symlink or a special file. Its state is its tree entry;
 // last is the entry seen last, which describes it once unlinked.

@@ -24,8 +24,8 @@ func TestTrashReserved(t *testing.T) {
 		t.Errorf("listing = %+v, skipped %+v; want only ok", entries, skipped)
 	}
 	store := newMemStore()
-	store.put(".nimbus-trash/2026-12-02/gone.txt", "deleted")
-	store.put("ok.txt", "ok")
+	store.PutString(".nimbus-trash/2026-12-02/gone.txt", "deleted")
+	store.PutString("ok.txt", "ok")
 	f, _ := newIndexedFS(t, store)
 	root := f.Root()
 	fs.NewNodeFS(root, f.Options("test", false))

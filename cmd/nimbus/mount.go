@@ -502,8 +502,12 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	fsys = vfs.New(vfs.Config{
-		Store:         m.health,
+	objects, err := openBucketObjects(m.health, o, m.journal, mountID, m.health.Online, &fsys, log)
+	if err != nil {
+		return err
+	}
+	defer objects.index.Close() // after the vfs stops (deferred below)
+	cfg := vfs.Config{
 		Health:        m.health,
 		Tree:          m.tree,
 		Blocks:        m.blocks,
@@ -514,10 +518,11 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		DirTTL:        o.dirTTL,
 		ControlSocket: m.socket,
 		Logger:        log,
-		MountID:       mountID,
 		PartialMin:    o.partialMin,
 		Trash:         useTrash,
-	})
+	}
+	objects.configure(&cfg)
+	fsys = vfs.New(cfg)
 	m.fsys = fsys
 	defer fsys.Stop()
 	if err := fsys.Reconcile(); err != nil {
@@ -533,6 +538,9 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	stopUploads := sync.OnceFunc(func() { cancel(); <-uploads })
 	defer stopUploads()
 	go fsys.Poll(ctx, o.poll)
+	sweepingSnapshots := make(chan struct{})
+	go objects.keepSweeping(ctx, sweepingSnapshots)
+	defer func() { stopUploads(); <-sweepingSnapshots }()
 	if useTrash {
 		sweeping := make(chan struct{})
 		go func() {
@@ -613,7 +621,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	// No file is open any more: snapshots no pending upload needs can go.
 	sweepCtx, stopSweep := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopSweep()
-	if err := fsys.SweepSnapshots(sweepCtx); err != nil {
+	if err := objects.sweepFinal(sweepCtx); err != nil {
 		log.Info("snapshots left for the next mount to delete", "err", err)
 	}
 	stopUploads()

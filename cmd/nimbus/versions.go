@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/backend/attrindex"
+	"github.com/nimbus-fs/nimbus/backend/snapshots"
 	"github.com/nimbus-fs/nimbus/backend/trash"
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -279,7 +281,7 @@ func (m *mountState) deletedUnder(ctx context.Context, key string) ([]restorable
 func (m *mountState) reservedKey(key string) bool {
 	for _, seg := range strings.Split(strings.TrimPrefix(key, m.opts.remote.prefix), "/") {
 		switch seg {
-		case ".nimbus-attrs", ".nimbus-snapshots", ".nimbus-trash":
+		case attrindex.Name, snapshots.Dir, trash.Dir:
 			return true
 		}
 	}
