@@ -2,7 +2,6 @@ package vfs
 
 import (
 	"context"
-	"hash/fnv"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -61,7 +60,7 @@ func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr)
 		if ch != nil {
 			return ch
 		}
-		return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR})
+		return n.fsys.newChild(ctx, n.EmbeddedInode(), n.path(), e.Name, &dirNode{fsys: n.fsys}, syscall.S_IFDIR)
 	case isMetaOnly(e):
 		n.fsys.fillFileAttr(e, out)
 		if ch != nil {
@@ -70,7 +69,7 @@ func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr)
 				return ch
 			}
 		}
-		return n.NewInode(ctx, &metaNode{fsys: n.fsys, last: e}, fs.StableAttr{Mode: typ})
+		return n.fsys.newChild(ctx, n.EmbeddedInode(), n.path(), e.Name, &metaNode{fsys: n.fsys, last: e}, typ)
 	}
 	if ch != nil {
 		if fn, ok := ch.Operations().(*fileNode); ok {
@@ -79,7 +78,7 @@ func (n *dirNode) childInode(ctx context.Context, e cache.Entry, out *fuse.Attr)
 		}
 	}
 	n.fsys.fillFileAttr(e, out)
-	return n.NewInode(ctx, newFileNode(n.fsys, e), fs.StableAttr{Mode: syscall.S_IFREG})
+	return n.fsys.newChild(ctx, n.EmbeddedInode(), n.path(), e.Name, newFileNode(n.fsys, e), syscall.S_IFREG)
 }
 
 var _ = (fs.NodeReaddirer)((*dirNode)(nil))
@@ -92,23 +91,13 @@ func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	}
 	var list []fuse.DirEntry
 	err := n.fsys.cfg.Tree.Children(dir, func(e cache.Entry) bool {
-		list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Type(), Ino: nameIno(dir, e.Name)})
+		list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Type(), Ino: n.fsys.inos.readdirIno(n.EmbeddedInode(), dir, e.Name)})
 		return true
 	})
 	if err != nil {
 		return nil, toErrno(n.fsys.log, "readdir", err)
 	}
 	return fs.NewListDirStream(list), 0
-}
-
-// nameIno gives readdir a stable, non-zero inode number; the kernel uses
-// the one Lookup returns for anything that matters.
-func nameIno(dir, name string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(dir))
-	h.Write([]byte{0})
-	h.Write([]byte(name))
-	return h.Sum64() | 1
 }
 
 var _ = (fs.NodeGetattrer)((*dirNode)(nil))

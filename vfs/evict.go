@@ -176,10 +176,22 @@ func (n *fileNode) OnAdd(ctx context.Context) { n.fsys.inodes.added(n.fsys) }
 
 var _ = (fs.NodeOnForgetter)((*fileNode)(nil))
 
-// OnForget releases the node's place in the budget.
-func (n *fileNode) OnForget() { n.fsys.inodes.live.Add(-1) }
+// OnForget releases the node's place in the budget and its inode number.
+func (n *fileNode) OnForget() {
+	n.fsys.inodes.live.Add(-1)
+	n.fsys.inos.forgotten(n.EmbeddedInode())
+}
 
 var _ = (fs.NodeOnForgetter)((*dirNode)(nil))
 
-// OnForget stops tracking a directory the kernel forgot.
-func (n *dirNode) OnForget() { n.fsys.inodes.drop(n) }
+// OnForget stops tracking a directory the kernel forgot and frees its
+// inode number.
+func (n *dirNode) OnForget() {
+	n.fsys.inodes.drop(n)
+	n.fsys.inos.forgotten(n.EmbeddedInode())
+}
+
+var _ = (fs.NodeOnForgetter)((*metaNode)(nil))
+
+// OnForget frees the node's inode number.
+func (n *metaNode) OnForget() { n.fsys.inos.forgotten(n.EmbeddedInode()) }

@@ -187,6 +187,7 @@ type FS struct {
 	watched watchSet    // directories to poll
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
+	inos    inoTable    // the inode numbers of live nodes (ino.go)
 
 	// bgCtx is the context of background work (listings, pin jobs,
 	// kernel notifications), all started by background;

@@ -57,7 +57,7 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	node.mode, node.atime, node.ctime = e.Mode, now, now
 	node.owned, node.uid, node.gid = e.Owner, e.UID, e.GID
 	node.fillAttrLocked(&out.Attr)
-	ch := n.NewInode(ctx, node, fs.StableAttr{Mode: syscall.S_IFREG})
+	ch := n.fsys.newChild(ctx, n.EmbeddedInode(), dir, name, node, syscall.S_IFREG)
 	return ch, &fileHandle{fsys: n.fsys, node: node, writable: true, appends: flags&syscall.O_APPEND != 0}, 0, 0
 }
 
@@ -111,7 +111,7 @@ func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, toErrno(n.fsys.log, "mkdir", err)
 	}
 	n.fsys.fillDirAttr(path, e, &out.Attr)
-	return n.NewInode(ctx, &dirNode{fsys: n.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
+	return n.fsys.newChild(ctx, n.EmbeddedInode(), dir, name, &dirNode{fsys: n.fsys}, syscall.S_IFDIR), 0
 }
 
 var _ = (fs.NodeUnlinker)((*dirNode)(nil))

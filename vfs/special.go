@@ -317,9 +317,9 @@ func (n *dirNode) createMetaOnly(ctx context.Context, op string, e cache.Entry, 
 	e.Size, e.Local = int64(len(e.Target)), true
 	n.fsys.fillFileAttr(e, &out.Attr)
 	if e.Type() == syscall.S_IFREG {
-		return n.NewInode(ctx, newFileNode(n.fsys, e), fs.StableAttr{Mode: syscall.S_IFREG}), 0
+		return n.fsys.newChild(ctx, n.EmbeddedInode(), dir, e.Name, newFileNode(n.fsys, e), syscall.S_IFREG), 0
 	}
-	return n.NewInode(ctx, &metaNode{fsys: n.fsys, last: e}, fs.StableAttr{Mode: e.Type()}), 0
+	return n.fsys.newChild(ctx, n.EmbeddedInode(), dir, e.Name, &metaNode{fsys: n.fsys, last: e}, e.Type()), 0
 }
 
 // --- folders ---
