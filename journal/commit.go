@@ -19,6 +19,11 @@ import (
 // stagedPattern names staged files in Config.Dir.
 const stagedPattern = "staged-*"
 
+// DefaultInlineLimit is Config.InlineLimit when it is zero: a file this
+// small is cheaper to write once more into the record than to fsync, with
+// its folder, on its own.
+const DefaultInlineLimit = 32 << 10
+
 // maxPrior bounds the superseded hashes an op remembers. Beyond it, a
 // superseded version that did reach the store would show as a conflict: a
 // spurious conflicted copy, never a loss.
@@ -38,17 +43,24 @@ func (j *Journal) StagingFile() (*os.File, error) {
 
 func (j *Journal) stagedPath(name string) string { return filepath.Join(j.dir, name) }
 
-// preparedOp is an op whose content is durable in Config.Dir.
+// preparedOp is an op whose content is in Config.Dir, durable there unless
+// inlined.
 type preparedOp struct {
 	Op
 	staged string // base name in Config.Dir
 	size   int64
 	sha256 string
+	// inlined: the staged file was not synced; content goes into the
+	// record's transaction instead.
+	inlined bool
+	content []byte
 }
 
 // Commit durably records ops, to be applied in order, and returns once they
 // survive a crash: every staged file is fsynced, then Config.Dir, then all
-// records are written in one bbolt transaction. Staged files outside
+// records are written in one bbolt transaction. A staged file of at most
+// Config.InlineLimit bytes (whole, not Partial) is not fsynced: its content
+// is written in that same transaction, and Open restores the file from it. Staged files outside
 // Config.Dir are moved in first. Commit takes ownership of the staged files
 // even when it fails (then nothing is recorded and the files are removed at
 // the next Open).
@@ -100,6 +112,11 @@ func (j *Journal) Commit(ops ...Op) error {
 		for _, e := range p.added {
 			if err := putRecord(tx, &e.rec); err != nil {
 				return err
+			}
+			if e.rec.Inline {
+				if err := putInline(tx, e.rec.Seq, p.content[e]); err != nil {
+					return err
+				}
 			}
 		}
 		return setLastSeq(tx, p.lastSeq)
@@ -161,6 +178,7 @@ func (j *Journal) Commit(ops ...Op) error {
 func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 	out := make([]preparedOp, len(ops))
 	seen := map[string]bool{}
+	synced := 0 // staged files fsynced, not inlined
 	var movedFrom []string
 	for i, op := range ops {
 		if op.Group < 0 || op.Group >= len(ops) {
@@ -188,7 +206,7 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		out[i].size, out[i].sha256, out[i].content, err = j.hashAndSync(j.stagedPath(name), op.Partial)
 		if err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
@@ -198,12 +216,14 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 		if err := checkDelta(op.Delta, out[i].size); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
+		if out[i].inlined = out[i].content != nil; !out[i].inlined {
+			synced++
+		}
 	}
-	if len(seen) == 0 {
-		return out, nil
-	}
-	if err := j.syncDir(j.dir); err != nil {
-		return nil, fmt.Errorf("journal: sync staging folder: %w", err)
+	if synced > 0 {
+		if err := j.syncDir(j.dir); err != nil {
+			return nil, fmt.Errorf("journal: sync staging folder: %w", err)
+		}
 	}
 	for _, dir := range movedFrom {
 		// The content is durable under its new name already; this only
@@ -329,25 +349,42 @@ func (j *Journal) adopt(path string) (name, from string, err error) {
 }
 
 // hashAndSync returns the size and hex SHA-256 of the file at path, and
-// fsyncs it. For partial content the hash covers the bytes the file holds,
-// the missing ranges and the version holding them: not the content's hash,
-// but as unique to this version, which is all a replay needs to recognise
-// its own upload.
-func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, error) {
+// makes it durable: whole content of at most inlineLimit bytes is returned
+// (non-nil, even when empty) to be written into the record, and the file is
+// not synced; any other is fsynced. For partial content the hash covers the
+// bytes the file holds, the missing ranges and the version holding them:
+// not the content's hash, but as unique to this version, which is all a
+// replay needs to recognise its own upload.
+func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, []byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, "", fmt.Errorf("staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("staged file: %w", err)
 	}
 	defer closeQuietly(f)
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, "", fmt.Errorf("staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("staged file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return 0, "", fmt.Errorf("staged file %s is not a regular file", path)
+		return 0, "", nil, fmt.Errorf("staged file %s is not a regular file", path)
+	}
+	n := fi.Size()
+	if p == nil && n <= j.inlineLimit {
+		// One read past the size finds a file that grew meanwhile (its
+		// writer broke the contract); it is then hashed and synced whole.
+		content := make([]byte, n, n+1)
+		if _, err := io.ReadFull(f, content); err != nil {
+			return 0, "", nil, fmt.Errorf("read staged file: %w", err)
+		}
+		if m, _ := f.Read(make([]byte, 1)); m == 0 {
+			sum := sha256.Sum256(content)
+			return n, hex.EncodeToString(sum[:]), content, nil
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return 0, "", nil, fmt.Errorf("read staged file: %w", err)
+		}
 	}
 	h := sha256.New()
-	n := fi.Size()
 	if p == nil {
 		// 1 MiB reads (os.File's WriteTo would use 32 KiB ones).
 		n, err = io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
@@ -355,12 +392,12 @@ func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, error) {
 		err = hashPartial(h, f, n, p)
 	}
 	if err != nil {
-		return 0, "", fmt.Errorf("hash staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("hash staged file: %w", err)
 	}
 	if err := j.syncFile(f); err != nil {
-		return 0, "", fmt.Errorf("sync staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("sync staged file: %w", err)
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, hex.EncodeToString(h.Sum(nil)), nil, nil
 }
 
 // hashPartial hashes what a partial staged file of size bytes holds, and
@@ -388,10 +425,11 @@ func hashPartial(h io.Writer, f io.ReaderAt, size int64, p *Partial) error {
 
 // plan is what a Commit will change.
 type plan struct {
-	added     []*entry     // new ops to record, in seq order
-	removed   []*entry     // pending ops superseded or cancelled (frozen until done)
-	wasState  []entryState // of removed, before they were frozen
-	dropFiles []string     // staged files to remove once the commit is durable
+	added     []*entry          // new ops to record, in seq order
+	removed   []*entry          // pending ops superseded or cancelled (frozen until done)
+	wasState  []entryState      // of removed, before they were frozen
+	dropFiles []string          // staged files to remove once the commit is durable
+	content   map[*entry][]byte // of the added ops whose record is Inline
 	coalesced []coalesced
 	lastSeq   uint64
 }
@@ -486,7 +524,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			return nil, fmt.Errorf("journal: staged file %s belongs to pending op %d", op.staged, j.staged[op.staged].rec.Seq)
 		}
 	}
-	p := &plan{lastSeq: j.lastSeq}
+	p := &plan{lastSeq: j.lastSeq, content: map[*entry][]byte{}}
 	v := &planView{j: j, keyQ: map[string][]*entry{}, groupQ: map[uint64][]*entry{}}
 	group := j.lastSeq + 1
 	now := j.now()
@@ -527,8 +565,12 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),
 			Partial:   newPartial(op.Partial),
+			Inline:    op.inlined,
 			Committed: now,
 		})
+		if op.inlined {
+			p.content[e] = op.content
+		}
 		if prev := v.newestWriter(op.Key); prev != nil {
 			canReplace := prev.state != stateUploading && v.isLast(prev)
 			switch {

@@ -80,6 +80,11 @@ type Config struct {
 	// (see coalesce.go); WaitIdle does not wait for it. Zero means
 	// DefaultUploadDelay; negative, none.
 	UploadDelay time.Duration
+	// InlineLimit is the largest staged content (in bytes) that Commit
+	// stores in the record itself instead of fsyncing the staged file and
+	// the staging folder (see "Durability" in the package doc). Zero
+	// means DefaultInlineLimit; negative, never.
+	InlineLimit int64
 	// Applied, if set, is called after an op completed, before its record
 	// and staged file are removed, so that the caller can update its
 	// metadata while Pending still shows the op. It runs on an uploader
@@ -357,6 +362,7 @@ type Journal struct {
 	log         *slog.Logger
 	applied     func(Result)
 	uploadDelay time.Duration
+	inlineLimit int64 // negative: never inline
 
 	// syncFile and syncDir make data durable; tests replace them (right
 	// after Open) to check that Commit calls them before it records.
@@ -417,6 +423,7 @@ func Open(cfg Config) (*Journal, error) {
 		log:         cfg.Logger,
 		applied:     cfg.Applied,
 		uploadDelay: cfg.UploadDelay,
+		inlineLimit: cfg.InlineLimit,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
 		entries:     map[uint64]*entry{},
@@ -435,6 +442,9 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	if j.concurrency <= 0 {
 		j.concurrency = 4
+	}
+	if j.inlineLimit == 0 {
+		j.inlineLimit = DefaultInlineLimit
 	}
 	if j.minBackoff <= 0 {
 		j.minBackoff = time.Second
@@ -457,6 +467,13 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	j.lastSeq = l.lastSeq
 	j.conflicts = l.conflicts
+	restored, err := restoreInline(cfg.DB, dir, l.records)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if restored > 0 {
+		j.log.Info("restored staged files from their inline records", "count", restored)
+	}
 	recorded, err := readConflicts(cfg.DB)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
