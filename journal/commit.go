@@ -32,13 +32,17 @@ const maxPrior = 16
 // StagingFile creates a new empty file in Config.Dir for the caller to
 // write content into and hand to Commit as Op.Staged. Until it is
 // committed, the caller owns it; a crash before the Commit leaves garbage
-// that the next Open removes.
+// that the next Open removes. It is a spare made ahead when one is ready
+// (spare.go).
 func (j *Journal) StagingFile() (*os.File, error) {
-	f, err := os.CreateTemp(j.dir, stagedPattern)
-	if err != nil {
-		return nil, fmt.Errorf("journal: create staging file: %w", err)
+	if j.spareFiles <= 0 {
+		return j.newStagingFile()
 	}
-	return f, nil
+	defer j.refill()
+	if f := j.spares.take(); f != nil {
+		return f, nil
+	}
+	return j.newStagingFile()
 }
 
 func (j *Journal) stagedPath(name string) string { return filepath.Join(j.dir, name) }

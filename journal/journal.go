@@ -85,6 +85,10 @@ type Config struct {
 	// the staging folder (see "Durability" in the package doc). Zero
 	// means DefaultInlineLimit; negative, never.
 	InlineLimit int64
+	// SpareFiles is how many empty staging files StagingFile keeps made
+	// ahead, so that a caller does not wait for the create (spare.go).
+	// Zero means DefaultSpareFiles; negative, none.
+	SpareFiles int
 	// Applied, if set, is called after an op completed, before its record
 	// and staged file are removed, so that the caller can update its
 	// metadata while Pending still shows the op. It runs on an uploader
@@ -363,6 +367,8 @@ type Journal struct {
 	applied     func(Result)
 	uploadDelay time.Duration
 	inlineLimit int64 // negative: never inline
+	spareFiles  int   // negative: none
+	spares      spares
 
 	// syncFile and syncDir make data durable; tests replace them (right
 	// after Open) to check that Commit calls them before it records.
@@ -424,6 +430,7 @@ func Open(cfg Config) (*Journal, error) {
 		applied:     cfg.Applied,
 		uploadDelay: cfg.UploadDelay,
 		inlineLimit: cfg.InlineLimit,
+		spareFiles:  cfg.SpareFiles,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
 		entries:     map[uint64]*entry{},
@@ -445,6 +452,9 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	if j.inlineLimit == 0 {
 		j.inlineLimit = DefaultInlineLimit
+	}
+	if j.spareFiles == 0 {
+		j.spareFiles = DefaultSpareFiles
 	}
 	if j.minBackoff <= 0 {
 		j.minBackoff = time.Second
@@ -544,8 +554,8 @@ func shortHostname() string {
 }
 
 // Close stops Run (waiting for it to return) and makes later Commits fail
-// with ErrClosed. It does not close the DB, which the caller owns. Pending
-// ops stay recorded for the next Open.
+// with ErrClosed, and removes the spare staging files. It does not close the
+// DB, which the caller owns. Pending ops stay recorded for the next Open.
 func (j *Journal) Close() error {
 	j.writeMu.Lock()
 	j.mu.Lock()
@@ -557,6 +567,7 @@ func (j *Journal) Close() error {
 		stop()
 		<-done
 	}
+	j.closeSpares()
 	return nil
 }
 
