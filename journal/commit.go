@@ -64,8 +64,11 @@ type preparedOp struct {
 // survive a crash: every staged file is fsynced, then Config.Dir, then all
 // records are written in one bbolt transaction. A staged file of at most
 // Config.InlineLimit bytes (whole, not Partial) is not fsynced: its content
-// is written in that same transaction, and Open restores the file from it. Staged files outside
-// Config.Dir are moved in first. Commit takes ownership of the staged files
+// is written in that same transaction, and Open restores the file from it.
+// Concurrent Commits share that transaction (group commit): calls that
+// arrive while one is being recorded are recorded together next, in the
+// order they arrived, each returning once the shared transaction is
+// durable. Staged files outside Config.Dir are moved in first. Commit takes ownership of the staged files
 // even when it fails (then nothing is recorded and the files are removed at
 // the next Open).
 //
@@ -84,22 +87,84 @@ func (j *Journal) Commit(ops ...Op) error {
 	if err != nil {
 		return err
 	}
+	req := &commitRequest{ops: prepared}
+	j.queueMu.Lock()
+	j.commitQ = append(j.commitQ, req)
+	j.queueMu.Unlock()
 
 	j.writeMu.Lock()
+	var report func()
+	if !req.done {
+		// No leader took it while this one waited: lead, taking
+		// along every request queued meanwhile.
+		report = j.commitQueuedLocked()
+	}
+	err = req.err
+	j.writeMu.Unlock()
+	if report != nil {
+		report()
+	}
+	return err
+}
+
+// commitRequest is one Commit call waiting in Journal.commitQ.
+type commitRequest struct {
+	ops  []preparedOp
+	done bool  // GUARDED_BY(writeMu): recorded, or failed
+	err  error // GUARDED_BY(writeMu)
+}
+
+// commitQueuedLocked records every queued Commit in one bbolt transaction
+// (group commit: one fsync for them all), as if they had been one Commit
+// of all their ops in queue order, each call keeping its own groups. It
+// marks each request done, and returns what to log once writeMu is
+// released. Callers hold writeMu.
+func (j *Journal) commitQueuedLocked() (report func()) {
+	j.queueMu.Lock()
+	batch := j.commitQ
+	j.commitQ = nil
+	j.queueMu.Unlock()
+	finish := func(reqs []*commitRequest, err error) {
+		for _, r := range reqs {
+			r.done, r.err = true, err
+		}
+	}
+
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		j.writeMu.Unlock()
-		return ErrClosed
+		finish(batch, ErrClosed)
+		return nil
 	}
-	p, err := j.planLocked(prepared)
-	copiesGone := j.copiesGoneLocked(prepared)
+	// A request whose staged file another op holds fails alone.
+	var merged []preparedOp
+	var live []*commitRequest
+	claimed := map[string]bool{}
+	for _, r := range batch {
+		if err := j.checkStagedLocked(r.ops, claimed); err != nil {
+			finish([]*commitRequest{r}, err)
+			continue
+		}
+		offset := len(merged)
+		for _, op := range r.ops {
+			op.Group += offset // groups stay those of its own call
+			merged = append(merged, op)
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		j.mu.Unlock()
+		return nil
+	}
+	p, err := j.planLocked(merged)
+	copiesGone := j.copiesGoneLocked(merged)
 	j.mu.Unlock()
 	if err != nil {
-		j.writeMu.Unlock()
-		return err
+		finish(live, err)
+		return nil
 	}
 	var cleared []Conflict
+	j.commitTxs.Add(1)
 	err = j.db.Update(func(tx *bbolt.Tx) error {
 		if len(copiesGone) > 0 {
 			var err error
@@ -132,8 +197,8 @@ func (j *Journal) Commit(ops ...Op) error {
 			j.refreshLocked(e)
 		}
 		j.mu.Unlock()
-		j.writeMu.Unlock()
-		return fmt.Errorf("journal: record %d op(s): %w", len(ops), err)
+		finish(live, fmt.Errorf("journal: record %d op(s): %w", len(merged), err))
+		return nil
 	}
 	j.lastSeq = p.lastSeq
 	j.forgetConflictsLocked(cleared)
@@ -163,16 +228,43 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.mu.Lock()
 	j.notifyLocked()
 	j.mu.Unlock()
-	j.writeMu.Unlock()
+	finish(live, nil)
 
-	for _, c := range logged {
-		j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
+	return func() {
+		if len(live) > 1 {
+			j.log.Debug("commits grouped", "calls", len(live), "ops", len(merged))
+		}
+		for _, c := range logged {
+			j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
+		}
+		for _, c := range p.coalesced {
+			j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+		}
+		for _, c := range cleared {
+			j.log.Info("conflict cleared: its conflicted copy was deleted or moved", "key", c.Key, "copy", c.ConflictKey)
+		}
 	}
-	for _, c := range p.coalesced {
-		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+}
+
+// checkStagedLocked fails when a staged file of ops belongs to a pending op
+// or to an earlier request of the same group commit (claimed, which it
+// extends). Callers hold mu.
+func (j *Journal) checkStagedLocked(ops []preparedOp, claimed map[string]bool) error {
+	for _, op := range ops {
+		if op.staged == "" {
+			continue
+		}
+		if e := j.staged[op.staged]; e != nil {
+			return fmt.Errorf("journal: staged file %s belongs to pending op %d", op.staged, e.rec.Seq)
+		}
+		if claimed[op.staged] {
+			return fmt.Errorf("journal: staged file %s is given by two concurrent commits", op.staged)
+		}
 	}
-	for _, c := range cleared {
-		j.log.Info("conflict cleared: its conflicted copy was deleted or moved", "key", c.Key, "copy", c.ConflictKey)
+	for _, op := range ops {
+		if op.staged != "" {
+			claimed[op.staged] = true
+		}
 	}
 	return nil
 }

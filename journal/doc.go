@@ -153,4 +153,11 @@
 // across a bbolt transaction and find the structure as it left it. No lock
 // is held across a store call, an fsync of a staged file, or Config.Applied;
 // writeMu is held across bbolt's own commit (one small fsync).
+//
+// Group commit: a Commit queues its prepared ops (under queueMu, a leaf
+// lock) before it waits for writeMu. Whoever then holds writeMu records
+// every queued call in one transaction, planned as one Commit of all their
+// ops in queue order with each call's groups kept apart, and marks them
+// done; a caller that finds its call done returns its result. So while one
+// commit's fsync runs, the closes that arrive meanwhile share the next.
 package journal

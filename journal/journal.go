@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -378,7 +379,13 @@ type Journal struct {
 	// writeMu serialises the journal's bbolt writes with the structural
 	// changes of the in-memory state that mirror them.
 	writeMu sync.Mutex
-	lastSeq uint64 // GUARDED_BY(writeMu)
+	// queueMu guards commitQ: the Commit calls waiting for writeMu, which
+	// the next holder records together (group commit). A leaf lock.
+	queueMu sync.Mutex
+	commitQ []*commitRequest // GUARDED_BY(queueMu)
+	// commitTxs counts the bbolt transactions of Commit calls (tests).
+	commitTxs atomic.Int64
+	lastSeq   uint64 // GUARDED_BY(writeMu)
 
 	mu      sync.Mutex
 	closed  bool                // GUARDED_BY(mu)
