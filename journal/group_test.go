@@ -1,12 +1,15 @@
 package journal
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/nimbus-fs/nimbus/backend/faulty"
 )
 
 // commitsQueued is how many Commit calls wait for the group commit.
@@ -134,4 +137,53 @@ func TestGroupCommitFailsOnlyTheBadCall(t *testing.T) {
 	m.run()
 	m.waitIdle()
 	r.assertFiles(map[string]string{"a": "shared", "c": "own"})
+}
+
+// completionsQueued is how many finished ops wait for the group commit.
+func (m *machine) completionsQueued() int {
+	m.j.queueMu.Lock()
+	defer m.j.queueMu.Unlock()
+	return len(m.j.completeQ)
+}
+
+// Uploads that finish while the writer lock is held record their
+// completions in one transaction. One op waits for two of them (a copy of
+// one over the other): its record is resolved by both.
+func TestCompletionsShareOneTransaction(t *testing.T) {
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 8 })
+	gate := newGate()
+	m.hooks.setHooks(func(ctx context.Context, c call) error {
+		if c.Op == faulty.OpPut {
+			return gate.hold(ctx, c)
+		}
+		return nil
+	}, nil)
+	keys := []string{"a", "b", "c", "d", "e"}
+	for _, k := range keys {
+		m.put(k, "v1 of "+k, Base{})
+	}
+	m.run()
+	for range keys {
+		gate.wait(t)
+	}
+	// b := a (a rename's copy): chained to both uploads in flight.
+	m.commit(Op{Kind: Copy, Key: "b", Src: "a", Base: Base{}})
+	if p, _ := m.j.Pending("b"); !p.Chained || !p.SrcChained {
+		t.Fatalf("copy not chained to both: %+v", p)
+	}
+	m.j.writeMu.Lock()
+	before := m.j.completeTxs.Load()
+	gate.release()
+	eventually(t, "all completions queued", func() bool { return m.completionsQueued() == len(keys) })
+	m.j.writeMu.Unlock()
+	m.waitIdle()
+	if got := m.j.completeTxs.Load() - before; got != 2 {
+		t.Errorf("5 puts completing at once, then the copy, took %d transactions, want 2", got)
+	}
+	r.assertFiles(map[string]string{"a": "v1 of a", "b": "v1 of a", "c": "v1 of c", "d": "v1 of d", "e": "v1 of e"})
+	if c := m.j.Conflicts(); len(c) != 0 {
+		t.Errorf("conflicts = %+v", c)
+	}
+	m.assertNoStagedLeft()
 }

@@ -379,12 +379,15 @@ type Journal struct {
 	// writeMu serialises the journal's bbolt writes with the structural
 	// changes of the in-memory state that mirror them.
 	writeMu sync.Mutex
-	// queueMu guards commitQ: the Commit calls waiting for writeMu, which
-	// the next holder records together (group commit). A leaf lock.
-	queueMu sync.Mutex
-	commitQ []*commitRequest // GUARDED_BY(queueMu)
-	// commitTxs counts the bbolt transactions of Commit calls (tests).
-	commitTxs atomic.Int64
+	// queueMu guards commitQ and completeQ: the Commit calls and the
+	// finished ops waiting for writeMu, which the next holder records
+	// together (group commit). A leaf lock.
+	queueMu   sync.Mutex
+	commitQ   []*commitRequest // GUARDED_BY(queueMu)
+	completeQ []*completion    // GUARDED_BY(queueMu): finished ops to record
+	// commitTxs and completeTxs count the bbolt transactions of Commit
+	// calls and of completions (tests).
+	commitTxs, completeTxs atomic.Int64
 	lastSeq   uint64 // GUARDED_BY(writeMu)
 
 	mu      sync.Mutex
