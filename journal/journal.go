@@ -388,7 +388,8 @@ type Journal struct {
 	// commitTxs and completeTxs count the bbolt transactions of Commit
 	// calls and of completions (tests).
 	commitTxs, completeTxs atomic.Int64
-	lastSeq   uint64 // GUARDED_BY(writeMu)
+
+	lastSeq uint64 // GUARDED_BY(writeMu)
 
 	mu      sync.Mutex
 	closed  bool                // GUARDED_BY(mu)
