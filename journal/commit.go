@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -201,6 +202,7 @@ func (j *Journal) commitQueuedLocked() (report func()) {
 		return nil
 	}
 	j.lastSeq = p.lastSeq
+	j.lastCommit = time.Now()
 	j.forgetConflictsLocked(cleared)
 	for _, e := range p.removed {
 		j.removeLocked(e)

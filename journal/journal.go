@@ -405,6 +405,7 @@ type Journal struct {
 	copies       map[string]bool      // GUARDED_BY(mu); keys of the conflicted copies made
 	outage       outage               // GUARDED_BY(mu)
 	flushing     int                  // GUARDED_BY(mu); WaitIdle calls running: no upload delay
+	lastCommit   time.Time            // GUARDED_BY(mu); of the last Commit transaction (coalesce.go)
 	keyDelays    map[string]*keyDelay // GUARDED_BY(mu); upload delays of recently uploaded keys
 	changed      chan struct{}        // GUARDED_BY(mu); closed and replaced on every change
 	wake         chan struct{}        // capacity 1, never closed: nudges the dispatcher
