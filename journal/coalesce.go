@@ -24,6 +24,38 @@ import "time"
 // (nimbus sync) does not wait at all: while a WaitIdle runs, every op is
 // due at once.
 
+// Bursts of commits.
+//
+// While commits keep coming (the last one less than burstGap ago: an
+// untar, a build, a copy of many files), due uploads wait for the burst to
+// end, but never more than burstHold base delays past when they were due.
+// On a small machine an upload running beside a stream of closes slows
+// every close: its CPU, its completion's fsync, the mount's update of its
+// metadata. The closes are what the program waits for; once they stop,
+// the uploads run at full concurrency. WaitIdle (nimbus sync) does not
+// wait for a burst to end either.
+const (
+	burstGap  = 50 * time.Millisecond
+	burstHold = 4
+)
+
+// heldByBurstLocked reports how long e, due now, should still wait for the
+// burst of commits to end (zero: start it). Callers hold mu.
+func (j *Journal) heldByBurstLocked(e *entry, now time.Time) time.Duration {
+	if j.uploadDelay <= 0 || j.flushing > 0 || j.lastCommit.IsZero() {
+		return 0
+	}
+	quiet := j.lastCommit.Add(burstGap)
+	limit := e.due.Add(burstHold * j.uploadDelay)
+	if !now.Before(quiet) || !now.Before(limit) {
+		return 0
+	}
+	if limit.Before(quiet) {
+		return limit.Sub(now)
+	}
+	return quiet.Sub(now)
+}
+
 // DefaultUploadDelay is Config.UploadDelay when it is zero.
 const DefaultUploadDelay = time.Second
 

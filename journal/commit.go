@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -19,6 +20,11 @@ import (
 // stagedPattern names staged files in Config.Dir.
 const stagedPattern = "staged-*"
 
+// DefaultInlineLimit is Config.InlineLimit when it is zero: a file this
+// small is cheaper to write once more into the record than to fsync, with
+// its folder, on its own.
+const DefaultInlineLimit = 32 << 10
+
 // maxPrior bounds the superseded hashes an op remembers. Beyond it, a
 // superseded version that did reach the store would show as a conflict: a
 // spurious conflicted copy, never a loss.
@@ -27,29 +33,43 @@ const maxPrior = 16
 // StagingFile creates a new empty file in Config.Dir for the caller to
 // write content into and hand to Commit as Op.Staged. Until it is
 // committed, the caller owns it; a crash before the Commit leaves garbage
-// that the next Open removes.
+// that the next Open removes. It is a spare made ahead when one is ready
+// (spare.go).
 func (j *Journal) StagingFile() (*os.File, error) {
-	f, err := os.CreateTemp(j.dir, stagedPattern)
-	if err != nil {
-		return nil, fmt.Errorf("journal: create staging file: %w", err)
+	if j.spareFiles <= 0 {
+		return j.newStagingFile()
 	}
-	return f, nil
+	defer j.refill()
+	if f := j.spares.take(); f != nil {
+		return f, nil
+	}
+	return j.newStagingFile()
 }
 
 func (j *Journal) stagedPath(name string) string { return filepath.Join(j.dir, name) }
 
-// preparedOp is an op whose content is durable in Config.Dir.
+// preparedOp is an op whose content is in Config.Dir, durable there unless
+// inlined.
 type preparedOp struct {
 	Op
 	staged string // base name in Config.Dir
 	size   int64
 	sha256 string
+	// inlined: the staged file was not synced; content goes into the
+	// record's transaction instead.
+	inlined bool
+	content []byte
 }
 
 // Commit durably records ops, to be applied in order, and returns once they
 // survive a crash: every staged file is fsynced, then Config.Dir, then all
-// records are written in one bbolt transaction. Staged files outside
-// Config.Dir are moved in first. Commit takes ownership of the staged files
+// records are written in one bbolt transaction. A staged file of at most
+// Config.InlineLimit bytes (whole, not Partial) is not fsynced: its content
+// is written in that same transaction, and Open restores the file from it.
+// Concurrent Commits share that transaction (group commit): calls that
+// arrive while one is being recorded are recorded together next, in the
+// order they arrived, each returning once the shared transaction is
+// durable. Staged files outside Config.Dir are moved in first. Commit takes ownership of the staged files
 // even when it fails (then nothing is recorded and the files are removed at
 // the next Open).
 //
@@ -68,22 +88,84 @@ func (j *Journal) Commit(ops ...Op) error {
 	if err != nil {
 		return err
 	}
+	req := &commitRequest{ops: prepared}
+	j.queueMu.Lock()
+	j.commitQ = append(j.commitQ, req)
+	j.queueMu.Unlock()
 
 	j.writeMu.Lock()
+	var report func()
+	if !req.done {
+		// No leader took it while this one waited: lead, taking
+		// along every request queued meanwhile.
+		report = j.commitQueuedLocked()
+	}
+	err = req.err
+	j.writeMu.Unlock()
+	if report != nil {
+		report()
+	}
+	return err
+}
+
+// commitRequest is one Commit call waiting in Journal.commitQ.
+type commitRequest struct {
+	ops  []preparedOp
+	done bool  // GUARDED_BY(writeMu): recorded, or failed
+	err  error // GUARDED_BY(writeMu)
+}
+
+// commitQueuedLocked records every queued Commit in one bbolt transaction
+// (group commit: one fsync for them all), as if they had been one Commit
+// of all their ops in queue order, each call keeping its own groups. It
+// marks each request done, and returns what to log once writeMu is
+// released. Callers hold writeMu.
+func (j *Journal) commitQueuedLocked() (report func()) {
+	j.queueMu.Lock()
+	batch := j.commitQ
+	j.commitQ = nil
+	j.queueMu.Unlock()
+	finish := func(reqs []*commitRequest, err error) {
+		for _, r := range reqs {
+			r.done, r.err = true, err
+		}
+	}
+
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
-		j.writeMu.Unlock()
-		return ErrClosed
+		finish(batch, ErrClosed)
+		return nil
 	}
-	p, err := j.planLocked(prepared)
-	copiesGone := j.copiesGoneLocked(prepared)
+	// A request whose staged file another op holds fails alone.
+	var merged []preparedOp
+	var live []*commitRequest
+	claimed := map[string]bool{}
+	for _, r := range batch {
+		if err := j.checkStagedLocked(r.ops, claimed); err != nil {
+			finish([]*commitRequest{r}, err)
+			continue
+		}
+		offset := len(merged)
+		for _, op := range r.ops {
+			op.Group += offset // groups stay those of its own call
+			merged = append(merged, op)
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		j.mu.Unlock()
+		return nil
+	}
+	p, err := j.planLocked(merged)
+	copiesGone := j.copiesGoneLocked(merged)
 	j.mu.Unlock()
 	if err != nil {
-		j.writeMu.Unlock()
-		return err
+		finish(live, err)
+		return nil
 	}
 	var cleared []Conflict
+	j.commitTxs.Add(1)
 	err = j.db.Update(func(tx *bbolt.Tx) error {
 		if len(copiesGone) > 0 {
 			var err error
@@ -101,6 +183,11 @@ func (j *Journal) Commit(ops ...Op) error {
 			if err := putRecord(tx, &e.rec); err != nil {
 				return err
 			}
+			if e.rec.Inline {
+				if err := putInline(tx, e.rec.Seq, p.content[e]); err != nil {
+					return err
+				}
+			}
 		}
 		return setLastSeq(tx, p.lastSeq)
 	})
@@ -111,10 +198,11 @@ func (j *Journal) Commit(ops ...Op) error {
 			j.refreshLocked(e)
 		}
 		j.mu.Unlock()
-		j.writeMu.Unlock()
-		return fmt.Errorf("journal: record %d op(s): %w", len(ops), err)
+		finish(live, fmt.Errorf("journal: record %d op(s): %w", len(merged), err))
+		return nil
 	}
 	j.lastSeq = p.lastSeq
+	j.lastCommit = time.Now()
 	j.forgetConflictsLocked(cleared)
 	for _, e := range p.removed {
 		j.removeLocked(e)
@@ -142,16 +230,43 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.mu.Lock()
 	j.notifyLocked()
 	j.mu.Unlock()
-	j.writeMu.Unlock()
+	finish(live, nil)
 
-	for _, c := range logged {
-		j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
+	return func() {
+		if len(live) > 1 {
+			j.log.Debug("commits grouped", "calls", len(live), "ops", len(merged))
+		}
+		for _, c := range logged {
+			j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
+		}
+		for _, c := range p.coalesced {
+			j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+		}
+		for _, c := range cleared {
+			j.log.Info("conflict cleared: its conflicted copy was deleted or moved", "key", c.Key, "copy", c.ConflictKey)
+		}
 	}
-	for _, c := range p.coalesced {
-		j.log.Info("pending op superseded", "op", c.kind, "key", c.key, "seq", c.seq, "by", c.by)
+}
+
+// checkStagedLocked fails when a staged file of ops belongs to a pending op
+// or to an earlier request of the same group commit (claimed, which it
+// extends). Callers hold mu.
+func (j *Journal) checkStagedLocked(ops []preparedOp, claimed map[string]bool) error {
+	for _, op := range ops {
+		if op.staged == "" {
+			continue
+		}
+		if e := j.staged[op.staged]; e != nil {
+			return fmt.Errorf("journal: staged file %s belongs to pending op %d", op.staged, e.rec.Seq)
+		}
+		if claimed[op.staged] {
+			return fmt.Errorf("journal: staged file %s is given by two concurrent commits", op.staged)
+		}
 	}
-	for _, c := range cleared {
-		j.log.Info("conflict cleared: its conflicted copy was deleted or moved", "key", c.Key, "copy", c.ConflictKey)
+	for _, op := range ops {
+		if op.staged != "" {
+			claimed[op.staged] = true
+		}
 	}
 	return nil
 }
@@ -161,6 +276,7 @@ func (j *Journal) Commit(ops ...Op) error {
 func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 	out := make([]preparedOp, len(ops))
 	seen := map[string]bool{}
+	synced := 0 // staged files fsynced, not inlined
 	var movedFrom []string
 	for i, op := range ops {
 		if op.Group < 0 || op.Group >= len(ops) {
@@ -188,7 +304,7 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		out[i].size, out[i].sha256, out[i].content, err = j.hashAndSync(j.stagedPath(name), op.Partial)
 		if err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
@@ -198,12 +314,14 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 		if err := checkDelta(op.Delta, out[i].size); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
 		}
+		if out[i].inlined = out[i].content != nil; !out[i].inlined {
+			synced++
+		}
 	}
-	if len(seen) == 0 {
-		return out, nil
-	}
-	if err := j.syncDir(j.dir); err != nil {
-		return nil, fmt.Errorf("journal: sync staging folder: %w", err)
+	if synced > 0 {
+		if err := j.syncDir(j.dir); err != nil {
+			return nil, fmt.Errorf("journal: sync staging folder: %w", err)
+		}
 	}
 	for _, dir := range movedFrom {
 		// The content is durable under its new name already; this only
@@ -329,25 +447,42 @@ func (j *Journal) adopt(path string) (name, from string, err error) {
 }
 
 // hashAndSync returns the size and hex SHA-256 of the file at path, and
-// fsyncs it. For partial content the hash covers the bytes the file holds,
-// the missing ranges and the version holding them: not the content's hash,
-// but as unique to this version, which is all a replay needs to recognise
-// its own upload.
-func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, error) {
+// makes it durable: whole content of at most inlineLimit bytes is returned
+// (non-nil, even when empty) to be written into the record, and the file is
+// not synced; any other is fsynced. For partial content the hash covers the
+// bytes the file holds, the missing ranges and the version holding them:
+// not the content's hash, but as unique to this version, which is all a
+// replay needs to recognise its own upload.
+func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, []byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, "", fmt.Errorf("staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("staged file: %w", err)
 	}
 	defer closeQuietly(f)
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, "", fmt.Errorf("staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("staged file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return 0, "", fmt.Errorf("staged file %s is not a regular file", path)
+		return 0, "", nil, fmt.Errorf("staged file %s is not a regular file", path)
+	}
+	n := fi.Size()
+	if p == nil && n <= j.inlineLimit {
+		// One read past the size finds a file that grew meanwhile (its
+		// writer broke the contract); it is then hashed and synced whole.
+		content := make([]byte, n, n+1)
+		if _, err := io.ReadFull(f, content); err != nil {
+			return 0, "", nil, fmt.Errorf("read staged file: %w", err)
+		}
+		if m, _ := f.Read(make([]byte, 1)); m == 0 {
+			sum := sha256.Sum256(content)
+			return n, hex.EncodeToString(sum[:]), content, nil
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return 0, "", nil, fmt.Errorf("read staged file: %w", err)
+		}
 	}
 	h := sha256.New()
-	n := fi.Size()
 	if p == nil {
 		// 1 MiB reads (os.File's WriteTo would use 32 KiB ones).
 		n, err = io.CopyBuffer(h, struct{ io.Reader }{f}, make([]byte, 1<<20))
@@ -355,12 +490,12 @@ func (j *Journal) hashAndSync(path string, p *Partial) (int64, string, error) {
 		err = hashPartial(h, f, n, p)
 	}
 	if err != nil {
-		return 0, "", fmt.Errorf("hash staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("hash staged file: %w", err)
 	}
 	if err := j.syncFile(f); err != nil {
-		return 0, "", fmt.Errorf("sync staged file: %w", err)
+		return 0, "", nil, fmt.Errorf("sync staged file: %w", err)
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, hex.EncodeToString(h.Sum(nil)), nil, nil
 }
 
 // hashPartial hashes what a partial staged file of size bytes holds, and
@@ -388,10 +523,11 @@ func hashPartial(h io.Writer, f io.ReaderAt, size int64, p *Partial) error {
 
 // plan is what a Commit will change.
 type plan struct {
-	added     []*entry     // new ops to record, in seq order
-	removed   []*entry     // pending ops superseded or cancelled (frozen until done)
-	wasState  []entryState // of removed, before they were frozen
-	dropFiles []string     // staged files to remove once the commit is durable
+	added     []*entry          // new ops to record, in seq order
+	removed   []*entry          // pending ops superseded or cancelled (frozen until done)
+	wasState  []entryState      // of removed, before they were frozen
+	dropFiles []string          // staged files to remove once the commit is durable
+	content   map[*entry][]byte // of the added ops whose record is Inline
 	coalesced []coalesced
 	lastSeq   uint64
 }
@@ -486,7 +622,7 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			return nil, fmt.Errorf("journal: staged file %s belongs to pending op %d", op.staged, j.staged[op.staged].rec.Seq)
 		}
 	}
-	p := &plan{lastSeq: j.lastSeq}
+	p := &plan{lastSeq: j.lastSeq, content: map[*entry][]byte{}}
 	v := &planView{j: j, keyQ: map[string][]*entry{}, groupQ: map[uint64][]*entry{}}
 	group := j.lastSeq + 1
 	now := j.now()
@@ -527,8 +663,12 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Meta:      cloneMeta(op.Meta),
 			Delta:     newDelta(op.Delta),
 			Partial:   newPartial(op.Partial),
+			Inline:    op.inlined,
 			Committed: now,
 		})
+		if op.inlined {
+			p.content[e] = op.content
+		}
 		if prev := v.newestWriter(op.Key); prev != nil {
 			canReplace := prev.state != stateUploading && v.isLast(prev)
 			switch {

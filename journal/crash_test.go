@@ -258,7 +258,8 @@ func TestDeleteAfterLostUploadRemovesIt(t *testing.T) {
 // uploading something else or dropping it silently.
 func TestMissingStagedContentParks(t *testing.T) {
 	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop")
+	// Inline content would be restored (TestInlineContentSurvivesLostStagedFile).
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.InlineLimit = -1 })
 	m.put("a.txt", "data", Base{})
 	p, _ := m.j.Pending("a.txt")
 	m.kill()

@@ -12,17 +12,31 @@
 // commit leaves staged files that no record references: Open removes them.
 // A crash after it loses nothing: Open loads the records and Run resumes.
 //
+// Small files (Config.InlineLimit, 32 KiB by default) skip both fsyncs:
+// their whole content is written into the same transaction (inlined), so a
+// close() of a small file costs bbolt's commit alone instead of three more
+// fsyncs. The staged file is still written, unsynced, and is what reads and
+// the uploader use. A crash of nimbus keeps it (the page cache holds it); a
+// crash of the system may lose or tear it, so Open rewrites the staged file
+// of every inline record from the record's content whenever the two differ.
+// The inline content stays in the DB until the record goes, so an Open need
+// not sync what it restores.
+//
 // # On-disk format
 //
 // The journal owns these buckets of the shared bbolt DB (and no others):
 //
 //	journal.ops        8-byte big-endian sequence number → record (JSON, "v":1)
 //	journal.conflicts  8-byte big-endian sequence number → Conflict (JSON)
+//	journal.inline     8-byte big-endian sequence number → the whole content
+//	                   of an inline PutFile (raw bytes)
 //
 // The ops bucket's bbolt sequence holds the last sequence number handed out,
 // so numbers keep increasing even when the log has drained. A record holds
 // the op (kind as a name: "put", "marker", "copy", "delete"), the staged
-// file's base name in Config.Dir, its size and SHA-256, the base the write
+// file's base name in Config.Dir, its size and SHA-256, whether its content
+// is inline (such a record is "v":2, so that a nimbus from before inlining
+// refuses it instead of missing a lost staged file), the base the write
 // is conditioned on, the commit groups it belongs to, its upload token,
 // the tokens of earlier versions it superseded that may have reached the
 // store, the PutFile's
@@ -139,4 +153,11 @@
 // across a bbolt transaction and find the structure as it left it. No lock
 // is held across a store call, an fsync of a staged file, or Config.Applied;
 // writeMu is held across bbolt's own commit (one small fsync).
+//
+// Group commit: a Commit queues its prepared ops (under queueMu, a leaf
+// lock) before it waits for writeMu. Whoever then holds writeMu records
+// every queued call in one transaction, planned as one Commit of all their
+// ops in queue order with each call's groups kept apart, and marks them
+// done; a caller that finds its call done returns its result. So while one
+// commit's fsync runs, the closes that arrive meanwhile share the next.
 package journal

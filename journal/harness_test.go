@@ -259,6 +259,7 @@ func (m *machine) open(opts ...func(*Config)) {
 		MinBackoff:  10 * time.Millisecond,
 		MaxBackoff:  50 * time.Millisecond,
 		UploadDelay: -1, // uploads start at once unless a test sets one
+		SpareFiles:  -1, // tests count staged files; spare_test.go has the spares
 		Now:         func() time.Time { return t0 },
 		Logger:      slog.New(slog.NewTextHandler(m.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", m.host),
 		Applied: func(r Result) {

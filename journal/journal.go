@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -81,6 +82,15 @@ type Config struct {
 	// (see coalesce.go); WaitIdle does not wait for it. Zero means
 	// DefaultUploadDelay; negative, none.
 	UploadDelay time.Duration
+	// InlineLimit is the largest staged content (in bytes) that Commit
+	// stores in the record itself instead of fsyncing the staged file and
+	// the staging folder (see "Durability" in the package doc). Zero
+	// means DefaultInlineLimit; negative, never.
+	InlineLimit int64
+	// SpareFiles is how many empty staging files StagingFile keeps made
+	// ahead, so that a caller does not wait for the create (spare.go).
+	// Zero means DefaultSpareFiles; negative, none.
+	SpareFiles int
 	// Applied, if set, is called after an op completed, before its record
 	// and staged file are removed, so that the caller can update its
 	// metadata while Pending still shows the op. It runs on an uploader
@@ -358,6 +368,9 @@ type Journal struct {
 	log         *slog.Logger
 	applied     func(Result)
 	uploadDelay time.Duration
+	inlineLimit int64 // negative: never inline
+	spareFiles  int   // negative: none
+	spares      spares
 
 	// syncFile and syncDir make data durable; tests replace them (right
 	// after Open) to check that Commit calls them before it records.
@@ -367,6 +380,16 @@ type Journal struct {
 	// writeMu serialises the journal's bbolt writes with the structural
 	// changes of the in-memory state that mirror them.
 	writeMu sync.Mutex
+	// queueMu guards commitQ and completeQ: the Commit calls and the
+	// finished ops waiting for writeMu, which the next holder records
+	// together (group commit). A leaf lock.
+	queueMu   sync.Mutex
+	commitQ   []*commitRequest // GUARDED_BY(queueMu)
+	completeQ []*completion    // GUARDED_BY(queueMu): finished ops to record
+	// commitTxs and completeTxs count the bbolt transactions of Commit
+	// calls and of completions (tests).
+	commitTxs, completeTxs atomic.Int64
+
 	lastSeq uint64 // GUARDED_BY(writeMu)
 
 	mu      sync.Mutex
@@ -383,6 +406,7 @@ type Journal struct {
 	copies       map[string]bool      // GUARDED_BY(mu); keys of the conflicted copies made
 	outage       outage               // GUARDED_BY(mu)
 	flushing     int                  // GUARDED_BY(mu); WaitIdle calls running: no upload delay
+	lastCommit   time.Time            // GUARDED_BY(mu); of the last Commit transaction (coalesce.go)
 	keyDelays    map[string]*keyDelay // GUARDED_BY(mu); upload delays of recently uploaded keys
 	changed      chan struct{}        // GUARDED_BY(mu); closed and replaced on every change
 	wake         chan struct{}        // capacity 1, never closed: nudges the dispatcher
@@ -418,6 +442,8 @@ func Open(cfg Config) (*Journal, error) {
 		log:         cfg.Logger,
 		applied:     cfg.Applied,
 		uploadDelay: cfg.UploadDelay,
+		inlineLimit: cfg.InlineLimit,
+		spareFiles:  cfg.SpareFiles,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
 		entries:     map[uint64]*entry{},
@@ -436,6 +462,12 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	if j.concurrency <= 0 {
 		j.concurrency = 4
+	}
+	if j.inlineLimit == 0 {
+		j.inlineLimit = DefaultInlineLimit
+	}
+	if j.spareFiles == 0 {
+		j.spareFiles = DefaultSpareFiles
 	}
 	if j.minBackoff <= 0 {
 		j.minBackoff = time.Second
@@ -458,6 +490,13 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	j.lastSeq = l.lastSeq
 	j.conflicts = l.conflicts
+	restored, err := restoreInline(cfg.DB, dir, l.records)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if restored > 0 {
+		j.log.Info("restored staged files from their inline records", "count", restored)
+	}
 	recorded, err := readConflicts(cfg.DB)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
@@ -528,8 +567,8 @@ func shortHostname() string {
 }
 
 // Close stops Run (waiting for it to return) and makes later Commits fail
-// with ErrClosed. It does not close the DB, which the caller owns. Pending
-// ops stay recorded for the next Open.
+// with ErrClosed, and removes the spare staging files. It does not close the
+// DB, which the caller owns. Pending ops stay recorded for the next Open.
 func (j *Journal) Close() error {
 	j.writeMu.Lock()
 	j.mu.Lock()
@@ -541,6 +580,7 @@ func (j *Journal) Close() error {
 		stop()
 		<-done
 	}
+	j.closeSpares()
 	return nil
 }
 

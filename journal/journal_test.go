@@ -48,7 +48,8 @@ func TestUploadStoresContentAndHash(t *testing.T) {
 // records are written, and what it returned for survives a restart.
 func TestCommitIsDurableBeforeReturn(t *testing.T) {
 	r := newRemote(t)
-	m := newMachine(t, r.root, "laptop")
+	// Content that is not inlined (inline_test.go has the other case).
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.InlineLimit = -1 })
 	a, b := m.file("first"), m.file("second")
 
 	var mu sync.Mutex

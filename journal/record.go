@@ -1,11 +1,14 @@
 package journal
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -28,11 +31,20 @@ var (
 	opsBucket = []byte("journal.ops")
 	// conflictsBucket maps seqKey(n) to an encoded Conflict.
 	conflictsBucket = []byte("journal.conflicts")
+	// inlineBucket maps seqKey(seq) to the whole content of a PutFile
+	// whose record says Inline: the durable copy of a small staged file.
+	inlineBucket = []byte("journal.inline")
 )
 
-// recordVersion is written in every record; a record of another version is
-// refused at Open rather than misread.
-const recordVersion = 1
+// recordVersion is written in every record whose content is in its staged
+// file; a record of another version is refused at Open rather than misread.
+// inlineVersion is written in a record whose content is in inlineBucket, so
+// that a nimbus from before inlining refuses it instead of finding its
+// staged file gone after a system crash.
+const (
+	recordVersion = 1
+	inlineVersion = 2
+)
 
 // record is one committed op as stored in journal.ops.
 type record struct {
@@ -68,7 +80,10 @@ type record struct {
 	// existed have none, and are uploaded whole.
 	Delta *delta `json:"delta,omitempty"`
 	// Partial (PutFile, optional) is Op.Partial.
-	Partial   *partial  `json:"partial,omitempty"`
+	Partial *partial `json:"partial,omitempty"`
+	// Inline (PutFile) says the content is in inlineBucket: the staged
+	// file was not synced, and Open writes it again from there.
+	Inline    bool      `json:"inline,omitempty"`
 	Committed time.Time `json:"committed"`
 	// ConflictTime and ConflictReason are set once the uploader decided
 	// that this op conflicts, before it uploads the conflicted copy, so
@@ -199,6 +214,9 @@ func seqKey(seq uint64) []byte {
 
 func encodeRecord(r *record) ([]byte, error) {
 	r.V = recordVersion
+	if r.Inline {
+		r.V = inlineVersion
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("encode journal record %d: %w", r.Seq, err)
@@ -214,8 +232,8 @@ func decodeRecord(k, v []byte) (record, error) {
 	if err := json.Unmarshal(v, &r); err != nil {
 		return r, fmt.Errorf("decode journal record %d: %w", binary.BigEndian.Uint64(k), err)
 	}
-	if r.V != recordVersion {
-		return r, fmt.Errorf("journal record %d has version %d, this nimbus reads version %d", r.Seq, r.V, recordVersion)
+	if (r.V != recordVersion && r.V != inlineVersion) || (r.V == inlineVersion) != r.Inline {
+		return r, fmt.Errorf("journal record %d has version %d, this nimbus reads versions %d and %d (inline content)", r.Seq, r.V, recordVersion, inlineVersion)
 	}
 	if r.Seq != binary.BigEndian.Uint64(k) {
 		return r, fmt.Errorf("journal record under key %d says it is %d", binary.BigEndian.Uint64(k), r.Seq)
@@ -234,9 +252,24 @@ func putRecord(tx *bbolt.Tx, r *record) error {
 	return nil
 }
 
+// putInline stores the content of the inline record seq.
+func putInline(tx *bbolt.Tx, seq uint64, content []byte) error {
+	if content == nil {
+		content = []byte{} // bbolt refuses a nil value; empty content is content
+	}
+	if err := tx.Bucket(inlineBucket).Put(seqKey(seq), content); err != nil {
+		return fmt.Errorf("write inline content of journal record %d: %w", seq, err)
+	}
+	return nil
+}
+
+// deleteRecord removes record seq and its inline content, if any.
 func deleteRecord(tx *bbolt.Tx, seq uint64) error {
 	if err := tx.Bucket(opsBucket).Delete(seqKey(seq)); err != nil {
 		return fmt.Errorf("delete journal record %d: %w", seq, err)
+	}
+	if err := tx.Bucket(inlineBucket).Delete(seqKey(seq)); err != nil {
+		return fmt.Errorf("delete inline content of journal record %d: %w", seq, err)
 	}
 	return nil
 }
@@ -279,7 +312,7 @@ type loaded struct {
 func initBuckets(db *bbolt.DB) (loaded, error) {
 	var l loaded
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{opsBucket, conflictsBucket} {
+		for _, name := range [][]byte{opsBucket, conflictsBucket, inlineBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -318,4 +351,34 @@ func readConflicts(db *bbolt.DB) ([]Conflict, error) {
 		})
 	})
 	return out, err
+}
+
+// restoreInline makes the staged file of every inline record hold its
+// content again: a system crash may have lost the unsynced file, or part of
+// it. The file is not synced: until the record goes, inlineBucket stays the
+// durable copy, and the next Open restores it again.
+func restoreInline(db *bbolt.DB, dir string, records []record) (restored int, err error) {
+	err = db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(inlineBucket)
+		for i := range records {
+			r := &records[i]
+			if !r.Inline {
+				continue
+			}
+			content := b.Get(seqKey(r.Seq))
+			if content == nil {
+				return fmt.Errorf("journal record %d (%q) has lost its inline content", r.Seq, r.Key)
+			}
+			path := filepath.Join(dir, r.Staged)
+			if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, content) {
+				continue
+			}
+			if err := os.WriteFile(path, content, 0o600); err != nil {
+				return fmt.Errorf("restore staged file of journal record %d: %w", r.Seq, err)
+			}
+			restored++
+		}
+		return nil
+	})
+	return restored, err
 }

@@ -290,6 +290,9 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		if e.due.After(now) {
 			return e.due.Sub(now)
 		}
+		if wait := j.heldByBurstLocked(e, now); wait > 0 {
+			return wait // the oldest due op first: the others wait too
+		}
 		heap.Pop(&j.ready)
 		e.state = stateUploading
 		e.maybeSent = true

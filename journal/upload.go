@@ -97,68 +97,127 @@ func (j *Journal) classify(ctx context.Context, err error) failure {
 }
 
 // complete reports a finished op, then removes its record, resolves the
-// ops chained to it, and stores a conflict, all in one transaction.
+// ops chained to it, and stores a conflict, all in one transaction, which
+// completions that arrive meanwhile share (group commit, as for Commit).
 func (j *Journal) complete(e *entry, rec record, out outcome) {
 	res := Result{Seq: rec.Seq, Op: j.opOf(&rec), Info: out.info, Conflict: out.conflict, Dropped: out.dropped}
 	if j.applied != nil {
 		j.applied(res)
 	}
 
+	c := &completion{e: e, rec: rec, out: out}
+	j.queueMu.Lock()
+	j.completeQ = append(j.completeQ, c)
+	j.queueMu.Unlock()
 	j.writeMu.Lock()
-	j.mu.Lock()
-	resolved := j.resolveFollowersLocked(&rec, out)
-	j.mu.Unlock()
-	err := j.db.Update(func(tx *bbolt.Tx) error {
-		if err := deleteRecord(tx, rec.Seq); err != nil {
-			return err
-		}
-		for _, f := range resolved {
-			if err := putRecord(tx, &f.rec); err != nil {
-				return err
-			}
-		}
-		if out.conflict != nil {
-			return putConflict(tx, out.conflict)
-		}
-		return nil
-	})
-	if err != nil {
-		j.writeMu.Unlock()
-		// The op will run again and find its own result (idempotent).
-		j.failed(e, fmt.Errorf("record completion: %w", err), failRetry)
-		return
+	if !c.done {
+		j.completeQueuedLocked()
 	}
-	// Remove the content before the op leaves the in-memory state, so that
-	// once WaitIdle says idle nothing is left behind. An unlink is cheap
-	// enough to do under writeMu.
-	if rec.Staged != "" {
-		if err := os.Remove(j.stagedPath(rec.Staged)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			// Unreferenced now; Open removes it.
-			j.log.Warn("remove uploaded staged file", "file", rec.Staged, "err", err)
-		}
-	}
-	j.mu.Lock()
-	for _, f := range resolved {
-		f.e.rec = f.rec
-	}
-	j.uploading--
-	j.removeLocked(e)
-	if out.conflict != nil {
-		j.conflicts++
-		if out.conflict.ConflictKey != "" {
-			j.copies[out.conflict.ConflictKey] = true
-		}
-	}
-	j.storeAnsweredLocked()
-	j.notifyLocked()
-	j.mu.Unlock()
+	err := c.err
 	j.writeMu.Unlock()
 	switch {
+	case err != nil:
+		// The op will run again and find its own result (idempotent).
+		j.failed(e, fmt.Errorf("record completion: %w", err), failRetry)
 	case out.conflict != nil:
 		j.log.Warn("conflict", "op", rec.Kind, "key", rec.Key, "seq", rec.Seq,
 			"conflict_key", out.conflict.ConflictKey, "reason", out.conflict.Reason, "dropped", out.dropped)
 	default:
 		j.log.Info("op done", "op", rec.Kind, "key", rec.Key, "seq", rec.Seq, "etag", out.info.ETag, "size", out.info.Size)
+	}
+}
+
+// completion is a finished op waiting in Journal.completeQ.
+type completion struct {
+	e    *entry
+	rec  record
+	out  outcome
+	done bool  // GUARDED_BY(writeMu): recorded, or failed
+	err  error // GUARDED_BY(writeMu)
+}
+
+// completeQueuedLocked records every queued completion in one transaction
+// and then removes their ops, marking each done. Callers hold writeMu.
+func (j *Journal) completeQueuedLocked() {
+	j.queueMu.Lock()
+	batch := j.completeQ
+	j.completeQ = nil
+	j.queueMu.Unlock()
+
+	// Ops that completed together were uploading at once, so none waits
+	// for another; but one follower may wait for two of them (a Copy's
+	// key and source): its record is resolved by each in turn.
+	j.mu.Lock()
+	resolved := map[*entry]*record{}
+	var order []*entry
+	for _, c := range batch {
+		for _, f := range j.resolveFollowersLocked(&c.rec, c.out, resolved) {
+			if resolved[f.e] == nil {
+				order = append(order, f.e)
+			}
+			r := f.rec
+			resolved[f.e] = &r
+		}
+	}
+	j.mu.Unlock()
+	j.completeTxs.Add(1)
+	err := j.db.Update(func(tx *bbolt.Tx) error {
+		for _, c := range batch {
+			if err := deleteRecord(tx, c.rec.Seq); err != nil {
+				return err
+			}
+		}
+		for _, f := range order {
+			if err := putRecord(tx, resolved[f]); err != nil {
+				return err
+			}
+		}
+		for _, c := range batch {
+			if c.out.conflict != nil {
+				if err := putConflict(tx, c.out.conflict); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range batch {
+			c.done, c.err = true, err
+		}
+		return
+	}
+	// Remove the content before the op leaves the in-memory state, so that
+	// once WaitIdle says idle nothing is left behind. An unlink is cheap
+	// enough to do under writeMu.
+	for _, c := range batch {
+		if c.rec.Staged != "" {
+			if err := os.Remove(j.stagedPath(c.rec.Staged)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				// Unreferenced now; Open removes it.
+				j.log.Warn("remove uploaded staged file", "file", c.rec.Staged, "err", err)
+			}
+		}
+	}
+	j.mu.Lock()
+	for _, f := range order {
+		f.rec = *resolved[f]
+	}
+	for _, c := range batch {
+		j.uploading--
+		j.removeLocked(c.e)
+		if c.out.conflict != nil {
+			j.conflicts++
+			if c.out.conflict.ConflictKey != "" {
+				j.copies[c.out.conflict.ConflictKey] = true
+			}
+		}
+		c.done = true
+	}
+	j.storeAnsweredLocked()
+	j.notifyLocked()
+	j.mu.Unlock()
+	if len(batch) > 1 {
+		j.log.Debug("completions grouped", "ops", len(batch))
 	}
 }
 
@@ -171,13 +230,20 @@ type resolvedFollower struct {
 // resolveFollowersLocked computes the records of the ops chained to rec,
 // with the chain replaced by what rec produced. They wait on rec's key, so
 // they are in its queue and none is uploading.
-func (j *Journal) resolveFollowersLocked(rec *record, out outcome) []resolvedFollower {
+//
+// A follower already resolved by another op of the same group commit
+// (resolved) starts from that new record.
+func (j *Journal) resolveFollowersLocked(rec *record, out outcome, resolved map[*entry]*record) []resolvedFollower {
 	var res []resolvedFollower
 	for _, f := range j.keyQ[rec.Key] {
-		if f.rec.Seq == rec.Seq || (f.rec.Base.After != rec.Seq && f.rec.SrcAfter != rec.Seq) {
+		cur := &f.rec
+		if r := resolved[f]; r != nil {
+			cur = r
+		}
+		if cur.Seq == rec.Seq || (cur.Base.After != rec.Seq && cur.SrcAfter != rec.Seq) {
 			continue
 		}
-		r := f.rec
+		r := *cur
 		r.Groups = slices.Clone(r.Groups)
 		if r.Base.After == rec.Seq {
 			r.Base = out.next
