@@ -6,10 +6,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.etcd.io/bbolt"
 
 	"github.com/nimbus-fs/nimbus/backend/faulty"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // commitsQueued is how many Commit calls wait for the group commit.
@@ -71,7 +73,7 @@ func TestConcurrentCommitsShareOneTransaction(t *testing.T) {
 			mu.Unlock()
 		}()
 	}
-	eventually(t, "all commits queued", func() bool { return m.commitsQueued() == n })
+	wait.Until(t, 10*time.Second, "all commits queued", func() bool { return m.commitsQueued() == n })
 	mu.Lock()
 	if returned != 0 {
 		t.Errorf("%d commits returned while the writer lock was held", returned)
@@ -118,7 +120,7 @@ func TestGroupCommitFailsOnlyTheBadCall(t *testing.T) {
 			defer wg.Done()
 			errs[i] = m.j.Commit(op)
 		}()
-		eventually(t, "queued", func() bool { return m.commitsQueued() == i+1 })
+		wait.Until(t, 10*time.Second, "queued", func() bool { return m.commitsQueued() == i+1 })
 	}
 	commit(0, Op{Kind: PutFile, Key: "a", Staged: shared})
 	commit(1, Op{Kind: PutFile, Key: "b", Staged: shared})
@@ -175,7 +177,7 @@ func TestCompletionsShareOneTransaction(t *testing.T) {
 	m.j.writeMu.Lock()
 	before := m.j.completeTxs.Load()
 	gate.release()
-	eventually(t, "all completions queued", func() bool { return m.completionsQueued() == len(keys) })
+	wait.Until(t, 10*time.Second, "all completions queued", func() bool { return m.completionsQueued() == len(keys) })
 	m.j.writeMu.Unlock()
 	m.waitIdle()
 	if got := m.j.completeTxs.Load() - before; got != 2 {

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // StagingFile hands out files made ahead in the background; Close removes
@@ -18,7 +21,7 @@ func TestStagingFileHandsOutSpares(t *testing.T) {
 	}
 	defer first.Close()
 	var spares []string
-	eventually(t, "3 spares made", func() bool {
+	wait.Until(t, 10*time.Second, "3 spares made", func() bool {
 		spares = slices.DeleteFunc(m.stagedFiles(), func(n string) bool { return n == filepath.Base(first.Name()) })
 		return len(spares) == 3
 	})
@@ -42,7 +45,7 @@ func TestStagingFileHandsOutSpares(t *testing.T) {
 	m.run()
 	m.waitIdle()
 	r.assertFiles(map[string]string{"s.txt": "from a spare"})
-	eventually(t, "refilled", func() bool { return len(m.stagedFiles()) == 4 }) // first + 3
+	wait.Until(t, 10*time.Second, "refilled", func() bool { return len(m.stagedFiles()) == 4 }) // first + 3
 
 	// A crash leaves the spares: the next Open removes them, and only
 	// them (first is not committed either: garbage too).
@@ -60,7 +63,7 @@ func TestStagingFileHandsOutSpares(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kept.Close()
-	eventually(t, "2 spares made", func() bool { return len(m.stagedFiles()) == 3 })
+	wait.Until(t, 10*time.Second, "2 spares made", func() bool { return len(m.stagedFiles()) == 3 })
 	if err := m.j.Close(); err != nil {
 		t.Fatal(err)
 	}
