@@ -184,11 +184,13 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		}
 		// The content can move while it is copied: an upload finishes and
 		// its staged file goes, a renamed file's copy completes and its
-		// source is deleted. Then it is found again where it went.
+		// source is deleted. Then it is found again where it went. The
+		// journal moves it before it removes the old place (Applied
+		// records the new version first), so a changed place is already
+		// readable: no wait.
 		if attempt >= maxResolve || !isGone(err) || n.source().place == src.place {
 			return err
 		}
-		time.Sleep(time.Duration(attempt) * time.Millisecond) // the journal is mid-step
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
