@@ -44,6 +44,7 @@ type preparedOp struct {
 	staged string // base name in Config.Dir
 	size   int64
 	sha256 string
+	stream *stream // Op.Stream sealed, when usable
 }
 
 // Commit durably records ops, to be applied in order, and returns once they
@@ -66,6 +67,7 @@ func (j *Journal) Commit(ops ...Op) error {
 	}
 	prepared, err := j.prepare(ops)
 	if err != nil {
+		abortStreams(ops)
 		return err
 	}
 
@@ -74,6 +76,7 @@ func (j *Journal) Commit(ops ...Op) error {
 	if j.closed {
 		j.mu.Unlock()
 		j.writeMu.Unlock()
+		abortStreams(ops)
 		return ErrClosed
 	}
 	p, err := j.planLocked(prepared)
@@ -81,6 +84,7 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.mu.Unlock()
 	if err != nil {
 		j.writeMu.Unlock()
+		abortStreams(ops)
 		return err
 	}
 	var cleared []Conflict
@@ -112,6 +116,7 @@ func (j *Journal) Commit(ops ...Op) error {
 		}
 		j.mu.Unlock()
 		j.writeMu.Unlock()
+		abortStreams(ops)
 		return fmt.Errorf("journal: record %d op(s): %w", len(ops), err)
 	}
 	j.lastSeq = p.lastSeq
@@ -143,6 +148,7 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.notifyLocked()
 	j.mu.Unlock()
 	j.writeMu.Unlock()
+	j.releaseStreams(p.removed...)
 
 	for _, c := range logged {
 		j.log.Debug("op committed", "op", c.kind, "key", c.key, "seq", c.seq, "chained_to", c.base)
@@ -188,9 +194,16 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		if op.SHA256 != "" {
+			out[i].size, out[i].sha256, err = j.syncHashed(j.stagedPath(name), op.SHA256) // stream_commit.go
+		} else {
+			out[i].size, out[i].sha256, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+		if op.Stream != nil {
+			out[i].stream = sealStream(op, out[i].size) // stream_commit.go
 		}
 		if err := checkPartial(op.Partial, out[i].size); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
@@ -267,7 +280,7 @@ func validate(op Op) error {
 	if op.Kind != PutFile && op.Partial != nil {
 		return fmt.Errorf("%s takes no partial content", op.Kind)
 	}
-	return nil
+	return validateStream(op) // stream_commit.go
 }
 
 // checkPartial checks a PutFile's partial content against its staged
@@ -529,6 +542,9 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			Partial:   newPartial(op.Partial),
 			Committed: now,
 		})
+		if op.stream != nil {
+			e.rec.Stream, e.rec.Token, e.stream = op.stream, op.Stream.token, op.Stream
+		}
 		if prev := v.newestWriter(op.Key); prev != nil {
 			canReplace := prev.state != stateUploading && v.isLast(prev)
 			switch {

@@ -68,7 +68,10 @@ type record struct {
 	// existed have none, and are uploaded whole.
 	Delta *delta `json:"delta,omitempty"`
 	// Partial (PutFile, optional) is Op.Partial.
-	Partial   *partial  `json:"partial,omitempty"`
+	Partial *partial `json:"partial,omitempty"`
+	// Stream (PutFile, optional) is the early upload of the content
+	// (stream.go). Records written before it existed have none.
+	Stream    *stream   `json:"stream,omitempty"`
 	Committed time.Time `json:"committed"`
 	// ConflictTime and ConflictReason are set once the uploader decided
 	// that this op conflicts, before it uploads the conflicted copy, so
