@@ -735,8 +735,12 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	partSize, err := envPartSize()
+	if err != nil {
+		return nil, err
+	}
 	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region,
-		VirtualHost: o.virtualHost, Encryption: enc})
+		VirtualHost: o.virtualHost, Encryption: enc, PartSize: partSize})
 	if err == nil && o.store.at != "" {
 		return atView(ctx, o, st)
 	}
