@@ -67,8 +67,9 @@ import (
 	"github.com/nimbus-fs/nimbus/backend"
 )
 
-// StreamConcurrency bounds the parts of one Stream in flight at once.
-const StreamConcurrency = 4
+// StreamConcurrency bounds the parts of one Stream in flight at once: the
+// transfer manager's default, which the raw multipart upload uses too.
+const StreamConcurrency = 8
 
 // streamsBucket maps an upload ID to the registration of a multipart
 // upload a Stream created (streamReg).
