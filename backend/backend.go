@@ -350,6 +350,15 @@ type PartUploader interface {
 	// AbortUpload discards the upload and its parts. An upload already
 	// gone is not an error.
 	AbortUpload(ctx context.Context, key, uploadID string) error
+	// ListUploads returns the uploads of exactly key that are neither
+	// completed nor aborted (whoever started them).
+	ListUploads(ctx context.Context, key string) ([]Upload, error)
+}
+
+// Upload is a multipart upload in progress.
+type Upload struct {
+	ID        string
+	Initiated time.Time
 }
 
 // Parts returns b as a PartUploader when it takes parts (PartSize > 0).

@@ -121,3 +121,88 @@ func TestWriteStreamsParts(t *testing.T) {
 		}
 	})
 }
+
+// openUploads lists the multipart uploads open in the bucket.
+func (e *env) openUploads(t *testing.T) []string {
+	t.Helper()
+	out, err := e.s3.ListMultipartUploads(t.Context(), &awss3.ListMultipartUploadsInput{Bucket: &e.bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, *u.Key)
+	}
+	return keys
+}
+
+// TestWriteStreamsCrash kills nimbus (SIGKILL) while one file is being
+// written, with parts of it sent, and just after another was closed, before
+// its upload could complete. After the restart the closed file is in the
+// bucket exactly, the unclosed one (never acknowledged) is not, and no
+// multipart upload is left open: the journal aborts those no record names.
+func TestWriteStreamsCrash(t *testing.T) {
+	e := newEnv(t)
+	cacheDir := t.TempDir()
+	env := []string{"NIMBUS_S3_PART_SIZE=5MiB"}
+	m := e.mount(mountOpt{cacheDir: cacheDir, env: env})
+
+	closed := make([]byte, 2*streamPartSize+777)
+	if _, err := io.ReadFull(pattern{seed: 81, size: int64(len(closed))}.reader(), closed); err != nil {
+		t.Fatal(err)
+	}
+	open := make([]byte, 3*streamPartSize)
+	if _, err := io.ReadFull(pattern{seed: 82, size: int64(len(open))}.reader(), open); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.Create(m.path("unclosed.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	writeSequentially(t, w, open)
+	deadline := time.Now().Add(time.Minute)
+	for len(e.openUploads(t)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no multipart upload started while unclosed.bin was written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f, err := os.Create(m.path("closed.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeSequentially(t, f, closed)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	killNimbus(t, m) // within the 1 s upload delay of closed.bin
+	w.Close()        // fails on the dead mount: nothing was acknowledged
+	detachDead(t, m)
+	if _, ok := e.objects()["closed.bin"]; ok {
+		t.Log("closed.bin was uploaded before the kill; the restart has nothing to complete")
+	}
+
+	first := m
+	m = e.mount(mountOpt{cacheDir: cacheDir, env: env, args: []string{"-v"}})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log before the kill:\n%s\nlog after the restart:\n%s", first.stderr, m.stderr)
+		}
+	})
+	m.sync(2 * time.Minute)
+	objs := e.objects()
+	if !bytes.Equal(objs["closed.bin"], closed) {
+		t.Fatalf("closed.bin after the restart: %d bytes, want the %d written", len(objs["closed.bin"]), len(closed))
+	}
+	if _, ok := objs["unclosed.bin"]; ok {
+		t.Fatal("unclosed.bin, never closed before the kill, is in the bucket")
+	}
+	deadline = time.Now().Add(time.Minute)
+	for left := e.openUploads(t); len(left) != 0; left = e.openUploads(t) {
+		if time.Now().After(deadline) {
+			t.Fatalf("multipart uploads left open after the restart: %v", left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -44,13 +44,18 @@ package journal
 // loses one.
 //
 // Leftovers. An upload that is neither completed nor aborted keeps its
-// parts (and S3 bills them). Every upload a Stream creates is registered in
-// the journal.streams bucket (upload ID → key) as soon as it exists, and
-// unregistered once completed or aborted; after a crash, Run aborts the
-// registered uploads that no pending record names (abortOrphans). Only an
-// upload created just before a crash, before its registration, escapes
-// that: a bucket lifecycle rule (AbortIncompleteMultipartUpload) is the
-// backstop, as for the transfer manager's own uploads.
+// parts (and S3 bills them). Every Stream is registered in the
+// journal.streams bucket (by its upload token: key, time, and upload ID
+// once known) before it creates its upload, and unregistered once the
+// upload is completed or aborted. After a crash, Run aborts the registered
+// uploads that no pending record names (abortOrphans); a registration
+// without an upload ID (a crash while the upload was being created) aborts
+// the uploads of its key that the store lists as started within
+// orphanWindow of it. Such an upload could be another client's, racing on
+// the same key at that moment: it then fails with NoSuchUpload, which every
+// writer here retries, and nothing is lost. Uploads nimbus never registered
+// (the transfer manager's own, of a Put cut short by a crash) are left to a
+// bucket lifecycle rule (AbortIncompleteMultipartUpload).
 
 import (
 	"context"
@@ -71,17 +76,23 @@ import (
 // transfer manager's default, which the raw multipart upload uses too.
 const StreamConcurrency = 8
 
-// streamsBucket maps an upload ID to the registration of a multipart
-// upload a Stream created (streamReg).
+// streamsBucket maps a Stream's upload token to its registration
+// (streamReg).
 var streamsBucket = []byte("journal.streams")
+
+// orphanWindow: an upload of a registered key started this close to the
+// registration (either way, for clock skew) is taken for the Stream's.
+const orphanWindow = 5 * time.Minute
 
 // streamAbortTimeout bounds an abort, which runs on a context of its own.
 const streamAbortTimeout = 30 * time.Second
 
-// streamReg is a registered upload, for abortOrphans.
+// streamReg is a registered Stream, for abortOrphans.
 type streamReg struct {
 	Key     string    `json:"key"`
 	Created time.Time `json:"created"`
+	// UploadID is "" while the upload is being created.
+	UploadID string `json:"upload_id,omitempty"`
 }
 
 // stream is the persisted form of an op's early upload.
@@ -226,7 +237,7 @@ func (s *Stream) abortUpload() {
 	s.mu.Unlock()
 	s.forget()
 	if id != "" {
-		s.j.abortUpload(s.key, id)
+		s.j.abortUpload(s.key, id, s.token)
 	}
 }
 
@@ -253,13 +264,22 @@ func (s *Stream) checkSettledLocked() {
 	}
 }
 
-// create creates the upload and registers it.
+// create registers the Stream, creates the upload, and registers its ID.
 func (s *Stream) create() {
-	id, err := s.up.CreateUpload(s.ctx, s.key, s.meta)
+	reg := streamReg{Key: s.key, Created: time.Now()}
+	err := s.j.register(s.token, reg)
+	var id string
 	if err == nil {
-		if err = s.j.registerUpload(id, s.key); err != nil {
-			// Unregistered, it could be left behind: not worth the risk.
-			s.j.abortUpload(s.key, id)
+		// A failure leaves the registration: the upload may exist all
+		// the same (a lost answer), and abortOrphans looks for it.
+		id, err = s.up.CreateUpload(s.ctx, s.key, s.meta)
+	}
+	if err == nil {
+		reg.UploadID = id
+		if err = s.j.register(s.token, reg); err != nil {
+			// Its intent is registered: abortOrphans would find it. No
+			// need to wait for that.
+			s.j.abortUpload(s.key, id, s.token)
 			id = ""
 		}
 	}
@@ -361,39 +381,47 @@ func (s *Stream) finish(ctx context.Context) (string, []backend.Part, error) {
 	return s.id, s.sentLocked(), nil
 }
 
-// registerUpload records that upload id of key exists.
-func (j *Journal) registerUpload(id, key string) error {
-	v, err := json.Marshal(streamReg{Key: key, Created: time.Now()})
+// register records the Stream of upload token.
+func (j *Journal) register(token string, r streamReg) error {
+	v, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return j.db.Update(func(tx *bbolt.Tx) error {
+	err = j.db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(streamsBucket)
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), v)
+		return b.Put([]byte(token), v)
 	})
+	if err != nil {
+		return fmt.Errorf("register the upload of %q: %w", r.Key, err)
+	}
+	return nil
 }
 
-// unregisterUpload forgets upload id, completed or aborted.
-func (j *Journal) unregisterUpload(id string) {
+// unregister forgets the Stream of upload token: its upload was completed
+// or aborted.
+func (j *Journal) unregister(token string) {
+	if token == "" {
+		return
+	}
 	err := j.db.Update(func(tx *bbolt.Tx) error {
 		if b := tx.Bucket(streamsBucket); b != nil {
-			return b.Delete([]byte(id))
+			return b.Delete([]byte(token))
 		}
 		return nil
 	})
 	if err != nil {
 		// abortOrphans tries the abort again, which is harmless.
-		j.log.Warn("unregister a multipart upload", "upload_id", id, "err", err)
+		j.log.Warn("unregister a streamed upload", "err", err)
 	}
 }
 
 // abortUpload aborts upload id of key on a context of its own, and
-// unregisters it once gone. A failure leaves it registered, for
-// abortOrphans.
-func (j *Journal) abortUpload(key, id string) {
+// unregisters its Stream (upload token) once it is gone. A failure leaves
+// it registered, for abortOrphans.
+func (j *Journal) abortUpload(key, id, token string) {
 	up, ok := backend.Parts(j.store)
 	if !ok {
 		return
@@ -404,14 +432,15 @@ func (j *Journal) abortUpload(key, id string) {
 		j.log.Warn("cannot abort a streamed upload; it is tried again at the next mount", "key", key, "upload_id", id, "err", err)
 		return
 	}
-	j.unregisterUpload(id)
+	j.unregister(token)
 	j.log.Debug("streamed upload aborted", "key", key, "upload_id", id)
 }
 
 // abortOrphans aborts the registered uploads that no pending op and no live
 // Stream uses: left by a crash. Run calls it once.
 func (j *Journal) abortOrphans(ctx context.Context) {
-	if _, ok := backend.Parts(j.store); !ok {
+	up, ok := backend.Parts(j.store)
+	if !ok {
 		return
 	}
 	regs := map[string]streamReg{}
@@ -435,22 +464,46 @@ func (j *Journal) abortOrphans(ctx context.Context) {
 	}
 	j.mu.Lock()
 	for _, e := range j.entries {
-		if st := e.rec.Stream; st != nil {
-			delete(regs, st.UploadID)
+		// A record that names its upload completes or aborts it; one
+		// committed before its upload existed does not know it.
+		if st := e.rec.Stream; st != nil && st.UploadID != "" {
+			delete(regs, e.rec.Token)
 		}
 	}
 	for s := range j.liveStreams {
-		s.mu.Lock()
-		delete(regs, s.id)
-		s.mu.Unlock()
+		delete(regs, s.token)
 	}
 	j.mu.Unlock()
-	for id, r := range regs {
+	for token, r := range regs {
 		if ctx.Err() != nil {
 			return
 		}
-		j.log.Info("aborting a streamed upload left by a crash", "key", r.Key, "upload_id", id, "created", r.Created)
-		j.abortUpload(r.Key, id)
+		if r.UploadID != "" {
+			j.log.Info("aborting a streamed upload left by a crash", "key", r.Key, "upload_id", r.UploadID, "created", r.Created)
+			j.abortUpload(r.Key, r.UploadID, token)
+			continue
+		}
+		// A crash while the upload was being created: it may exist.
+		ups, err := up.ListUploads(ctx, r.Key)
+		if err != nil {
+			j.log.Warn("cannot list the uploads of a key to abort one left by a crash; tried again at the next mount", "key", r.Key, "err", err)
+			continue
+		}
+		left := false
+		for _, u := range ups {
+			if d := u.Initiated.Sub(r.Created); d > -orphanWindow && d < orphanWindow {
+				j.log.Info("aborting a streamed upload left by a crash while it was created", "key", r.Key, "upload_id", u.ID, "initiated", u.Initiated)
+				actx, cancel := context.WithTimeout(ctx, streamAbortTimeout)
+				if err := up.AbortUpload(actx, r.Key, u.ID); err != nil {
+					j.log.Warn("cannot abort a streamed upload; it is tried again at the next mount", "key", r.Key, "upload_id", u.ID, "err", err)
+					left = true
+				}
+				cancel()
+			}
+		}
+		if !left {
+			j.unregister(token)
+		}
 	}
 }
 
@@ -494,7 +547,7 @@ func (j *Journal) completeStream(ctx context.Context, e *entry, rec *record, f *
 	abandon := func(why error) {
 		j.log.Info("streamed upload unusable; sending the staged file", "key", rec.Key, "upload_id", id, "err", why)
 		j.dropStream(e)
-		j.abortUpload(rec.Key, id)
+		j.abortUpload(rec.Key, id, rec.Token)
 	}
 	if partSize <= 0 {
 		abandon(errors.New("no part size"))
@@ -529,12 +582,12 @@ func (j *Journal) completeStream(ctx context.Context, e *entry, rec *record, f *
 	switch {
 	case err == nil:
 		j.dropStream(e)
-		j.unregisterUpload(id)
+		j.unregister(rec.Token)
 		j.log.Debug("streamed upload completed", "key", rec.Key, "upload_id", id, "parts", n)
 		return info, nil
 	case errors.Is(err, backend.ErrPrecondition):
 		j.dropStream(e)
-		j.abortUpload(rec.Key, id)
+		j.abortUpload(rec.Key, id, rec.Token)
 		return backend.ObjectInfo{}, err
 	case backend.Retryable(err) || ctx.Err() != nil:
 		return backend.ObjectInfo{}, err
@@ -571,7 +624,7 @@ func (j *Journal) releaseStreams(es ...*entry) {
 		case live != nil:
 			live.Abort()
 		case !gone && st != nil && st.UploadID != "":
-			go j.abortUpload(e.rec.Key, st.UploadID)
+			go j.abortUpload(e.rec.Key, st.UploadID, e.rec.Token)
 		}
 	}
 }

@@ -37,7 +37,8 @@ type partStore struct {
 }
 
 type fakeUpload struct {
-	key   string
+	key     string
+	created time.Time
 	meta  map[string]string
 	parts map[int][]byte
 }
@@ -56,7 +57,7 @@ func (s *partStore) CreateUpload(ctx context.Context, key string, meta map[strin
 		defer s.mu.Unlock()
 		s.nextID++
 		id = fmt.Sprintf("up%d", s.nextID)
-		s.uploads[id] = &fakeUpload{key: key, meta: cloneMeta(meta), parts: map[int][]byte{}}
+		s.uploads[id] = &fakeUpload{key: key, created: time.Now(), meta: cloneMeta(meta), parts: map[int][]byte{}}
 		return nil
 	})
 	return id, err
@@ -120,6 +121,20 @@ func (s *partStore) AbortUpload(ctx context.Context, key, id string) error {
 		delete(s.uploads, id)
 		return nil
 	})
+}
+
+func (s *partStore) ListUploads(ctx context.Context, key string) (ups []backend.Upload, err error) {
+	err = s.do(ctx, call{Op: "ListUploads", Key: key}, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for id, u := range s.uploads {
+			if u.key == key {
+				ups = append(ups, backend.Upload{ID: id, Initiated: u.created})
+			}
+		}
+		return nil
+	})
+	return ups, err
 }
 
 // open returns the IDs of the uploads not completed or aborted.
@@ -440,5 +455,50 @@ func TestNoStreamWhileOffline(t *testing.T) {
 	}
 	if n := len(ops(m, "CreateUpload")); n != 0 || len(ps.open()) != 0 {
 		t.Fatalf("CreateUpload calls = %d while offline", n)
+	}
+}
+
+// A kill while the upload is being created (it exists at the store, but
+// the journal never learned its ID): the restart finds it by its key and
+// time, and aborts it.
+func TestStreamKillDuringCreationAbortsUpload(t *testing.T) {
+	r := newRemote(t)
+	m, ps := newStreamMachine(t, r.root)
+	created := newGate()
+	t.Cleanup(created.release)
+	m.hooks.setHooks(nil, func(ctx context.Context, c call, err error) error {
+		if c.Op == "CreateUpload" && err == nil {
+			if herr := created.hold(ctx, c); herr != nil {
+				return herr
+			}
+			return fmt.Errorf("the answer is lost in the crash")
+		}
+		return err
+	})
+	f, err := m.j.StagingFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if s := m.j.StartStream(f.Name(), "c.bin", nil); s == nil {
+		t.Fatal("StartStream = nil")
+	}
+	created.wait(t)
+	if len(ps.open()) != 1 {
+		t.Fatalf("open uploads = %v; want the one being created", ps.open())
+	}
+	m.kill()
+	m.hooks.setHooks(nil, nil)
+	m.open(ps.use)
+	m.run()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ps.open()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("uploads left open after the restart: %v; calls %q", ps.open(), m.hooks.log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := ops(m, "ListUploads"); !slices.Equal(got, []string{"ListUploads c.bin"}) {
+		t.Fatalf("ListUploads calls = %q; want one for the key", got)
 	}
 }

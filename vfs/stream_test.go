@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,6 +105,18 @@ func (p *partsDir) CompleteUpload(ctx context.Context, key, id string, parts []b
 		p.mu.Unlock()
 	}
 	return info, err
+}
+
+func (p *partsDir) ListUploads(_ context.Context, key string) ([]backend.Upload, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []backend.Upload
+	for id := range p.uploads {
+		if strings.HasPrefix(id, key+"#") {
+			out = append(out, backend.Upload{ID: id, Initiated: time.Now()})
+		}
+	}
+	return out, nil
 }
 
 func (p *partsDir) AbortUpload(_ context.Context, _, id string) error {

@@ -58,6 +58,16 @@ func (c *Counting) CompleteUpload(ctx context.Context, key, uploadID string, par
 	return p.CompleteUpload(ctx, key, uploadID, parts, cond)
 }
 
+// ListUploads forwards, counting nothing (a listing of uploads, not of
+// objects).
+func (c *Counting) ListUploads(ctx context.Context, key string) ([]backend.Upload, error) {
+	p, ok := backend.Parts(c.inner)
+	if !ok {
+		return nil, c.errNoParts(key)
+	}
+	return p.ListUploads(ctx, key)
+}
+
 // AbortUpload forwards, counting nothing.
 func (c *Counting) AbortUpload(ctx context.Context, key, uploadID string) error {
 	p, ok := backend.Parts(c.inner)

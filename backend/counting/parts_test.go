@@ -25,6 +25,9 @@ func (*partStore) UploadPart(_ context.Context, _, _ string, num int, _ io.Reade
 func (*partStore) CompleteUpload(_ context.Context, key, _ string, _ []backend.Part, _ backend.Cond) (backend.ObjectInfo, error) {
 	return backend.ObjectInfo{Key: key, ETag: "x"}, nil
 }
+func (*partStore) ListUploads(context.Context, string) ([]backend.Upload, error) {
+	return []backend.Upload{{ID: "id"}}, nil
+}
 func (p *partStore) AbortUpload(context.Context, string, string) error { p.aborted++; return nil }
 
 func TestPartsCounts(t *testing.T) {
@@ -54,6 +57,9 @@ func TestPartsCounts(t *testing.T) {
 	p2, _ := c.UploadPart(ctx, "k", id, 2, body, 6, 4)
 	if _, err := c.CompleteUpload(ctx, "k", id, []backend.Part{p1, p2}, backend.Cond{}); err != nil {
 		t.Fatal(err)
+	}
+	if ups, err := c.ListUploads(ctx, "k"); err != nil || len(ups) != 1 {
+		t.Fatalf("ListUploads = %v, %v; want it forwarded", ups, err)
 	}
 	if err := c.AbortUpload(ctx, "k", "other"); err != nil || inner.aborted != 1 {
 		t.Fatalf("AbortUpload = %v, %d aborts; want it forwarded", err, inner.aborted)

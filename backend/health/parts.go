@@ -58,6 +58,16 @@ func (c *Checker) CompleteUpload(ctx context.Context, key, uploadID string, part
 	return info, err
 }
 
+// ListUploads forwards; while offline it fails at once.
+func (c *Checker) ListUploads(ctx context.Context, key string) (ups []backend.Upload, err error) {
+	p, err := c.parts(key)
+	if err != nil {
+		return nil, err
+	}
+	err = c.call(func() error { ups, err = p.ListUploads(ctx, key); return err })
+	return ups, err
+}
+
 // AbortUpload forwards; while offline it fails at once.
 func (c *Checker) AbortUpload(ctx context.Context, key, uploadID string) error {
 	p, err := c.parts(key)

@@ -130,6 +130,29 @@ func (s *Store) AbortUpload(ctx context.Context, key, uploadID string) error {
 	return s.opError(ctx, "abort upload of", key, err)
 }
 
+// ListUploads implements backend.PartUploader with ListMultipartUploads
+// of the key as prefix (one request per 1,000 uploads), keeping those of
+// exactly key.
+func (s *Store) ListUploads(ctx context.Context, key string) ([]backend.Upload, error) {
+	in := &awss3.ListMultipartUploadsInput{Bucket: aws.String(s.bucket), Prefix: aws.String(key)}
+	var out []backend.Upload
+	for {
+		page, err := s.client.ListMultipartUploads(ctx, in, s.uploader.ClientOptions...)
+		if err != nil {
+			return nil, s.opError(ctx, "list uploads of", key, err)
+		}
+		for _, u := range page.Uploads {
+			if aws.ToString(u.Key) == key {
+				out = append(out, backend.Upload{ID: aws.ToString(u.UploadId), Initiated: aws.ToTime(u.Initiated)})
+			}
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
+}
+
 // uploadError maps the error of a request on an open upload.
 func (s *Store) uploadError(ctx context.Context, op, key string, err error) error {
 	if isNoSuchUpload(err) {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/integration/minio"
@@ -133,6 +134,17 @@ func TestPartsAbort(t *testing.T) {
 	ctx := t.Context()
 	data := randomBytes(13, testSize)
 	id, parts := sendParts(t, s, "k", data, nil)
+	other, err := s.CreateUpload(ctx, "k2", nil) // same prefix, another key
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := s.ListUploads(ctx, "k")
+	if err != nil || len(ups) != 1 || ups[0].ID != id || time.Since(ups[0].Initiated) > time.Hour {
+		t.Fatalf("ListUploads(k) = %+v, %v; want the one upload of k", ups, err)
+	}
+	if err := s.AbortUpload(ctx, "k2", other); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.AbortUpload(ctx, "k", id); err != nil {
 		t.Fatalf("AbortUpload: %v", err)
 	}
