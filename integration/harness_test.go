@@ -179,7 +179,7 @@ type mount struct {
 type mountOpt struct {
 	cacheDir string
 	args     []string
-	endpoint string // "" = the MinIO server; else, e.g., a counting proxy in front of it
+	endpoint string   // "" = the MinIO server; else, e.g., a counting proxy in front of it
 	env      []string // more environment for nimbus (NAME=value)
 }
 

@@ -39,8 +39,8 @@ type partStore struct {
 type fakeUpload struct {
 	key     string
 	created time.Time
-	meta  map[string]string
-	parts map[int][]byte
+	meta    map[string]string
+	parts   map[int][]byte
 }
 
 var _ backend.PartUploader = (*partStore)(nil)
