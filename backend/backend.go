@@ -326,3 +326,68 @@ func SortVersions(vs []Version) {
 		return a.Current && !b.Current
 	})
 }
+
+// ErrNoUpload: the multipart upload named does not exist (any more): it was
+// completed or aborted, here or elsewhere, or removed by a lifecycle rule.
+var ErrNoUpload = errors.New("multipart upload not found")
+
+// Part is one part of a multipart upload, as PartUploader.UploadPart
+// reports it and CompleteUpload takes it back.
+type Part struct {
+	// Num is the part number, from 1.
+	Num  int    `json:"n"`
+	ETag string `json:"etag"`
+	Size int64  `json:"size"`
+	// CRC32 is the part's checksum (base64) when the store asked for one;
+	// CompleteUpload must send it back.
+	CRC32 string `json:"crc32,omitempty"`
+}
+
+// PartUploader is implemented by stores that build an object from parts
+// uploaded one at a time, before the whole object is known (S3 multipart
+// uploads): a file being written sequentially is sent while it is written.
+// It is optional. Decorators implement it over any store and report
+// PartSize 0 when the store they wrap is not a PartUploader; callers check
+// PartSize before anything else.
+type PartUploader interface {
+	// PartSize is the size of every part but the last; 0 means that the
+	// store takes no parts.
+	PartSize() int64
+	// CreateUpload starts a multipart upload of key, whose object will
+	// carry meta, and returns its ID. Nothing is visible under key until
+	// CompleteUpload.
+	CreateUpload(ctx context.Context, key string, meta map[string]string) (uploadID string, err error)
+	// UploadPart sends the size bytes of body at off as part num (from 1)
+	// of the upload. Sending a number again replaces that part. Every part
+	// but the last must be PartSize bytes. ErrNoUpload if the upload is
+	// gone.
+	UploadPart(ctx context.Context, key, uploadID string, num int, body io.ReaderAt, off, size int64) (Part, error)
+	// CompleteUpload makes the object of parts (in order, numbered 1 to
+	// len(parts)) visible under key, atomically and under cond, as Put
+	// does: ErrPrecondition when cond fails (an absent key included, for
+	// IfMatch), and then the upload stays open for AbortUpload.
+	// ErrNoUpload if the upload is gone. The info holds at least Key,
+	// Size and ETag.
+	CompleteUpload(ctx context.Context, key, uploadID string, parts []Part, cond Cond) (ObjectInfo, error)
+	// AbortUpload discards the upload and its parts. An upload already
+	// gone is not an error.
+	AbortUpload(ctx context.Context, key, uploadID string) error
+	// ListUploads returns the uploads of exactly key that are neither
+	// completed nor aborted (whoever started them).
+	ListUploads(ctx context.Context, key string) ([]Upload, error)
+}
+
+// Upload is a multipart upload in progress.
+type Upload struct {
+	ID        string
+	Initiated time.Time
+}
+
+// Parts returns b as a PartUploader when it takes parts (PartSize > 0).
+func Parts(b any) (PartUploader, bool) {
+	p, ok := b.(PartUploader)
+	if !ok || p.PartSize() <= 0 {
+		return nil, false
+	}
+	return p, true
+}

@@ -179,7 +179,8 @@ type mount struct {
 type mountOpt struct {
 	cacheDir string
 	args     []string
-	endpoint string // "" = the MinIO server; else, e.g., a counting proxy in front of it
+	endpoint string   // "" = the MinIO server; else, e.g., a counting proxy in front of it
+	env      []string // more environment for nimbus (NAME=value)
 }
 
 // mount starts nimbus in the foreground on a fresh mountpoint and waits
@@ -195,7 +196,7 @@ func (e *env) mount(opt mountOpt) *mount {
 	}
 	args := append([]string{"mount", "--endpoint", endpoint, "--cache-dir", opt.cacheDir}, opt.args...)
 	args = append(args, "s3://"+e.bucket)
-	return startMount(e.t, e.minio.Env(), opt.cacheDir, args)
+	return startMount(e.t, append(e.minio.Env(), opt.env...), opt.cacheDir, args)
 }
 
 // startMount runs `nimbus <args> MOUNTPOINT` with a fresh mountpoint.

@@ -59,6 +59,7 @@ type preparedOp struct {
 	// record's transaction instead.
 	inlined bool
 	content []byte
+	stream  *stream // Op.Stream sealed, when usable
 }
 
 // Commit durably records ops, to be applied in order, and returns once they
@@ -86,6 +87,7 @@ func (j *Journal) Commit(ops ...Op) error {
 	}
 	prepared, err := j.prepare(ops)
 	if err != nil {
+		abortStreams(ops)
 		return err
 	}
 	req := &commitRequest{ops: prepared}
@@ -104,6 +106,9 @@ func (j *Journal) Commit(ops ...Op) error {
 	j.writeMu.Unlock()
 	if report != nil {
 		report()
+	}
+	if err != nil {
+		abortStreams(ops) // nothing recorded: the early uploads serve nothing
 	}
 	return err
 }
@@ -233,6 +238,7 @@ func (j *Journal) commitQueuedLocked() (report func()) {
 	finish(live, nil)
 
 	return func() {
+		j.releaseStreams(p.removed...) // the early uploads of superseded ops go
 		if len(live) > 1 {
 			j.log.Debug("commits grouped", "calls", len(live), "ops", len(merged))
 		}
@@ -304,9 +310,18 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		out[i].size, out[i].sha256, out[i].content, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		if op.SHA256 != "" {
+			// Hashed while written (a streamed file, never small enough
+			// to inline).
+			out[i].size, out[i].sha256, err = j.syncHashed(j.stagedPath(name), op.SHA256) // stream_commit.go
+		} else {
+			out[i].size, out[i].sha256, out[i].content, err = j.hashAndSync(j.stagedPath(name), op.Partial)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
+		}
+		if op.Stream != nil {
+			out[i].stream = sealStream(op, out[i].size) // stream_commit.go
 		}
 		if err := checkPartial(op.Partial, out[i].size); err != nil {
 			return nil, fmt.Errorf("journal: op %d (%s %q): %w", i, op.Kind, op.Key, err)
@@ -385,7 +400,7 @@ func validate(op Op) error {
 	if op.Kind != PutFile && op.Partial != nil {
 		return fmt.Errorf("%s takes no partial content", op.Kind)
 	}
-	return nil
+	return validateStream(op) // stream_commit.go
 }
 
 // checkPartial checks a PutFile's partial content against its staged
@@ -668,6 +683,9 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 		})
 		if op.inlined {
 			p.content[e] = op.content
+		}
+		if op.stream != nil {
+			e.rec.Stream, e.rec.Token, e.stream = op.stream, op.Stream.token, op.Stream
 		}
 		if prev := v.newestWriter(op.Key); prev != nil {
 			canReplace := prev.state != stateUploading && v.isLast(prev)

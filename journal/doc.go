@@ -26,10 +26,11 @@
 //
 // The journal owns these buckets of the shared bbolt DB (and no others):
 //
-//	journal.ops        8-byte big-endian sequence number → record (JSON, "v":1)
+//	journal.ops        8-byte big-endian sequence number → record (JSON, "v":1, or 2 with inline content)
 //	journal.conflicts  8-byte big-endian sequence number → Conflict (JSON)
 //	journal.inline     8-byte big-endian sequence number → the whole content
 //	                   of an inline PutFile (raw bytes)
+//	journal.streams    upload token → early multipart upload (JSON; stream.go)
 //
 // The ops bucket's bbolt sequence holds the last sequence number handed out,
 // so numbers keep increasing even when the log has drained. A record holds
@@ -45,8 +46,10 @@
 // the key a Delete first copies the object to (its trash copy; optional, so
 // older records read as "deleted for good"), the trash copy a Restore
 // brings back on a store without versions,
-// and, once decided, the time and reason of a conflict (so that a replay
-// after a crash reuses the same conflict name). Staged files are named
+// the early multipart upload of a file uploaded while it was written (its
+// ID, part size and the parts sent by the commit; optional, see
+// stream.go), and, once decided, the time and reason of a conflict (so
+// that a replay after a crash reuses the same conflict name). Staged files are named
 // "staged-*" in Config.Dir; the folder belongs to one journal.
 //
 // # Ordering
@@ -130,6 +133,13 @@
 // the conflicted copy) sends the whole content. The nimbus-sha256 metadata
 // is the hash of the whole content either way, so a replay recognises a
 // delta upload like any other.
+//
+// # Upload while writing
+//
+// A file written sequentially may be sent as a multipart upload while it is
+// written (Stream); its PutFile then completes that upload under the same
+// condition instead of sending the staged file, and falls back to sending
+// it whenever the early upload is unusable. stream.go has the design.
 //
 // # Failures
 //

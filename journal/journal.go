@@ -225,6 +225,15 @@ type Op struct {
 	// Partial (PutFile, optional) says that Staged lacks some of the
 	// content, which another object holds. Nil: Staged is complete.
 	Partial *Partial
+	// Stream (PutFile, optional) is the early upload of Staged, started
+	// with StartStream for Key while it was written (stream.go). Commit
+	// takes it over, even when it fails; it is used only if Staged still
+	// holds every part it sent. Not with Delta or Partial.
+	Stream *Stream
+	// SHA256 (PutFile, optional) is the hex SHA-256 of Staged, computed by
+	// the caller as it wrote the file, so that Commit does not read the
+	// file again. The caller vouches for it. Not with Partial.
+	SHA256 string
 }
 
 // Partial describes a staged file that holds only part of the content: a
@@ -413,6 +422,7 @@ type Journal struct {
 	running      bool                 // GUARDED_BY(mu); a Run is active
 	stopRun      context.CancelFunc   // GUARDED_BY(mu); cancels the active Run
 	runDone      chan struct{}        // GUARDED_BY(mu); closed when the active Run returns
+	liveStreams  map[*Stream]struct{} // GUARDED_BY(mu); Streams not yet completed or aborted
 }
 
 // Open loads the journal from cfg.DB, removes staged files that no record
@@ -451,6 +461,7 @@ func Open(cfg Config) (*Journal, error) {
 		groupQ:      map[uint64][]*entry{},
 		staged:      map[string]*entry{},
 		keyDelays:   map[string]*keyDelay{},
+		liveStreams: map[*Stream]struct{}{},
 		changed:     make(chan struct{}),
 		wake:        make(chan struct{}, 1),
 	}
@@ -574,6 +585,11 @@ func (j *Journal) Close() error {
 	j.mu.Lock()
 	j.closed = true
 	stop, done := j.stopRun, j.runDone
+	for s := range j.liveStreams {
+		// Their uploads stay registered: the next Open completes those
+		// its records name and aborts the others.
+		s.cancel()
+	}
 	j.mu.Unlock()
 	j.writeMu.Unlock()
 	if stop != nil {

@@ -83,7 +83,10 @@ type record struct {
 	Partial *partial `json:"partial,omitempty"`
 	// Inline (PutFile) says the content is in inlineBucket: the staged
 	// file was not synced, and Open writes it again from there.
-	Inline    bool      `json:"inline,omitempty"`
+	Inline bool `json:"inline,omitempty"`
+	// Stream (PutFile, optional) is the early upload of the content
+	// (stream.go). Records written before it existed have none.
+	Stream    *stream   `json:"stream,omitempty"`
 	Committed time.Time `json:"committed"`
 	// ConflictTime and ConflictReason are set once the uploader decided
 	// that this op conflicts, before it uploads the conflicted copy, so

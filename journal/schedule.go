@@ -53,6 +53,11 @@ type entry struct {
 	lastErr   error     // of the last failed attempt
 	parkedAt  time.Time
 	heapIndex int // in Journal.ready; -1 when not there
+	// stream is the op's early upload while this process still has it
+	// (stream.go); noStream: it is gone (completed, aborted, or found
+	// unusable), so the content goes up by Put. GUARDED_BY(Journal.mu).
+	stream   *Stream
+	noStream bool
 }
 
 func newEntry(r record) *entry { return &entry{rec: r, heapIndex: -1, queuedAt: time.Now()} }
@@ -234,6 +239,7 @@ func (j *Journal) Run(ctx context.Context) {
 	j.mu.Unlock()
 
 	var workers sync.WaitGroup
+	workers.Go(func() { j.abortOrphans(ctx) }) // stream.go
 	defer func() {
 		workers.Wait()
 		j.mu.Lock()

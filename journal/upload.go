@@ -60,6 +60,11 @@ func (j *Journal) upload(ctx context.Context, e *entry, rec record) {
 	switch rec.Kind {
 	case PutFile:
 		out, err = j.putFile(ctx, e, &rec)
+		if err == nil {
+			// Uploaded otherwise than by its early upload (a conflicted
+			// copy, a Put after a fallback): that one goes.
+			j.releaseStreams(e)
+		}
 	case PutMarker:
 		out, err = j.putMarker(ctx, &rec)
 	case Copy:
@@ -312,6 +317,13 @@ func (j *Journal) putFile(ctx context.Context, e *entry, rec *record) (outcome, 
 		body = &filled{ctx: ctx, store: j.store, staged: f, from: p.From, fromETag: p.FromETag, missing: p.ranges()}
 	}
 	put := func(key string, c backend.Cond) (backend.ObjectInfo, error) {
+		if key == rec.Key {
+			// The parts sent while the file was written, if any.
+			info, err := j.completeStream(ctx, e, rec, f, c) // stream.go
+			if !errors.Is(err, errNoStream) {
+				return info, err
+			}
+		}
 		if d := rec.Delta; d != nil && key == rec.Key && c.IfMatch != "" && c.IfMatch == d.SrcETag {
 			if dp, ok := j.store.(backend.DeltaPutter); ok {
 				// The ranges describe the content relative to the

@@ -17,6 +17,10 @@ type fakeJournal struct{ ops []journal.PendingOp }
 func (j *fakeJournal) StagingFile() (*os.File, error) { return nil, os.ErrInvalid }
 func (j *fakeJournal) Commit(ops ...journal.Op) error { return os.ErrInvalid }
 func (j *fakeJournal) IsConflictCopy(string) bool     { return false }
+func (j *fakeJournal) StreamPartSize() int64          { return 0 }
+func (j *fakeJournal) StartStream(string, string, map[string]string) *journal.Stream {
+	return nil
+}
 
 func (j *fakeJournal) Pending(key string) (journal.PendingOp, bool) {
 	return j.PendingBefore(key, math.MaxUint64)

@@ -210,6 +210,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		if err != nil {
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}
+		n.streamTruncatedLocked(w, 0) // stream.go
 		w.size, w.dirty = 0, true
 		w.changes.truncate(0)
 		n.fsys.truncated(w, 0)

@@ -43,6 +43,8 @@ type tier struct {
 	// startUploads starts the uploader of a tier made with holdUploads
 	// (once; later calls do nothing).
 	startUploads func()
+	// parts is the journal's store when tierOpt.partSize is set.
+	parts *partsDir
 }
 
 // tierOpt adjusts a tier before it mounts.
@@ -56,6 +58,9 @@ type tierOpt struct {
 	// afterListFlat, if set, runs when a flat listing the vfs asked for
 	// has been read from the store and before the vfs sees it.
 	afterListFlat func(prefix string)
+	// partSize, if set, makes the journal's store take multipart parts of
+	// that size (stream_test.go's partsDir), for uploads while writing.
+	partSize int64
 }
 
 // newTier mounts a dir: store (a new, empty one unless opt.remote names
@@ -130,8 +135,13 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	t.Cleanup(func() { closeOrLog(t, "block cache", blocks.Close) })
 
 	var fsys *FS // set below; the journal reports to it once running
+	var jstore journal.Store = m.store
+	if opt.partSize > 0 {
+		m.parts = newPartsDir(m.store, opt.partSize)
+		jstore = m.parts
+	}
 	m.jour, err = journal.Open(journal.Config{
-		DB: db, Dir: filepath.Join(cacheDir, "staging"), Store: m.store, Logger: log, Host: "tier",
+		DB: db, Dir: filepath.Join(cacheDir, "staging"), Store: jstore, Logger: log, Host: "tier",
 		Applied: func(r journal.Result) { fsys.Applied(r) },
 	})
 	if err != nil {

@@ -41,6 +41,9 @@ type journalLog interface {
 	PendingBefore(key string, seq uint64) (journal.PendingOp, bool)
 	PendingUnder(prefix string) []journal.PendingOp
 	IsConflictCopy(key string) bool
+	// StreamPartSize and StartStream: upload while writing (stream.go).
+	StreamPartSize() int64
+	StartStream(staged, key string, meta map[string]string) *journal.Stream
 }
 
 // workFile is the local content of a file.
@@ -58,12 +61,20 @@ type workFile struct {
 	// partial, when set, says which bytes the file lacks and where they
 	// are (partial.go).
 	partial *partial
+	// stream, when set, follows a copy written sequentially from empty,
+	// to upload it while it is written (stream.go).
+	stream *streamer
 }
 
 func (w *workFile) close() {
 	if w.partial != nil {
 		w.partial.drop()
 	}
+	if s := w.stream; s != nil && s.stream != nil {
+		// Never committed: nothing will complete its upload.
+		s.stream.Abort()
+	}
+	w.stream = nil
 	if err := w.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		// Read-only use or content already committed: nothing is lost.
 		slog.Debug("closing a working copy", "path", w.f.Name(), "err", err)
@@ -110,6 +121,9 @@ func (f *FS) newWorkFile(ctx context.Context, src io.ReaderAt, size int64, base 
 		}
 		w.size = n
 		w.partial = f.holding(p)
+	}
+	if w.size == 0 {
+		f.startStreaming(w)
 	}
 	return w, nil
 }
@@ -356,6 +370,11 @@ func (n *fileNode) commitLocked() error {
 	// a small one, writes the bytes into the record (no fsync at all).
 	op := journal.Op{Kind: journal.PutFile, Key: key, Staged: w.f.Name(), Base: w.base, Meta: meta,
 		Delta: w.changes.delta(w.base, w.size), Partial: w.partial.describe()}
+	if op.Delta == nil && op.Partial == nil {
+		op.Stream, op.SHA256 = n.streamForCommitLocked(w, key, meta) // stream.go
+	} else {
+		n.stopStreamingLocked(w, "a delta or partial upload")
+	}
 	if err := n.fsys.cfg.Journal.Commit(op); err != nil {
 		return fmt.Errorf("journal %q: %w", key, err)
 	}
@@ -395,6 +414,7 @@ func (n *fileNode) Write(ctx context.Context, fh fs.FileHandle, data []byte, off
 	}
 	w.size = max(w.size, off+int64(written))
 	w.changes.write(off, int64(written))
+	n.streamWrittenLocked(w, data[:written], off) // stream.go
 	if err := n.fsys.written(ctx, w, off, int64(written)); err != nil {
 		return 0, toErrno(n.fsys.log, "write", err)
 	}
@@ -499,6 +519,7 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		if err != nil {
 			return toErrno(n.fsys.log, "truncate", err)
 		}
+		n.streamTruncatedLocked(w, int64(size)) // stream.go
 		w.size, w.dirty = int64(size), true
 		w.changes.truncate(int64(size))
 		n.fsys.truncated(w, int64(size))

@@ -39,7 +39,7 @@ type Counting struct {
 	inner backend.Backend
 
 	list, head, get, put, copy, del atomic.Int64
-	copyPart                        atomic.Int64
+	copyPart, uploadPart            atomic.Int64
 	bytesIn, bytesOut, bytesCopied  atomic.Int64
 }
 
@@ -67,6 +67,7 @@ func (c *Counting) Snapshot() map[string]int64 {
 		GetObject:      c.get.Load(),
 		PutObject:      c.put.Load(),
 		UploadPartCopy: c.copyPart.Load(),
+		UploadPart:     c.uploadPart.Load(),
 		CopyObject:     c.copy.Load(),
 		DeleteObject:   c.del.Load(),
 		BytesIn:        c.bytesIn.Load(),

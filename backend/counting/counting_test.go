@@ -29,7 +29,7 @@ func wantCounts(t *testing.T, c *Counting, want map[string]int64) {
 	full := map[string]int64{
 		ListObjectsV2: 0, HeadObject: 0, GetObject: 0, PutObject: 0,
 		CopyObject: 0, DeleteObject: 0, BytesIn: 0, BytesOut: 0,
-		UploadPartCopy: 0, BytesCopied: 0,
+		UploadPartCopy: 0, BytesCopied: 0, UploadPart: 0,
 	}
 	maps.Copy(full, want)
 	if got := c.Snapshot(); !maps.Equal(got, full) {

@@ -32,6 +32,9 @@
 // PutDelta
 // (delta.go) sends a new version of a large object as a multipart upload
 // whose unchanged parts are copied server-side from the current version.
+// The Store is also a backend.PartUploader (parts.go): the journal sends a
+// file being written as the parts of a multipart upload, one at a time, and
+// completes it under the write condition once the file is closed.
 package s3
 
 import (

@@ -743,12 +743,16 @@ func openStore(o mountOptions) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	copyThreshold, err := copyThresholdFromEnv()
+	copyThreshold, err := sizeFromEnv(copyThresholdEnv)
+	if err != nil {
+		return nil, err
+	}
+	partSize, err := sizeFromEnv(partSizeEnv)
 	if err != nil {
 		return nil, err
 	}
 	st, err := s3.New(ctx, s3.Config{Bucket: o.remote.bucket, Endpoint: o.endpoint, Region: o.region,
-		VirtualHost: o.virtualHost, Encryption: enc, CopyThreshold: copyThreshold})
+		VirtualHost: o.virtualHost, Encryption: enc, CopyThreshold: copyThreshold, PartSize: partSize})
 	if err == nil && o.store.at != "" {
 		return atView(ctx, o, st)
 	}
@@ -781,24 +785,6 @@ func openStore(o mountOptions) (backend.Backend, error) {
 		return st, msg
 	}
 	return nil, err // names the bucket, the endpoint and the cause
-}
-
-// copyThresholdEnv lowers the size above which the s3 store copies an
-// object in parts (5 GiB, CopyObject's limit), so that tests can cover
-// multipart copies without 5 GiB files. Unset: the default.
-const copyThresholdEnv = "NIMBUS_S3_COPY_THRESHOLD"
-
-// copyThresholdFromEnv reads copyThresholdEnv; 0 when unset.
-func copyThresholdFromEnv() (int64, error) {
-	v := os.Getenv(copyThresholdEnv)
-	if v == "" {
-		return 0, nil
-	}
-	n, err := parseSize(v)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%s=%s: expected a size between 5MiB and 5GiB, such as 8MiB", copyThresholdEnv, v)
-	}
-	return n, nil
 }
 
 // atView is the point-in-time view of st for --at, on a versioned bucket
