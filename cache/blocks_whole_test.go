@@ -35,7 +35,7 @@ func (e *blockEnv) checkHeldFile(w *WholeHold, c Content) {
 		e.t.Fatalf("read held file of %q: %v", c.Key, err)
 	}
 	if !bytes.Equal(got, want(c, 0, c.Size)) {
-		e.t.Fatalf("held file of %q: %d bytes, not the %d of the source", c.Key, len(got), c.Size)
+		e.t.Fatalf("held file of %q differs from the source (%d bytes read, %d expected)", c.Key, len(got), c.Size)
 	}
 }
 

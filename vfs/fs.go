@@ -23,6 +23,9 @@
 // Errors travel wrapped (fmt.Errorf with %w) and become an errno in exactly
 // one place, toErrno, which also logs them.
 //
+// Files entirely in the cache are opened in FUSE passthrough: the kernel
+// reads their cache files itself (passthrough.go).
+//
 // # Writes
 //
 // A file being edited has a working copy in the journal's staging folder;
@@ -106,6 +109,7 @@ type treeStore interface {
 // contentCache is what the vfs needs from the block cache.
 type contentCache interface {
 	Open(c cache.Content) *cache.Handle
+	HoldWhole(c cache.Content) (*cache.WholeHold, error)
 	CachedBytes(c cache.Content) int64
 	Forget(key, keepETag string)
 	Pin(ctx context.Context, c cache.Content, progress func(n int64)) error
@@ -144,6 +148,10 @@ type Config struct {
 	// (package trash), for a store that keeps no versions. Renames never
 	// go there.
 	Trash bool
+	// Passthrough lets the kernel read files entirely in the cache
+	// straight from their cache files (passthrough.go), once mounted
+	// with NodeFS and started with StartPassthrough.
+	Passthrough bool
 }
 
 // FS is a mounted Nimbus tree.
@@ -177,6 +185,7 @@ type FS struct {
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
 	snaps   snapshots   // snapshots of files edited without download (partial.go)
 	attrs   *attrIndex  // per-folder sidecars of mode and mtime (attrindex.go); nil: none
+	pt      passthroughState
 
 	// bgCtx is the context of background work (listings, pin jobs, the
 	// snapshot sweeper, kernel notifications), all started by background;
@@ -262,6 +271,10 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 		// and owners for them (nimbus itself checks none).
 		opts = append(opts, "default_permissions")
 	}
+	var disabled uint64
+	if !f.cfg.Passthrough {
+		disabled = fuse.CAP_PASSTHROUGH
+	}
 	return &fs.Options{
 		EntryTimeout: &attr,
 		AttrTimeout:  &attr,
@@ -283,8 +296,9 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 			// size" for every such read.
 			DisableSplice: true,
 			// Parallel lookups and reads: the store is remote.
-			MaxBackground: 64,
-			Options:       opts,
+			MaxBackground:        64,
+			Options:              opts,
+			DisabledCapabilities: disabled,
 		},
 	}
 }
