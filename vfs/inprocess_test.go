@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -56,6 +57,9 @@ type tierOpt struct {
 	// afterListFlat, if set, runs when a flat listing the vfs asked for
 	// has been read from the store and before the vfs sees it.
 	afterListFlat func(prefix string)
+	// passthrough mounts through NodeFS with Config.Passthrough, as nimbus
+	// mount does.
+	passthrough bool
 }
 
 // newTier mounts a dir: store (a new, empty one unless opt.remote names
@@ -146,6 +150,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	fsys = New(Config{
 		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
 		DirTTL: opt.dirTTL, Logger: log, MountID: "tier", PartialMin: 32 << 20,
+		Passthrough: opt.passthrough,
 	})
 	m.fsys = fsys
 	t.Cleanup(fsys.Stop)
@@ -171,7 +176,19 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		<-uploads
 	})
 
-	server, err := fs.Mount(m.mnt, fsys.Root(), fsys.Options("tier:"+m.remote, false))
+	var server *fuse.Server
+	if opt.passthrough {
+		opts := fsys.Options("tier:"+m.remote, false)
+		if server, err = fuse.NewServer(fsys.NodeFS(opts), m.mnt, &opts.MountOptions); err == nil {
+			go server.Serve()
+			err = server.WaitMount()
+		}
+		if err == nil {
+			fsys.StartPassthrough(server, cacheDir)
+		}
+	} else {
+		server, err = fs.Mount(m.mnt, fsys.Root(), fsys.Options("tier:"+m.remote, false))
+	}
 	if err != nil {
 		t.Fatalf("mount on %s: %v", m.mnt, err)
 	}

@@ -63,6 +63,9 @@ import (
 // a file of the cache folder succeeds (Linux 6.9 or later, CAP_SYS_ADMIN);
 // otherwise, or if a registration fails later, reads go through nimbus and
 // one debug line says why. PassthroughStatus reports the mode and why.
+//
+// Locking: a file's passthrough state is guarded by its fileNode.mu;
+// passthroughState.mu is a leaf, taken under fileNode.mu.
 
 // passthroughWait bounds how long an open that would change a file, or
 // read another version of it, waits for its passthrough readers to close.
@@ -145,6 +148,9 @@ func (f *FS) PassthroughStatus() PassthroughStatus {
 	f.pt.mu.Lock()
 	st := PassthroughStatus{On: f.pt.on, Reason: f.pt.reason}
 	f.pt.mu.Unlock()
+	if !st.On && st.Reason == "" {
+		st.Reason = "not decided yet: the mount is starting"
+	}
 	st.Opens, st.Open, st.Busy = f.pt.opens.Load(), f.pt.open.Load(), f.pt.busy.Load()
 	return st
 }
