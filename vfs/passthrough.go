@@ -219,8 +219,9 @@ func (r *passthroughFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.
 	st := r.RawFileSystem.Open(cancel, in, out)
 	if ph := r.pt.take(&r.pt.opening, cancel); ph != nil {
 		switch {
-		case st != fuse.OK:
-			ph.released() // the kernel never got it
+		case st != fuse.OK: // the kernel never got it: no Release will come
+			ph.fileHandle.Release(context.Background())
+			ph.released()
 		default:
 			ph.settle(out.OpenFlags&fuse.FOPEN_PASSTHROUGH != 0)
 		}
