@@ -229,6 +229,23 @@ func TestMountOptions(t *testing.T) {
 	}
 }
 
+func TestPassthroughFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--passthrough=false"}, false},
+		{[]string{"-o", "passthrough=false"}, false},
+		{[]string{"--passthrough=false", "-o", "passthrough"}, true},
+	} {
+		o, err := parseMountArgs(append([]string{"s3://bkt", "/m"}, c.args...), io.Discard)
+		if err != nil || o.passthrough != c.want {
+			t.Errorf("%q: passthrough %v, err %v; want %v", c.args, o.passthrough, err, c.want)
+		}
+	}
+}
+
 func TestMountFuseForm(t *testing.T) {
 	// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …`: that is nimbus mount
 	// --daemon. A bad option is a usage error naming it.
