@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/vfs"
 )
 
 func TestParseRemote(t *testing.T) {
@@ -307,5 +308,23 @@ func TestVersionOf(t *testing.T) {
 	}
 	if got, want := versionOf(info), "nimbus v1.2.3 (revision 0123456789ab 2026-12-07T03:00:00Z, modified), go1.26.8"; got != want {
 		t.Errorf("with VCS: %q; want %q", got, want)
+	}
+}
+
+func TestPassthroughLine(t *testing.T) {
+	for _, c := range []struct {
+		st   vfs.PassthroughStatus
+		want []string
+	}{
+		{vfs.PassthroughStatus{On: true, Opens: 7, Open: 2}, []string{"on:", "7 opens, 2 open now"}},
+		{vfs.PassthroughStatus{On: true, Opens: 1, Busy: 3}, []string{"on:", "3 changes refused"}},
+		{vfs.PassthroughStatus{Reason: "turned off (--passthrough=false)"}, []string{"off: turned off (--passthrough=false)", "through nimbus"}},
+	} {
+		line := passthroughLine(c.st)
+		for _, w := range c.want {
+			if !strings.Contains(line, w) {
+				t.Errorf("passthroughLine(%+v) = %q, want %q in it", c.st, line, w)
+			}
+		}
 	}
 }
