@@ -117,6 +117,8 @@ type BlockStats struct {
 	Fetches         int64 // ranged GETs issued, read-ahead included
 	FetchedBytes    int64 // bytes received and stored by successful GETs
 	ReadAheadWasted int64 // bytes fetched by read-ahead and evicted unread
+
+	WholeHolds int64 // contents held whole for a passthrough reader (HoldWhole)
 }
 
 // BlockStore caches the contents of remote objects as fixed-size blocks in
@@ -170,6 +172,12 @@ type BlockStats struct {
 // even without blocks, so a Pin that failed half-way resumes. Free drops a
 // key's blocks now, except those under a reader, which carry a drop mark
 // and go when released.
+//
+// # Whole holds
+//
+// A passthrough reader reads a content file without the block store
+// seeing it: HoldWhole holds all of the blocks of an entirely cached
+// content until its Release (see blocks_whole.go).
 //
 // # Persistence
 //
@@ -240,6 +248,7 @@ type BlockStore struct {
 	pinnedBlocks int64                 // GUARDED_BY(mu): cached blocks of pinned contents
 	pinPending   int64                 // GUARDED_BY(mu): bytes the running Pins still have to fetch
 	recordDirty  map[*content]struct{} // GUARDED_BY(mu): contents whose record (its pin flag) must be rewritten
+	wholeBytes   int64                 // GUARDED_BY(mu): bytes of unpinned contents held whole (blocks_whole.go)
 }
 
 // contentID names a Content on disk and in the database: the first 16

@@ -13,7 +13,10 @@
 // so the disk space really goes. A Handle reads one version for one open
 // file: it fetches the blocks a read misses in ranged GETs (joining fetches
 // already in flight) and reads ahead for a sequential reader. Pinned
-// versions are kept whole outside the budget (Pin, Unpin, Free). Which
+// versions are kept whole outside the budget (Pin, Unpin, Free). A
+// content entirely cached can be held whole (HoldWhole) for a reader that
+// reads its file directly, FUSE passthrough: nothing punches or removes
+// it until released. Which
 // blocks are present is recorded in bbolt, so the cache survives a restart;
 // a crash loses at most the blocks of the last flush interval, never their
 // integrity. The design notes are on BlockStore.

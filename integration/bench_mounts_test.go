@@ -41,6 +41,9 @@ type benchSystem struct {
 	missing string // why it cannot run ("not installed"), or ""
 	about   string // version and mount options, for the notes under the table
 	mount   func() (benchMount, error)
+	// only, if set, are the workloads the system runs (the groups of
+	// workloads holding one of them) and has rows for.
+	only []string
 }
 
 // How long a daemon may take to mount, to unmount, or to exit.
@@ -54,11 +57,26 @@ const (
 func (bx *bench) nimbusSystem() benchSystem {
 	return benchSystem{
 		name:  "nimbus",
-		about: "the binary under test: `nimbus mount --endpoint PROXY --cache-dir FRESH s3://BUCKET MNT` (defaults otherwise: 10 GiB cache, --dir-ttl 30s, --poll 1m)",
+		about: "the binary under test: `nimbus mount --endpoint PROXY --cache-dir FRESH s3://BUCKET MNT` (defaults otherwise: 10 GiB cache, --dir-ttl 30s, --poll 1m, FUSE passthrough off)",
 		mount: func() (benchMount, error) {
 			cache := freshCacheDir(bx.b)
 			return nimbusMount{bx.e.mount(mountOpt{endpoint: bx.proxy.URL, cacheDir: cache}), cache}, nil
 		},
+	}
+}
+
+// nimbusPassthroughSystem is nimbus with FUSE passthrough on, for the
+// workloads that read files entirely in the cache, where passthrough acts:
+// the pair of rows shows what it changes.
+func (bx *bench) nimbusPassthroughSystem() benchSystem {
+	return benchSystem{
+		name:  "nimbus-pt",
+		about: "nimbus as above with `--passthrough` (files entirely in the cache read by the kernel from their cache files), for the warm read workloads only",
+		mount: func() (benchMount, error) {
+			cache := freshCacheDir(bx.b)
+			return nimbusMount{bx.e.mount(mountOpt{endpoint: bx.proxy.URL, cacheDir: cache, args: []string{"--passthrough"}}), cache}, nil
+		},
+		only: []string{wWarmRead, wPageRead, wRandomWarm},
 	}
 }
 

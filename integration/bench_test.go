@@ -38,7 +38,8 @@ import (
 //
 // Run it with scripts/bench, as root (it drops the page cache). Knobs:
 // NIMBUS_BENCH_LIMIT (time limit per workload, default 3m),
-// NIMBUS_BENCH_SYSTEMS (e.g. "raw,nimbus"; default all four) and
+// NIMBUS_BENCH_SYSTEMS (e.g. "raw,nimbus"; default all: raw, nimbus,
+// nimbus-pt (passthrough on, warm read workloads only), rclone, s3fs) and
 // NIMBUS_BENCH_WORKLOADS (comma-separated words, e.g. "random,sequential
 // read": only the groups of workloads one of whose names holds one of them;
 // default all).
@@ -128,7 +129,7 @@ func benchFileSystems(b *testing.B) {
 	}
 	bx.putDataset()
 
-	systems := []benchSystem{bx.nimbusSystem(), bx.rcloneSystem(), bx.s3fsSystem()}
+	systems := []benchSystem{bx.nimbusSystem(), bx.nimbusPassthroughSystem(), bx.rcloneSystem(), bx.s3fsSystem()}
 	only := os.Getenv("NIMBUS_BENCH_SYSTEMS")
 	chosen := func(name string) bool { return only == "" || strings.Contains(","+only+",", ","+name+",") }
 	if chosen("raw") {
@@ -235,6 +236,9 @@ func chosenPlans(plans []plan) []plan {
 // runSystem runs every plan on its own fresh mount of sys.
 func (bx *bench) runSystem(sys benchSystem) {
 	for _, p := range chosenPlans(benchPlans()) {
+		if !sys.runs(p) {
+			continue
+		}
 		if sys.missing != "" {
 			bx.skipPlan(sys.name, p, sys.missing)
 			continue
@@ -250,6 +254,14 @@ func (bx *bench) runSystem(sys benchSystem) {
 			bx.report(sys.name, "unmount: %v", err)
 		}
 	}
+}
+
+// runs reports whether sys runs plan p: all of them, or those holding
+// one of its only workloads.
+func (sys benchSystem) runs(p plan) bool {
+	return sys.only == nil || slices.ContainsFunc(p, func(s step) bool {
+		return slices.ContainsFunc(s.workloads, func(w string) bool { return slices.Contains(sys.only, w) })
+	})
 }
 
 // runPlan runs the steps of p on m (nil for raw). Once a step fails or hits
@@ -370,13 +382,15 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 	head = append(head, "bytes GET", "bytes PUT", "peak RSS", "vs raw", "notes")
 	fmt.Fprintf(&w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	names := []string{"raw"}
+	only := map[string][]string{}
 	for _, s := range systems {
 		names = append(names, s.name)
+		only[s.name] = s.only
 	}
 	for _, wl := range benchWorkloads {
 		raw := bx.rows[wl]["raw"]
 		for _, name := range names {
-			if !chosen(name) {
+			if !chosen(name) || (only[name] != nil && !slices.Contains(only[name], wl)) {
 				continue
 			}
 			r := bx.rows[wl][name]

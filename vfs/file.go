@@ -49,6 +49,10 @@ type fileNode struct {
 	// ownETag is the ETag of this machine's last upload of the file: a
 	// version that changed to it needs no conflict. GUARDED_BY(mu)
 	ownETag string
+	// readers counts open read-only handles that read through nimbus, pt
+	// the passthrough ones (passthrough.go). GUARDED_BY(mu)
+	readers int
+	pt      nodePassthrough
 }
 
 func newFileNode(fsys *FS, e cache.Entry) *fileNode {
@@ -126,7 +130,7 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	if local {
 		return 0
 	}
-	if h, ok := fh.(*fileHandle); ok && !h.writable {
+	if h, ok := readerOf(fh); ok && !h.writable {
 		h.mu.Lock()
 		size, opened := h.content.Size, h.h != nil
 		h.mu.Unlock()
@@ -167,23 +171,18 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		if err := n.fsys.writable(); err != nil {
 			return nil, 0, toErrno(n.fsys.log, "open", err)
 		}
+		// The kernel takes no other open of a file open in passthrough.
+		done, err := n.holdOffPassthrough(ctx)
+		if err != nil {
+			return nil, 0, toErrno(n.fsys.log, "open", err)
+		}
+		defer done()
 	}
 	if err := n.revalidate(ctx); err != nil {
 		return nil, 0, toErrno(n.fsys.log, "open", err)
 	}
 	if !write {
-		if fh, ok := n.openLocal(); ok {
-			return fh, 0, 0
-		}
-		c := n.content()
-		var fuseFlags uint32
-		n.mu.Lock()
-		if n.openedETag == c.ETag {
-			fuseFlags |= fuse.FOPEN_KEEP_CACHE
-		}
-		n.openedETag = c.ETag
-		n.mu.Unlock()
-		return &fileHandle{fsys: n.fsys, node: n, content: c, h: n.fsys.cfg.Blocks.Open(c)}, fuseFlags, 0 // reads this version
+		return n.openReader(ctx) // passthrough.go
 	}
 	if flags&syscall.O_TRUNC != 0 {
 		// The kernel sends O_TRUNC as a separate truncate to 0, which
@@ -249,18 +248,6 @@ func (n *fileNode) dropUnusedWorkLocked() {
 	w.close() // releases a partial copy's snapshot for the sweep
 	removeQuietly(w.f.Name())
 	n.work = nil
-}
-
-// openLocal opens a reader of the local content, if the file has any: a
-// working copy, or a committed change the journal has not uploaded yet.
-func (n *fileNode) openLocal() (*fileHandle, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.work == nil && !n.adoptPendingLocked() {
-		return nil, false
-	}
-	n.openedETag = ""
-	return &fileHandle{fsys: n.fsys, node: n}, true
 }
 
 // adoptPendingLocked gives n, which has no working copy, the content of a
@@ -413,6 +400,9 @@ type fileHandle struct {
 	appends bool
 	// closed: a writable handle had its first Flush. GUARDED_BY(node.mu)
 	closed bool
+	// passthrough: the handle is a passthroughHandle's, counted in
+	// node.pt rather than node.readers. GUARDED_BY(node.mu)
+	passthrough bool
 
 	mu sync.Mutex
 	// content and h: the store's version this handle reads, opened at the
@@ -518,13 +508,16 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 		fh.h.Close()
 	}
 	fh.mu.Unlock()
-	if fh.writable {
-		n := fh.node
-		n.mu.Lock()
+	n := fh.node
+	n.mu.Lock()
+	switch {
+	case fh.writable:
 		n.writers--
 		fh.markClosedLocked()
 		n.dropUnusedWorkLocked()
-		n.mu.Unlock()
+	case !fh.passthrough:
+		n.readers--
 	}
+	n.mu.Unlock()
 	return 0
 }

@@ -28,6 +28,9 @@
 // Errors travel wrapped (fmt.Errorf with %w) and become an errno in exactly
 // one place, toErrno, which also logs them.
 //
+// Files entirely in the cache are opened in FUSE passthrough: the kernel
+// reads their cache files itself (passthrough.go).
+//
 // # Writes
 //
 // A file being edited has a working copy in the journal's staging folder;
@@ -114,6 +117,7 @@ type treeStore interface {
 // contentCache is what the vfs needs from the block cache.
 type contentCache interface {
 	Open(c cache.Content) *cache.Handle
+	HoldWhole(c cache.Content) (*cache.WholeHold, error)
 	CachedBytes(c cache.Content) int64
 	Forget(key, keepETag string)
 	Pin(ctx context.Context, c cache.Content, progress func(n int64)) error
@@ -156,6 +160,10 @@ type Config struct {
 	// (package trash), for a store that keeps no versions. Renames never
 	// go there.
 	Trash bool
+	// Passthrough lets the kernel read files entirely in the cache
+	// straight from their cache files (passthrough.go), once mounted
+	// with NodeFS and started with StartPassthrough.
+	Passthrough bool
 }
 
 // FS is a mounted Nimbus tree.
@@ -188,6 +196,7 @@ type FS struct {
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
 	inos    inoTable    // the inode numbers of live nodes (ino.go)
+	pt      passthroughState
 
 	// bgCtx is the context of background work (listings, pin jobs,
 	// kernel notifications), all started by background;
@@ -266,6 +275,10 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 		// and owners for them (nimbus itself checks none).
 		opts = append(opts, "default_permissions")
 	}
+	var disabled uint64
+	if !f.cfg.Passthrough {
+		disabled = fuse.CAP_PASSTHROUGH
+	}
 	return &fs.Options{
 		EntryTimeout: &attr,
 		AttrTimeout:  &attr,
@@ -287,8 +300,9 @@ func (f *FS) Options(name string, allowOther bool) *fs.Options {
 			// size" for every such read.
 			DisableSplice: true,
 			// Parallel lookups and reads: the store is remote.
-			MaxBackground: 64,
-			Options:       opts,
+			MaxBackground:        64,
+			Options:              opts,
+			DisabledCapabilities: disabled,
 		},
 	}
 }

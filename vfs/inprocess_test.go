@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -61,6 +62,9 @@ type tierOpt struct {
 	// partSize, if set, makes the journal's store take multipart parts of
 	// that size (stream_test.go's partsDir), for uploads while writing.
 	partSize int64
+	// passthrough mounts through NodeFS with Config.Passthrough, as nimbus
+	// mount does.
+	passthrough bool
 }
 
 // newTier mounts a dir: store (a new, empty one unless opt.remote names
@@ -157,6 +161,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	fsys = New(Config{
 		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
 		DirTTL: opt.dirTTL, Logger: log, Attrs: index, Snapshots: snaps, PartialMin: 32 << 20,
+		Passthrough: opt.passthrough,
 	})
 	m.fsys = fsys
 	t.Cleanup(index.Close) // after the FS stops
@@ -183,7 +188,19 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		<-uploads
 	})
 
-	server, err := fs.Mount(m.mnt, fsys.Root(), fsys.Options("tier:"+m.remote, false))
+	var server *fuse.Server
+	if opt.passthrough {
+		opts := fsys.Options("tier:"+m.remote, false)
+		if server, err = fuse.NewServer(fsys.NodeFS(opts), m.mnt, &opts.MountOptions); err == nil {
+			go server.Serve()
+			err = server.WaitMount()
+		}
+		if err == nil {
+			fsys.StartPassthrough(server, cacheDir)
+		}
+	} else {
+		server, err = fs.Mount(m.mnt, fsys.Root(), fsys.Options("tier:"+m.remote, false))
+	}
 	if err != nil {
 		t.Fatalf("mount on %s: %v", m.mnt, err)
 	}

@@ -186,6 +186,12 @@ func (n *fileNode) ensureWork(ctx context.Context, truncate bool) error {
 		return nil
 	}
 	n.mu.Unlock()
+	// Passthrough readers would not see the change (passthrough.go).
+	done, err := n.holdOffPassthrough(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 
 	var w *workFile
 	var e cache.Entry

@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -54,6 +53,9 @@ type mountOptions struct {
 	daemon     bool
 	readOnly   bool
 	allowOther bool
+	// passthrough lets the kernel read files entirely in the cache from
+	// their cache files (--passthrough).
+	passthrough bool
 	// virtualHost keeps virtual-hosted-style addressing with a custom
 	// endpoint (--virtual-host).
 	virtualHost bool
@@ -115,6 +117,7 @@ are ignored; ro is --read-only.`,
 	f.DurationVar(&o.poll, "poll", time.Minute, "re-list watched and pinned directories this often (`duration`, 0 = off)")
 	f.BoolVar(&o.daemon, "daemon", false, "return once mounted, serving in the background")
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse every change")
+	f.BoolVar(&o.passthrough, "passthrough", false, "let the kernel read files that are entirely in the cache straight from their cache files (FUSE passthrough, Linux 6.9 or later, as root); off by default because, while a file is open that way, opening it for writing waits up to 2s for its readers to close, then fails with ETXTBSY")
 	f.BoolVar(&o.allowOther, "allow-other", false, "let other users access the mount (needs user_allow_other in /etc/fuse.conf)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug detail, from every part of nimbus")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (e.g. 127.0.0.1:9101)")
@@ -520,6 +523,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		Logger:        log,
 		PartialMin:    o.partialMin,
 		Trash:         useTrash,
+		Passthrough:   o.passthrough,
 	}
 	objects.configure(&cfg)
 	fsys = vfs.New(cfg)
@@ -554,7 +558,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if o.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	raw := fs.NewNodeFS(fsys.Root(), opts)
+	raw := fsys.NodeFS(opts)
 	if o.metricsAddr != "" {
 		reg := newMetricsRegistry(m)
 		raw = newFuseMetrics(raw, reg)
@@ -573,6 +577,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		return fmt.Errorf("mount on %s: %w", o.mountpoint, err)
 	}
 	raiseReadahead(o.mountpoint, log)
+	fsys.StartPassthrough(m.server, o.cacheDir)
 	ctl, err := listenControl(m.socket, m)
 	if err != nil {
 		m.unmount()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nimbus-fs/nimbus/vfs"
 )
 
 func TestParseRemote(t *testing.T) {
@@ -227,6 +229,24 @@ func TestMountOptions(t *testing.T) {
 	}
 }
 
+func TestPassthroughFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false}, // opt-in: see the flag's help
+		{[]string{"--passthrough"}, true},
+		{[]string{"-o", "passthrough"}, true},
+		{[]string{"-o", "passthrough=false"}, false},
+		{[]string{"--passthrough", "-o", "passthrough=false"}, false},
+	} {
+		o, err := parseMountArgs(append([]string{"s3://bkt", "/m"}, c.args...), io.Discard)
+		if err != nil || o.passthrough != c.want {
+			t.Errorf("%q: passthrough %v, err %v; want %v", c.args, o.passthrough, err, c.want)
+		}
+	}
+}
+
 func TestMountFuseForm(t *testing.T) {
 	// mount.fuse runs `nimbus REMOTE MOUNTPOINT -o …`: that is nimbus mount
 	// --daemon. A bad option is a usage error naming it.
@@ -288,5 +308,23 @@ func TestVersionOf(t *testing.T) {
 	}
 	if got, want := versionOf(info), "nimbus v1.2.3 (revision 0123456789ab 2026-12-07T03:00:00Z, modified), go1.26.8"; got != want {
 		t.Errorf("with VCS: %q; want %q", got, want)
+	}
+}
+
+func TestPassthroughLine(t *testing.T) {
+	for _, c := range []struct {
+		st   vfs.PassthroughStatus
+		want []string
+	}{
+		{vfs.PassthroughStatus{On: true, Opens: 7, Open: 2}, []string{"on:", "7 opens, 2 open now"}},
+		{vfs.PassthroughStatus{On: true, Opens: 1, Busy: 3}, []string{"on:", "3 changes refused"}},
+		{vfs.PassthroughStatus{Reason: "not asked for (--passthrough turns it on)"}, []string{"off: not asked for (--passthrough turns it on)", "through nimbus"}},
+	} {
+		line := passthroughLine(c.st)
+		for _, w := range c.want {
+			if !strings.Contains(line, w) {
+				t.Errorf("passthroughLine(%+v) = %q, want %q in it", c.st, line, w)
+			}
+		}
 	}
 }

@@ -38,6 +38,9 @@ type statusReport struct {
 	Requests   map[string]int64   `json:"requests"`
 	Skipped    []cache.Skipped    `json:"skipped"`
 	Options    optionsReport      `json:"options"`
+	// Passthrough: whether reads of files entirely in the cache bypass
+	// nimbus (on, or off and why), and how many opens did.
+	Passthrough vfs.PassthroughStatus `json:"passthrough"`
 }
 
 // optionsReport is what the mount was started with, for checking that
@@ -109,9 +112,10 @@ func (m *mountState) status() (*statusReport, error) {
 			Pending: js.Pending, PendingBytes: js.PendingBytes, Oldest: js.Oldest,
 			Uploading: js.Uploading, Parked: js.Parked, Retrying: js.Retrying,
 		},
-		Conflicts: conflicts,
-		Requests:  m.counts.Snapshot(),
-		Skipped:   skipped,
+		Conflicts:   conflicts,
+		Requests:    m.counts.Snapshot(),
+		Skipped:     skipped,
+		Passthrough: m.fsys.PassthroughStatus(),
 		Options: optionsReport{
 			DirTTL: m.opts.dirTTL.String(), Poll: m.opts.poll.String(),
 			ReadOnly: m.opts.readOnly, AllowOther: m.opts.allowOther,
@@ -191,6 +195,7 @@ func printStatus(w io.Writer, r *statusReport) {
 		up += fmt.Sprintf(", %d uploading", r.Uploads.Uploading)
 	}
 	fmt.Fprintf(tw, "uploads:\t%s\n", up)
+	fmt.Fprintf(tw, "passthrough:\t%s\n", passthroughLine(r.Passthrough))
 	for _, p := range r.Uploads.Parked {
 		fmt.Fprintf(tw, "\t  STUCK %s: %s (since %s; kept, retried at next mount)\n", p.Key, p.Err, p.Since.Local().Format(time.DateTime))
 	}
@@ -294,4 +299,16 @@ func shorten(s string, n int) string {
 		return s
 	}
 	return string(r[:n-1]) + "…"
+}
+
+// passthroughLine says whether reads of cached files bypass nimbus.
+func passthroughLine(p vfs.PassthroughStatus) string {
+	if !p.On {
+		return "off: " + p.Reason + "; every read goes through nimbus"
+	}
+	line := fmt.Sprintf("on: files entirely in the cache are read straight from it (%d opens, %d open now)", p.Opens, p.Open)
+	if p.Busy > 0 {
+		line += fmt.Sprintf("; %d changes refused while a file was open so", p.Busy)
+	}
+	return line
 }
