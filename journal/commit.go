@@ -310,9 +310,9 @@ func (j *Journal) prepare(ops []Op) ([]preparedOp, error) {
 			movedFrom = append(movedFrom, from)
 		}
 		out[i].staged = name
-		if op.SHA256 != "" {
-			// Hashed while written (a streamed file, never small enough
-			// to inline).
+		if op.SHA256 != "" && op.Partial == nil && !j.inlinable(j.stagedPath(name)) {
+			// Hashed while written: only synced. A small file is read
+			// and inlined instead, which saves its fsync.
 			out[i].size, out[i].sha256, err = j.syncHashed(j.stagedPath(name), op.SHA256) // stream_commit.go
 		} else {
 			out[i].size, out[i].sha256, out[i].content, err = j.hashAndSync(j.stagedPath(name), op.Partial)
@@ -459,6 +459,14 @@ func (j *Journal) adopt(path string) (name, from string, err error) {
 		return "", "", fmt.Errorf("move staged file into %s (it must be on the same file system): %w", j.dir, err)
 	}
 	return filepath.Base(dst), filepath.Dir(abs), nil
+}
+
+// inlinable reports whether the staged file at path is small enough for
+// its content to go into its record (hashAndSync); false when it cannot
+// be looked at, for hashAndSync to report why.
+func (j *Journal) inlinable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Size() <= j.inlineLimit
 }
 
 // hashAndSync returns the size and hex SHA-256 of the file at path, and
