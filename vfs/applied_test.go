@@ -69,7 +69,7 @@ func TestReconcileShowsTheJournal(t *testing.T) {
 		{Seq: 3, Kind: journal.Delete, Key: "d/deleted.txt"},
 		{Seq: 4, Kind: journal.PutFile, Key: "new/deep/file.txt", Size: 7},
 	}}
-	f := New(Config{Tree: tree, Journal: j})
+	f := mustNew(t, Config{Tree: tree, Journal: j})
 	if err := f.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestReconcileShowsAPendingCopyAtItsSize(t *testing.T) {
 		{Seq: 3, Kind: journal.Copy, Key: "lost.bin", Src: "b.bin", SrcETag: "e2", Size: 1323609},
 		{Seq: 4, Kind: journal.Delete, Key: "b.bin"},
 	}}
-	f := New(Config{Tree: tree, Journal: j})
+	f := mustNew(t, Config{Tree: tree, Journal: j})
 	if err := f.Reconcile(); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func newIndexedFS(t *testing.T, store *memStore) (*FS, *cache.Tree) {
 	j := &fakeJournal{}
 	var f *FS
 	index, _ := bucketObjects(t, store, j, &f, "test")
-	f = New(Config{Store: index, Tree: tree, Journal: j, Attrs: index})
+	f = mustNew(t, Config{Store: index, Tree: tree, Journal: j, Attrs: index})
 	t.Cleanup(index.Close) // after the FS stops
 	t.Cleanup(f.Stop)
 	return f, tree

@@ -136,8 +136,10 @@ type Config struct {
 	Prefix string
 	// DirTTL is how long a listing is trusted before it is re-listed.
 	DirTTL time.Duration
-	// Journal records local changes; nil (or ReadOnly) makes the mount
-	// read-only.
+	// Journal records local changes. It is required, so that no path
+	// meets a nil journal: a read-only mount passes one too and sets
+	// ReadOnly, which refuses every change before it reaches the journal
+	// (the journal still uploads what an earlier mount left pending).
 	Journal  journalLog
 	ReadOnly bool
 	// Pins is the persisted set of pinned paths.
@@ -212,8 +214,15 @@ type listFlight struct {
 	err  error // set before done is closed
 }
 
-// New returns the file system; Root gives the node to mount.
-func New(cfg Config) *FS {
+// New returns the file system; Root gives the node to mount. The
+// Journal and Tree of cfg are required.
+func New(cfg Config) (*FS, error) {
+	switch {
+	case cfg.Journal == nil:
+		return nil, errors.New("vfs: Config.Journal is required (a read-only mount passes one and sets ReadOnly)")
+	case cfg.Tree == nil:
+		return nil, errors.New("vfs: Config.Tree is required")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -231,7 +240,7 @@ func New(cfg Config) *FS {
 		applied: make(map[string]uint64),
 	}
 	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
-	return f
+	return f, nil
 }
 
 // background runs fn in a goroutine that Stop waits for, and reports

@@ -158,7 +158,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	if opt.afterListFlat != nil {
 		vfsStore = hookedStore{Backend: index, afterListFlat: opt.afterListFlat}
 	}
-	fsys = New(Config{
+	fsys = mustNew(t, Config{
 		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
 		DirTTL: opt.dirTTL, Logger: log, Attrs: index, Snapshots: snaps, PartialMin: 32 << 20,
 		Passthrough: opt.passthrough,

@@ -2,6 +2,7 @@ package vfs
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func TestStopWaitsForBackgroundWork(t *testing.T) {
 	}
 	tree := newTestTree(t)
 	stuck := &stuckList{Backend: store, started: make(chan struct{})}
-	f := New(Config{Store: stuck, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
+	f := mustNew(t, Config{Store: stuck, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())
 	listed := make(chan error, 1)
 	go func() { listed <- f.ensureListed(ctx, "") }()
@@ -56,5 +57,25 @@ func TestStopWaitsForBackgroundWork(t *testing.T) {
 	}
 	if f.background(func() { t.Error("background work started after Stop") }) {
 		t.Error("background reported starting work after Stop")
+	}
+}
+
+// mustNew is New for tests: a Config the test got wrong fails it.
+func mustNew(t testing.TB, cfg Config) *FS {
+	t.Helper()
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestNewRequiresJournalAndTree(t *testing.T) {
+	tree := newTestTree(t)
+	if _, err := New(Config{Tree: tree}); err == nil || !strings.Contains(err.Error(), "Journal is required") {
+		t.Errorf("New without a journal: %v, want an error saying it is required", err)
+	}
+	if _, err := New(Config{Journal: &fakeJournal{}}); err == nil || !strings.Contains(err.Error(), "Tree is required") {
+		t.Errorf("New without a tree: %v, want an error saying it is required", err)
 	}
 }

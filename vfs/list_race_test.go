@@ -56,7 +56,7 @@ func TestListingDoesNotUndoAnUpload(t *testing.T) {
 	}
 	tree := newTestTree(t)
 	slow := &slowList{Backend: store, started: make(chan struct{}), release: make(chan struct{})}
-	f := New(Config{Store: slow, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
+	f := mustNew(t, Config{Store: slow, Tree: tree, Journal: &fakeJournal{}, DirTTL: time.Hour})
 
 	listed := make(chan error, 1)
 	go func() { listed <- f.ensureListed(context.Background(), "") }()

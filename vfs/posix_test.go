@@ -56,7 +56,7 @@ func mountPOSIX(t *testing.T, store *memStore) *posixMount {
 		t.Fatal(err)
 	}
 	index, snaps := bucketObjects(t, store, j, &fsys, "test")
-	fsys = New(Config{Store: index, Tree: tree, Blocks: blocks, Journal: j, DirTTL: time.Hour, Attrs: index, Snapshots: snaps})
+	fsys = mustNew(t, Config{Store: index, Tree: tree, Blocks: blocks, Journal: j, DirTTL: time.Hour, Attrs: index, Snapshots: snaps})
 	ctx, cancel := context.WithCancel(context.Background())
 	uploads := make(chan struct{})
 	go func() { defer close(uploads); j.Run(ctx) }()

@@ -93,7 +93,7 @@ func uninterrupted(ctx context.Context) context.Context { return context.Without
 var errReadOnly = fmt.Errorf("read-only mount: %w", syscall.EROFS)
 
 func (f *FS) writable() error {
-	if f.cfg.ReadOnly || f.cfg.Journal == nil {
+	if f.cfg.ReadOnly {
 		return errReadOnly
 	}
 	return nil

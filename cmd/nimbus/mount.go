@@ -526,7 +526,10 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 		Passthrough:   o.passthrough,
 	}
 	objects.configure(&cfg)
-	fsys = vfs.New(cfg)
+	fsys, err = vfs.New(cfg)
+	if err != nil {
+		return err
+	}
 	m.fsys = fsys
 	defer fsys.Stop()
 	if err := fsys.Reconcile(); err != nil {
