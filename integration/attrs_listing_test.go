@@ -202,11 +202,7 @@ func TestAttrIndexCosts(t *testing.T) {
 // mountCounted mounts the bucket through a counting proxy of its own.
 func mountCounted(t *testing.T, e *env, args ...string) (*mount, *s3proxy.Server) {
 	t.Helper()
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	return e.mount(mountOpt{endpoint: proxy.URL, args: args}), proxy
 }
 

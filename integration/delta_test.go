@@ -33,11 +33,7 @@ func TestDeltaUpload(t *testing.T) {
 	e := newEnv(t)
 	orig := pattern{seed: 55, size: deltaFileSize}
 	e.putStream("big.bin", orig.reader(), orig.size)
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	m := e.mount(mountOpt{endpoint: proxy.URL})
 	before := m.requests()
 	atServer := proxy.Snapshot()

@@ -51,11 +51,7 @@ func TestFSStress(t *testing.T) {
 	}
 
 	e := newEnv(t)
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	m := e.mount(mountOpt{endpoint: proxy.URL})
 	t.Cleanup(func() { e.emptyBucket() })
 	start := proxy.Snapshot()

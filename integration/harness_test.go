@@ -19,6 +19,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/nimbus-fs/nimbus/integration/minio"
+	"github.com/nimbus-fs/nimbus/integration/s3proxy"
 )
 
 // nimbusBin is the binary under test, built once by TestMain.
@@ -407,4 +408,17 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// startProxy starts a counting proxy (integration/s3proxy) in front of the
+// test's MinIO, closed when the test ends: mount through its URL to count
+// the requests that reach the store.
+func (e *env) startProxy(t testing.TB) *s3proxy.Server {
+	t.Helper()
+	proxy, err := s3proxy.Start(e.minio.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	return proxy
 }

@@ -60,11 +60,7 @@ func TestPartialEdit(t *testing.T) {
 	e := newEnv(t)
 	orig := pattern{seed: 77, size: partialFileSize}
 	e.putStream("big.bin", orig.reader(), orig.size)
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	m := e.mount(mountOpt{endpoint: proxy.URL})
 	atStart := proxy.Snapshot()
 

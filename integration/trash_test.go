@@ -285,11 +285,7 @@ func TestTrashSameDay(t *testing.T) {
 // for byte, and a rename moves it the same way.
 func TestTrashBigFile(t *testing.T) {
 	e := newEnv(t)
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	cacheDir := t.TempDir()
 	m := startMount(t, append(e.minio.Env(), "NIMBUS_S3_COPY_THRESHOLD=6MiB"), cacheDir,
 		[]string{"mount", "--endpoint", proxy.URL, "--cache-dir", cacheDir, "s3://" + e.bucket})

@@ -18,11 +18,7 @@ import (
 // fits, within the cap. Reads of 1 MiB log no go-fuse splice failures.
 func TestUploadedContentStaysCached(t *testing.T) {
 	e := newEnv(t)
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	cacheDir := t.TempDir()
 	m := e.mount(mountOpt{cacheDir: cacheDir, endpoint: proxy.URL})
 	const size = 50 << 20

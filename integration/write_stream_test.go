@@ -49,11 +49,7 @@ func writeSequentially(t *testing.T, f *os.File, data []byte) {
 func TestWriteStreamsParts(t *testing.T) {
 	e := newEnv(t)
 	e.put("shared.bin", []byte("the remote version before"))
-	proxy, err := s3proxy.Start(e.minio.Endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proxy.Close() })
+	proxy := e.startProxy(t)
 	m := e.mount(mountOpt{endpoint: proxy.URL, env: []string{"NIMBUS_S3_PART_SIZE=5MiB"}})
 
 	t.Run("Exact", func(t *testing.T) {
