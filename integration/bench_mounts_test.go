@@ -397,3 +397,29 @@ func peakRSS(pid int) int64 {
 	}
 	return 0
 }
+
+// processCPU returns the user+system CPU time a process has used so far
+// (/proc/PID/stat, in clock ticks of 1/100 s), or 0 if it cannot be read.
+func processCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: count from its ")".
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	// fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	const userHZ = 100 // USER_HZ: /proc reports ticks of 1/100 s on Linux
+	return time.Duration(utime+stime) * time.Second / userHZ
+}

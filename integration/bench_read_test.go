@@ -50,6 +50,10 @@ func benchPlans() []plan {
 			{workloads: []string{wCreatesClose, wCreatesDone}, run: subject.createSmall},
 			{workloads: []string{wWriteClose, wWriteDone}, run: subject.writeBig},
 		},
+		{
+			{run: subject.makeUntarDir},
+			{workloads: []string{wUntar}, run: subject.untarTree},
+		},
 	}
 }
 
@@ -77,6 +81,7 @@ func rawPlans() []plan {
 			{workloads: []string{wCreatesClose, wCreatesDone}, run: subject.rawCreates},
 			{workloads: []string{wWriteClose, wWriteDone}, run: subject.rawWrite},
 		},
+		{{workloads: []string{wUntar}, run: subject.rawUntar}},
 	}
 }
 

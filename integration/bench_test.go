@@ -81,12 +81,13 @@ const (
 	wCreatesDone  = "1,000 x 4 KiB creates, until uploaded"
 	wWriteClose   = "1 GiB sequential write, until close()"
 	wWriteDone    = "1 GiB sequential write, until uploaded"
+	wUntar        = "untar of Go's src/ (no cmd/, testdata/), until uploaded"
 )
 
 var benchWorkloads = []string{
 	wColdRead, wWarmRead, wPageRead, wRandomCold, wRandomWarm, wHead,
 	wLsCold, wLsWarm, wFindCold, wParallel,
-	wCreatesClose, wCreatesDone, wWriteClose, wWriteDone,
+	wCreatesClose, wCreatesDone, wWriteClose, wWriteDone, wUntar,
 }
 
 // bench is one run of the comparison.
@@ -99,6 +100,7 @@ type bench struct {
 	local   string        // a local file holding the bytes of bigKey
 	offsets []int64       // of the random preads, the same for every system
 	rows    map[string]map[string]*benchRow
+	untar   *untarSet // the untar workload's tree, once packed
 }
 
 func benchFileSystems(b *testing.B) {
@@ -196,6 +198,7 @@ type benchRow struct {
 	workload, system string
 	counts           s3proxy.Counts // at the server, during the workload
 	rss              int64          // peak RSS of the mount process; 0 for raw
+	cpu              time.Duration  // user+system CPU of the mount process during the workload; 0 for raw
 	status           string         // "" if measured; else what to show instead
 	capped           bool           // stopped at the time limit
 }
@@ -299,6 +302,10 @@ func (bx *bench) measure(system string, m benchMount, s step) bool {
 	}
 	laps := 0
 	before := bx.proxy.Snapshot()
+	var cpuBefore time.Duration
+	if m != nil {
+		cpuBefore = processCPU(m.pid())
+	}
 	start := time.Now()
 	lap := func(o outcome) {
 		if laps == len(s.workloads) {
@@ -310,6 +317,7 @@ func (bx *bench) measure(system string, m benchMount, s step) bool {
 		r := &benchRow{outcome: o, workload: s.workloads[laps], system: system, counts: bx.proxy.Snapshot().Sub(before)}
 		if m != nil {
 			r.rss = peakRSS(m.pid())
+			r.cpu = processCPU(m.pid()) - cpuBefore
 		}
 		bx.record(r)
 		laps++
@@ -371,6 +379,7 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 		"bigger is better, 1.00 = at the limit. Requests and bytes are what the server saw "+
 		"(a counting proxy in front of MinIO is every system's endpoint, raw's too). "+
 		"**peak RSS** is VmHWM of the mount process after the workload. "+
+		"**CPU/MiB** is the user+system CPU time the mount process spent during the workload (/proc/PID/stat), per MiB read or written. "+
 		"Steps marked cold drop the page cache first, MinIO's included, for every system alike. "+
 		"Time limit per workload: %s.\n\n", bx.limit)
 
@@ -379,7 +388,7 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 	for _, op := range ops {
 		head = append(head, op.String())
 	}
-	head = append(head, "bytes GET", "bytes PUT", "peak RSS", "vs raw", "notes")
+	head = append(head, "bytes GET", "bytes PUT", "peak RSS", "CPU/MiB", "vs raw", "notes")
 	fmt.Fprintf(&w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	names := []string{"raw"}
 	only := map[string][]string{}
@@ -404,9 +413,10 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 	fmt.Fprintf(&w, "\nraw rows (the limit): cold read = 8 parallel ranged GETs of 8 MiB; warm and repeated read, warm preads = the same bytes in a local file; "+
 		"cold preads = one 4 KiB ranged GET at a time; head = one 1-byte ranged GET; ls/find = one flat ListObjectsV2 of tree/ (1,000 keys a page); "+
 		"4 readers = 4 objects at once, 2 ranged GETs of 8 MiB in flight each; creates = 1,000 PUTs 16 at a time; write = SDK multipart upload, 16 MiB parts 8 at a time "+
-		"(a raw write is uploaded when it returns, so both its rows show the same run).\n\n")
+		"(a raw write is uploaded when it returns, so both its rows show the same run); untar = the same files PUT 16 at a time, read from the source folder.\n\n")
 	fmt.Fprintf(&w, "head -c 1: bytes GET are counted 2 s after head returns, to include read-ahead. \"until uploaded\": nimbus = `nimbus sync`, then (every system) "+
-		"the bucket is polled until all objects are there with their size.\n\n")
+		"the bucket is polled until all objects are there with their size. "+
+		"untar: `tar -x --no-same-owner` of Go's src/ without cmd/ and the testdata/ folders (packed once; the notes give its files and bytes) into a fresh folder of the mount.\n\n")
 	for _, s := range systems {
 		if chosen(s.name) {
 			about := s.about
@@ -425,7 +435,7 @@ func (r *benchRow) cells(raw *benchRow, limit time.Duration) []string {
 	ops := s3proxy.Ops()
 	if r.status != "" {
 		c = append(c, r.status)
-		for range len(ops) + 6 {
+		for range len(ops) + 7 {
 			c = append(c, "")
 		}
 		if r.capped && raw != nil && raw.status == "" {
@@ -440,6 +450,11 @@ func (r *benchRow) cells(raw *benchRow, limit time.Duration) []string {
 	c = append(c, formatBytes(r.counts.GetBytes), formatBytes(r.counts.PutBytes))
 	if r.rss > 0 {
 		c = append(c, formatBytes(r.rss))
+	} else {
+		c = append(c, "-")
+	}
+	if r.system != "raw" && r.bytes > 0 {
+		c = append(c, fmt.Sprintf("%.1f ms", r.cpu.Seconds()*1000/(float64(r.bytes)/(1<<20))))
 	} else {
 		c = append(c, "-")
 	}
