@@ -37,7 +37,10 @@
 // # Writing
 //
 // Writes are batched per folder: the changes of a folder are written
-// together Debounce after the first, by a few writers. A write reads the
+// together once none came for the debounce (200 ms), or maxGather (5 s)
+// after the first of them when they keep coming, by a few writers. So a
+// stream of uploads into a folder (an untar, a copy of a tree) rewrites
+// its sidecar every few seconds, not at every fifth of one. A write reads the
 // sidecar, merges, and writes it back with If-Match (If-None-Match when
 // there was none), again after a 412, so mounts writing into one folder at
 // once all end up in it. When the store cannot be reached the changes wait
@@ -95,6 +98,9 @@ const (
 	// are written: a thousand creates in a folder cost a few writes, not
 	// 1,000.
 	defaultDebounce = 200 * time.Millisecond
+	// maxGather bounds how long changes that keep coming wait: other
+	// mounts see a folder's attributes at most this late (plus the write).
+	maxGather = 5 * time.Second
 	// writers bounds the folders written at once.
 	writers = 4
 	// maxWrites bounds the read-merge-write rounds of one flush that lose
@@ -286,6 +292,7 @@ type folder struct {
 	// unless something shows in it again.
 	gone     bool
 	due      time.Time
+	since    time.Time // when the oldest change waiting came
 	writing  bool
 	clearing bool             // the write running deletes a gone folder's sidecar
 	attempts int              // failed writes in a row
@@ -560,8 +567,15 @@ func (x *Index) update(dir string, apply func(*folder)) {
 		st = &folder{changes: make(map[string]*record)}
 		x.folders[dir] = st
 	}
-	if st.idle() && st.attempts == 0 {
-		st.due = time.Now().Add(x.debounce)
+	if st.attempts == 0 { // else the retry schedule sets due
+		now := time.Now()
+		if st.idle() {
+			st.since = now
+		}
+		st.due = now.Add(x.debounce)
+		if last := st.since.Add(max(x.debounce, maxGather)); last.Before(st.due) {
+			st.due = last
+		}
 	}
 	apply(st)
 	if !x.started {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -450,4 +451,39 @@ func TestWrittenAtClose(t *testing.T) {
 func hasKey[V any](m map[string]V, k string) bool {
 	_, ok := m[k]
 	return ok
+}
+
+// TestStreamOfChangesGathers: uploads that keep arriving in one folder (an
+// untar) rewrite its sidecar when they pause, or every maxGather while they
+// go on, not a debounce after each first change; every entry still lands.
+func TestStreamOfChangesGathers(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		for_             time.Duration
+		minPuts, maxPuts int
+	}{
+		{"shorter than maxGather", 2 * time.Second, 1, 1},
+		{"longer than maxGather", 3*maxGather + time.Second, 3, 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				store := mem.New()
+				x := newIndex(t, store, Config{})
+				n := 0
+				for start := time.Now(); time.Since(start) < c.for_; n++ {
+					uploaded(x, store, fmt.Sprintf("d/f%04d", n), 0o640, time.Unix(int64(n), 0))
+					time.Sleep(50 * time.Millisecond)
+				}
+				time.Sleep(time.Second) // the last debounce ends; the write is done
+				synctest.Wait()
+				puts := store.Count("Put", "d/"+Name)
+				if puts < c.minPuts || puts > c.maxPuts {
+					t.Errorf("%d uploads over %v: %d sidecar PUTs, want %d to %d", n, c.for_, puts, c.minPuts, c.maxPuts)
+				}
+				if files := readIndex(t, store, "d/"+Name); len(files) != n {
+					t.Errorf("sidecar has %d entries, want %d", len(files), n)
+				}
+			})
+		})
+	}
 }
