@@ -456,3 +456,28 @@ func TestTierFolderRenameKeepsModes(t *testing.T) {
 		t.Fatalf("store: e/f has nimbus-mode %q, want 700", got)
 	}
 }
+
+// TestTierOpenUnlinkedCached: a read-only handle opened before an unlink
+// reads the file's bytes after it, when they are cached (here: written
+// through the mount, so the upload left them in the cache), even once the
+// delete reached the store.
+func TestTierOpenUnlinkedCached(t *testing.T) {
+	m := newTier(t, tierOpt{})
+	m.mustWrite("gone", []byte("still readable"))
+	m.sync(tierSync)
+	f, err := os.Open(m.path("gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Unlink(m.path("gone")); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync) // the delete reached the store
+	m.wantNoRemote("gone")
+	buf := make([]byte, 64)
+	n, err := f.ReadAt(buf, 0)
+	if got := string(buf[:n]); got != "still readable" {
+		t.Errorf("read through a handle opened before the unlink: %q (%v)", got, err)
+	}
+}

@@ -145,8 +145,27 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
 	n.fsys.touchDir(dir, time.Now())
-	n.fsys.cfg.Blocks.Forget(key, "")
+	if !openForReading(n.GetChild(name)) {
+		// Its blocks go now; a handle still open reads them until it is
+		// closed (POSIX), and eviction takes them later.
+		n.fsys.cfg.Blocks.Forget(key, "")
+	}
 	return 0
+}
+
+// openForReading reports whether ch is a file with a read-only handle open
+// through nimbus (a passthrough one holds its blocks itself).
+func openForReading(ch *fs.Inode) bool {
+	if ch == nil {
+		return false
+	}
+	fn, ok := ch.Operations().(*fileNode)
+	if !ok {
+		return false
+	}
+	fn.mu.Lock()
+	defer fn.mu.Unlock()
+	return fn.readers > 0
 }
 
 // trashKey is where a delete of the file at path keeps it: its trash key,
