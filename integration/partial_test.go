@@ -187,3 +187,38 @@ func (e *env) s3Keys() []string {
 	}
 	return keys
 }
+
+// TestPartialEditMultipartSnapshot: a file too big for one CopyObject (the
+// mount's copy threshold lowered to 6 MiB, as 5 GiB is for S3) is still
+// edited without a download: its snapshot is a multipart copy.
+func TestPartialEditMultipartSnapshot(t *testing.T) {
+	e := newEnv(t)
+	const size = 40 << 20 // above --partial-edit-min (32 MiB)
+	orig := pattern{seed: 79, size: size}
+	e.putStream("big.bin", orig.reader(), orig.size)
+	proxy := e.startProxy(t)
+	m := e.mount(mountOpt{endpoint: proxy.URL, env: []string{"NIMBUS_S3_COPY_THRESHOLD=6MiB"}})
+	atStart := proxy.Snapshot()
+	const at = size/2 + 777
+	edit := []byte("edit of a big file")
+	within(t, 2*time.Minute, "edit big.bin", func() error {
+		f, err := os.OpenFile(m.path("big.bin"), os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(edit, at); err != nil {
+			return err
+		}
+		return f.Close()
+	})
+	made := proxy.Snapshot().Sub(atStart)
+	if made.GetBytes > 0 || made.Requests[s3proxy.OpCopy] != 0 || made.Requests[s3proxy.OpCopyPart] < 2 {
+		t.Errorf("the edit downloaded %d bytes and made %d CopyObject, %d UploadPartCopy; want no download and a snapshot in parts",
+			made.GetBytes, made.Requests[s3proxy.OpCopy], made.Requests[s3proxy.OpCopyPart])
+	}
+	m.sync(5 * time.Minute)
+	if sum, got := e.objectSHA256("big.bin"); got != size || !bytes.Equal(sum, editedSHA256(t, orig, at, edit)) {
+		t.Fatalf("big.bin in the bucket: %d bytes, sha256 %x; want the edited content", got, sum)
+	}
+}

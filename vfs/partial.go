@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/nimbus-fs/nimbus/backend"
-	"github.com/nimbus-fs/nimbus/backend/snapshots"
 	"github.com/nimbus-fs/nimbus/cache"
 	"github.com/nimbus-fs/nimbus/journal"
 )
@@ -192,7 +191,7 @@ func (f *FS) partialEdit(c cache.Content, key string) bool {
 	if f.cfg.PartialMin <= 0 || f.cfg.Snapshots == nil || c.Key != key || c.ETag == "" {
 		return false
 	}
-	return c.Size >= f.cfg.PartialMin && c.Size <= snapshots.MaxSize && f.cfg.Blocks.CachedBytes(c) < c.Size
+	return c.Size >= f.cfg.PartialMin && f.cfg.Blocks.CachedBytes(c) < c.Size
 }
 
 // snapshotWork makes a working copy of version c that holds nothing yet,

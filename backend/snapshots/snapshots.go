@@ -45,10 +45,6 @@ import (
 // reserves the name.
 const Dir = ".nimbus-snapshots"
 
-// MaxSize is the largest object one server-side copy can make (S3's
-// CopyObject limit). Larger files are copied whole to edit them.
-const MaxSize = 5 << 30
-
 // sweepInterval is how often unused snapshots are looked for, while this
 // mount has any; firstSweep is when the first sweep runs.
 const (
