@@ -192,6 +192,48 @@ func (t *Tree) Children(dir string, fn func(Entry) bool) error {
 	return nil
 }
 
+// KeepKnownAttrs gives e, as a listing shows it, the attributes known of
+// old, its entry in the tree, when the listing carries none of its own:
+// a file's when it is the same version (ETag), and a folder's always (a
+// listing carries nothing of a folder's marker: what was known of it holds
+// until the attribute index says otherwise).
+func (e *Entry) KeepKnownAttrs(old Entry) {
+	switch {
+	case e.Attrs || !old.Attrs:
+	case !old.Dir && !e.Dir && e.ETag == old.ETag:
+		e.CopyAttrs(old)
+	case old.Dir && e.Dir:
+		e.CopyAttrs(old)
+	}
+}
+
+// LocalChildren calls fn, in name order, for each child of dir with a
+// local change, tombstones included: what a listing must not override. It
+// decodes only those entries.
+func (t *Tree) LocalChildren(dir string, fn func(Entry) bool) error {
+	prefix := childPrefix(dir)
+	err := t.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(treeEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(v) == 0 || v[0]&entryIsLocal == 0 {
+				continue
+			}
+			e, err := decodeEntry(string(k[len(prefix):]), v)
+			if err != nil {
+				return err
+			}
+			if !fn(e) {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("local children of %q: %w", dir, err)
+	}
+	return nil
+}
+
 // Subdirs counts the known folders directly in dir (a folder's link
 // count), reading only each entry's flags.
 func (t *Tree) Subdirs(dir string) (int, error) {
@@ -270,14 +312,8 @@ func (t *Tree) ReplaceDir(dir string, entries []Entry, skippedPrefix string, ski
 				i++
 			}
 			listed := i < len(sorted) && sorted[i].Name == name
-			if listed && old.Attrs && !old.Dir && !sorted[i].Dir && sorted[i].ETag == old.ETag && !sorted[i].Attrs {
-				// The same version: its metadata still holds.
-				sorted[i].CopyAttrs(old)
-			}
-			if listed && old.Attrs && old.Dir && sorted[i].Dir && !sorted[i].Attrs {
-				// A listing carries nothing of a folder's marker: what was
-				// known of it holds until the attribute index says otherwise.
-				sorted[i].CopyAttrs(old)
+			if listed {
+				sorted[i].KeepKnownAttrs(old)
 			}
 			if !listed || (old.Dir && !sorted[i].Dir) {
 				// Gone remotely, or a dir that became a file: drop the

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"encoding/binary"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -204,6 +205,16 @@ func TestTreeLocalEntriesWinOverListings(t *testing.T) {
 	}
 	if _, ok, _ := tree.Lookup("", "deleted"); ok {
 		t.Fatal("a listing resurrected a locally deleted file")
+	}
+	var local []string
+	if err := tree.LocalChildren("", func(e Entry) bool {
+		local = append(local, fmt.Sprintf("%s gone=%v", e.Name, e.Gone))
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"deleted gone=true", "edited gone=false", "new gone=false"}; !reflect.DeepEqual(local, want) {
+		t.Fatalf("local children = %q, want %q (tombstones included, listed entries not)", local, want)
 	}
 	// Confirmed: the entry becomes remote again and listings take over.
 	if err := tree.PutEntry("", Entry{Name: "edited", Size: 11, ETag: "r3"}); err != nil {

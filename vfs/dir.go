@@ -32,6 +32,14 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if err := checkKey(n.fsys.fileKey(cache.JoinPath(dir, name))); err != nil {
 		return nil, toErrno(n.fsys.log, "lookup", err)
 	}
+	// While dir is being listed, a name already listed is answered at once:
+	// a READDIRPLUS looks up every entry it returns (dirstream.go).
+	if e, ok, handled := n.fsys.streamedEntry(dir, name); handled {
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		return n.childInode(ctx, e, &out.Attr), 0
+	}
 	if err := n.fsys.ensureListed(ctx, dir); err != nil {
 		return nil, toErrno(n.fsys.log, "lookup", err)
 	}
@@ -86,11 +94,16 @@ var _ = (fs.NodeReaddirer)((*dirNode)(nil))
 func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	n.fsys.inodes.touch(n)
 	dir := n.path()
-	if err := n.fsys.ensureListed(ctx, dir); err != nil {
+	// A folder that must be listed first is read as its listing arrives.
+	s, known, err := n.fsys.listingStream(dir)
+	if err != nil {
 		return nil, toErrno(n.fsys.log, "readdir", err)
 	}
+	if s != nil {
+		return n.fsys.streamDir(ctx, n.EmbeddedInode(), dir, s, known)
+	}
 	var list []fuse.DirEntry
-	err := n.fsys.cfg.Tree.Children(dir, func(e cache.Entry) bool {
+	err = n.fsys.cfg.Tree.Children(dir, func(e cache.Entry) bool {
 		list = append(list, fuse.DirEntry{Name: e.Name, Mode: e.Type(), Ino: n.fsys.inos.readdirIno(n.EmbeddedInode(), dir, e.Name)})
 		return true
 	})

@@ -13,7 +13,9 @@
 // edits' snapshots made by backend/snapshots (Config.Snapshots): nimbus's
 // own objects in the bucket live outside the vfs, and a nil capability is
 // off. When the store cannot be reached, the stale listing
-// is served, so a mount keeps browsing offline.
+// is served, so a mount keeps browsing offline. A readdir that would wait
+// for a listing is served from its pages as they arrive, and so is a
+// lookup of a name they hold (dirstream.go).
 //
 // # Contents
 //
@@ -52,11 +54,12 @@
 // exception: a partial working copy's missing ranges are fetched under
 // fileNode.mu, so that no write changes them meanwhile. They are held
 // across local disk work (an fsync at commit). The listing singleflight
-// (FS.listMu) and the pin jobs' map are leaf locks. Entry notifications
-// are sent from goroutines, never while a lock is held or from inside the
-// operation they concern (the kernel holds the folder's lock there). The
-// one exception is Open's invalidation of the file's own attributes
-// (NotifyContent with offset -1), which takes no lock an open holds.
+// (FS.listMu), a streamed listing's listStream.mu and the pin jobs' map are
+// leaf locks. Entry notifications are sent from goroutines, never while a
+// lock is held or from inside the operation they concern (the kernel holds
+// the folder's lock there). The one exception is Open's invalidation of
+// the file's own attributes (NotifyContent with offset -1), which takes no
+// lock an open holds.
 //
 // Across packages the order is:
 //
@@ -103,6 +106,7 @@ type onlineReporter interface {
 type treeStore interface {
 	Lookup(dir, name string) (cache.Entry, bool, error)
 	Children(dir string, fn func(cache.Entry) bool) error
+	LocalChildren(dir string, fn func(cache.Entry) bool) error
 	Subdirs(dir string) (int, error)
 	Dir(dir string) (cache.DirState, bool, error)
 	ReplaceDir(dir string, entries []cache.Entry, skippedPrefix string, skipped []cache.Skipped, listedAt time.Time) error
@@ -210,8 +214,9 @@ type FS struct {
 }
 
 type listFlight struct {
-	done chan struct{}
-	err  error // set before done is closed
+	done   chan struct{}
+	err    error       // set before done is closed
+	stream *listStream // its entries as they arrive, for readdir (dirstream.go)
 }
 
 // New returns the file system; Root gives the node to mount. The
@@ -339,7 +344,7 @@ func (f *FS) ensureListed(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	if known && time.Since(st.ListedAt) < f.cfg.DirTTL {
+	if known && f.fresh(st) {
 		return nil
 	}
 	if known && !f.online() {
@@ -353,27 +358,14 @@ func (f *FS) ensureListed(ctx context.Context, dir string) error {
 	return err
 }
 
+// fresh reports whether a listing is young enough to be served as is.
+func (f *FS) fresh(st cache.DirState) bool { return time.Since(st.ListedAt) < f.cfg.DirTTL }
+
 // listShared lists dir once for all concurrent callers. The listing itself
 // runs on the background context so that one caller's interrupt does not
 // fail the others; each caller stops waiting when its own ctx ends.
 func (f *FS) listShared(ctx context.Context, dir string) error {
-	f.listMu.Lock()
-	fl, ok := f.listing[dir]
-	if !ok {
-		fl = &listFlight{done: make(chan struct{})}
-		f.listing[dir] = fl
-		run := func() {
-			fl.err = f.listDir(f.bgCtx, dir)
-			f.listMu.Lock()
-			delete(f.listing, dir)
-			f.listMu.Unlock()
-			close(fl.done)
-		}
-		if !f.background(run) {
-			run() // stopping: bgCtx is done, so it fails at once
-		}
-	}
-	f.listMu.Unlock()
+	fl := f.joinListing(dir)
 	select {
 	case <-fl.done:
 		return fl.err
@@ -382,8 +374,38 @@ func (f *FS) listShared(ctx context.Context, dir string) error {
 	}
 }
 
+// joinListing returns the listing of dir in flight, starting one if there
+// is none.
+func (f *FS) joinListing(dir string) *listFlight {
+	f.listMu.Lock()
+	fl, ok := f.listing[dir]
+	if !ok {
+		fl = &listFlight{done: make(chan struct{}), stream: newListStream(f.dirKeyPrefix(dir))}
+		f.listing[dir] = fl
+	}
+	f.listMu.Unlock()
+	if ok {
+		return fl
+	}
+	run := func() {
+		fl.err = f.listDirStreamed(f.bgCtx, dir, fl.stream)
+		f.listMu.Lock()
+		delete(f.listing, dir)
+		f.listMu.Unlock()
+		close(fl.done)
+	}
+	if !f.background(run) {
+		run() // stopping: bgCtx is done, so it fails at once
+	}
+	return fl
+}
+
 // listDir lists dir from the store and records the result.
-func (f *FS) listDir(ctx context.Context, dir string) error {
+func (f *FS) listDir(ctx context.Context, dir string) error { return f.listDirStreamed(ctx, dir, nil) }
+
+// listDirStreamed is listDir that also hands the first attempt's pages to
+// stream (dirstream.go) as they arrive, and ends it; stream may be nil.
+func (f *FS) listDirStreamed(ctx context.Context, dir string, stream *listStream) error {
 	// A listing may miss an upload that completed while it ran, whose
 	// Applied already showed it; recording such a listing would hide the
 	// file until the next one. Then the directory is listed again.
@@ -394,14 +416,38 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 		prefix := f.dirKeyPrefix(dir)
 		started := time.Now()
 		var pages []backend.Page
+		npages := 0
+		feed := stream
+		if attempt > 1 {
+			feed = nil // its readers have the first attempt's entries
+		}
 		err := f.cfg.Store.List(ctx, prefix, func(p backend.Page) error {
+			npages++
+			if feed != nil {
+				// The stream keeps the entries, not the pages: the
+				// kernel's lookups of a streamed folder take memory
+				// while it is listed.
+				feed.add(p)
+				return nil
+			}
 			pages = append(pages, p)
 			return nil
 		})
+		if feed != nil {
+			feed.end(err)
+		}
 		if err != nil {
 			return fmt.Errorf("list %q: %w", prefix, err)
 		}
-		entries, skipped := listingToEntries(prefix, pages) // with the attribute index's attributes
+		// The entries have the attribute index's attributes: the store
+		// is its decorator.
+		var entries []cache.Entry
+		var skipped []cache.Skipped
+		if feed != nil {
+			entries, skipped = feed.listing()
+		} else {
+			entries, skipped = listingToEntries(prefix, pages)
+		}
 		f.localMu.Lock()
 		overtaken := f.applied[dir] != gen
 		if !overtaken || attempt == maxRelist {
@@ -419,7 +465,7 @@ func (f *FS) listDir(ctx context.Context, dir string) error {
 		for _, s := range skipped {
 			f.log.Warn("key cannot be shown, skipped", "key", s.Key, "reason", s.Reason)
 		}
-		f.log.Debug("listed", "dir", dir, "entries", len(entries), "pages", len(pages), "took", time.Since(started), "attempts", attempt)
+		f.log.Debug("listed", "dir", dir, "entries", len(entries), "pages", npages, "took", time.Since(started), "attempts", attempt)
 		return nil
 	}
 }

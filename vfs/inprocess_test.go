@@ -59,6 +59,9 @@ type tierOpt struct {
 	// afterListFlat, if set, runs when a flat listing the vfs asked for
 	// has been read from the store and before the vfs sees it.
 	afterListFlat func(prefix string)
+	// beforeListPage, if set, runs before each page of a delimited
+	// listing the vfs asked for is handed over (page counts from 0).
+	beforeListPage func(prefix string, page int)
 	// partSize, if set, makes the journal's store take multipart parts of
 	// that size (stream_test.go's partsDir), for uploads while writing.
 	partSize int64
@@ -155,8 +158,8 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 
 	index, snaps := bucketObjects(t, m.store, m.jour, &fsys, "tier")
 	var vfsStore lister = index
-	if opt.afterListFlat != nil {
-		vfsStore = hookedStore{Backend: index, afterListFlat: opt.afterListFlat}
+	if opt.afterListFlat != nil || opt.beforeListPage != nil {
+		vfsStore = hookedStore{Backend: index, afterListFlat: opt.afterListFlat, beforeListPage: opt.beforeListPage}
 	}
 	fsys = mustNew(t, Config{
 		Store: vfsStore, Tree: tree, Blocks: blocks, Journal: m.jour, Pins: pins,
@@ -220,14 +223,31 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 }
 
 // hookedStore is the store with a hook between reading a flat listing
-// and handing it over (its other methods, the optional ones included, are
-// the store's).
+// and handing it over, and one before each page of a delimited listing is
+// handed over (its other methods, the optional ones included, are the
+// store's).
 type hookedStore struct {
 	backend.Backend
-	afterListFlat func(prefix string)
+	afterListFlat  func(prefix string)           // nil: none
+	beforeListPage func(prefix string, page int) // nil: none
+}
+
+func (s hookedStore) List(ctx context.Context, prefix string, fn func(backend.Page) error) error {
+	if s.beforeListPage == nil {
+		return s.Backend.List(ctx, prefix, fn)
+	}
+	page := 0
+	return s.Backend.List(ctx, prefix, func(p backend.Page) error {
+		s.beforeListPage(prefix, page)
+		page++
+		return fn(p)
+	})
 }
 
 func (s hookedStore) ListFlat(ctx context.Context, prefix string, fn func(backend.Page) error) error {
+	if s.afterListFlat == nil {
+		return s.Backend.ListFlat(ctx, prefix, fn)
+	}
 	var pages []backend.Page
 	if err := s.Backend.ListFlat(ctx, prefix, func(p backend.Page) error {
 		pages = append(pages, p)

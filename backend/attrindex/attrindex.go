@@ -18,10 +18,15 @@
 // Each entry describes the version of the file whose ETag it names; a
 // folder's entry has no ETag (a listing does not show a marker's). A
 // listing that holds the sidecar GETs it (only when its ETag changed since
-// this mount last read or wrote it) and gives each listed file whose ETag
+// this mount last read or wrote it), once per listing, and gives each listed file whose ETag
 // matches its entry those attributes; an entry for another version is
 // ignored, so a stale sidecar is harmless. Object metadata stays the source
 // of truth: open still HEADs the file and applies what it finds.
+//
+// A listing's pages are passed on as they arrive, not once all are read:
+// only those before the place where the sidecar's key sorts wait, for the
+// sidecar (List), so a reader of a large folder sees its first entries
+// after one request.
 //
 // # Recording: told by the vfs
 //
@@ -347,65 +352,106 @@ func (x *Index) pendingUnder(prefix string) bool {
 // gives each listed file whose version the sidecar describes, and each
 // folder it describes, those attributes. A folder removed through this
 // mount whose sidecar is being deleted is left out (the sidecar alone
-// would list it). The pages are read whole before fn sees the first: the
-// sidecar may be on any of them. A sidecar that cannot be read is logged
-// and ignored.
+// would list it). A sidecar that cannot be read is logged and ignored.
+//
+// The pages stream: the sidecar's key has one place in the listing's
+// order, so once a page reaches that place whether the folder has one is
+// known, it is read (once), and that page, the ones held before it and
+// every later one are passed on with its attributes. Only the pages before
+// that place are held, and there are rarely any: the key sorts before
+// every name that does not begin with one of ` !"#$%&'()*+,-`.
 func (x *Index) List(ctx context.Context, prefix string, fn func(backend.Page) error) error {
-	var pages []backend.Page
-	if err := x.Backend.List(ctx, prefix, func(p backend.Page) error {
-		pages = append(pages, p)
-		return nil
-	}); err != nil {
+	l := &listing{x: x, prefix: prefix, key: keyOf(prefix), fn: fn}
+	if err := x.Backend.List(ctx, prefix, func(p backend.Page) error { return l.page(ctx, p) }); err != nil {
 		return err
 	}
-	key := keyOf(prefix)
-	var found *backend.ObjectInfo
-	for _, p := range pages {
-		for i := range p.Objects {
-			if p.Objects[i].Key == key {
-				found = &p.Objects[i]
-			}
-		}
-	}
-	files := x.forListing(ctx, prefix, key, found)
-	if found == nil && !x.anyGone() {
-		// Nothing to add or hide: the pages as the store gave them.
-		for _, p := range pages {
-			if err := fn(p); err != nil {
-				return err
-			}
-		}
+	if l.resolved {
 		return nil
 	}
-	for _, p := range pages {
-		out := backend.Page{Objects: make([]backend.ObjectInfo, 0, len(p.Objects)), Prefixes: make([]string, 0, len(p.Prefixes))}
-		for _, o := range p.Objects {
-			if o.Key == key {
-				continue
-			}
-			if rec, ok := files[strings.TrimPrefix(o.Key, prefix)]; ok && rec.ETag != "" && rec.ETag == o.ETag {
-				a := rec.attrs()
-				o.Attrs = &a
-			}
-			out.Objects = append(out.Objects, o)
+	return l.resolve(ctx) // the listing ended before the sidecar's place
+}
+
+// listing is the state of one decorated List.
+type listing struct {
+	x           *Index
+	prefix, key string // the folder's prefix and its sidecar's key
+	fn          func(backend.Page) error
+	sidecar     *backend.ObjectInfo // once listed
+	held        []backend.Page      // read before the sidecar's place
+	resolved    bool                // the sidecar's place is passed: files is its entries
+	files       map[string]record
+}
+
+// page takes the next page of the store's listing.
+func (l *listing) page(ctx context.Context, p backend.Page) error {
+	if l.resolved {
+		return l.pass(p)
+	}
+	passed := false
+	for i := range p.Objects {
+		if p.Objects[i].Key == l.key {
+			o := p.Objects[i]
+			l.sidecar = &o
 		}
-		for _, d := range p.Prefixes {
-			if x.clearing(d) && !x.shown(d) {
-				continue
-			}
-			if rec, ok := files[strings.TrimSuffix(strings.TrimPrefix(d, prefix), "/")]; ok && rec.ETag == "" {
-				if out.PrefixAttrs == nil {
-					out.PrefixAttrs = make(map[string]backend.Attrs)
-				}
-				out.PrefixAttrs[d] = rec.attrs()
-			}
-			out.Prefixes = append(out.Prefixes, d)
-		}
-		if err := fn(out); err != nil {
+		passed = passed || p.Objects[i].Key >= l.key
+	}
+	for _, d := range p.Prefixes {
+		// A folder "a/" sorts where its first key does: after the key
+		// when it does (no key under it begins with the sidecar's name).
+		passed = passed || d >= l.key
+	}
+	l.held = append(l.held, p)
+	if !passed {
+		return nil
+	}
+	return l.resolve(ctx)
+}
+
+// resolve reads the sidecar (if any) and passes on the held pages.
+func (l *listing) resolve(ctx context.Context) error {
+	l.files = l.x.forListing(ctx, l.prefix, l.key, l.sidecar)
+	l.resolved = true
+	held := l.held
+	l.held = nil
+	for _, p := range held {
+		if err := l.pass(p); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// pass hands a page to fn, with the sidecar's attributes and without the
+// keys to hide.
+func (l *listing) pass(p backend.Page) error {
+	x, prefix, files := l.x, l.prefix, l.files
+	if l.sidecar == nil && !x.anyGone() {
+		return l.fn(p) // nothing to add or hide: the page as the store gave it
+	}
+	out := backend.Page{Objects: make([]backend.ObjectInfo, 0, len(p.Objects)), Prefixes: make([]string, 0, len(p.Prefixes))}
+	for _, o := range p.Objects {
+		if o.Key == l.key {
+			continue
+		}
+		if rec, ok := files[strings.TrimPrefix(o.Key, prefix)]; ok && rec.ETag != "" && rec.ETag == o.ETag {
+			a := rec.attrs()
+			o.Attrs = &a
+		}
+		out.Objects = append(out.Objects, o)
+	}
+	for _, d := range p.Prefixes {
+		if x.clearing(d) && !x.shown(d) {
+			continue
+		}
+		if rec, ok := files[strings.TrimSuffix(strings.TrimPrefix(d, prefix), "/")]; ok && rec.ETag == "" {
+			if out.PrefixAttrs == nil {
+				out.PrefixAttrs = make(map[string]backend.Attrs)
+			}
+			out.PrefixAttrs[d] = rec.attrs()
+		}
+		out.Prefixes = append(out.Prefixes, d)
+	}
+	return l.fn(out)
 }
 
 // ListFlat lists every key under prefix as the store does, sidecars left
