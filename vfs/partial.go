@@ -212,7 +212,7 @@ func (f *FS) snapshotWork(ctx context.Context, c cache.Content, base journal.Bas
 	}
 	if err != nil {
 		release()
-		if derr := f.cfg.Snapshots.Delete(context.Background(), info.Key); derr != nil {
+		if derr := f.cfg.Snapshots.Delete(ctx, info.Key); derr != nil {
 			f.log.Warn("delete snapshot", "key", info.Key, "err", derr)
 		}
 		return nil, fmt.Errorf("staging file: %w", err)
