@@ -7,12 +7,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // passthroughTier mounts a tier with passthrough, skipping where the
@@ -44,6 +46,23 @@ func (m *tier) putCached(key string, data []byte) {
 	if st := m.fsys.PassthroughStatus(); st.Opens != 0 {
 		m.t.Fatalf("a file not cached went to passthrough: %+v", st)
 	}
+	// The kernel releases that read's handle asynchronously; an open
+	// before then would meet an open handle and read through nimbus.
+	wait.Until(m.t, 10*time.Second, "the first read's handle to be released", func() bool {
+		in := m.fsys.root.EmbeddedInode()
+		for _, name := range strings.Split(key, "/") {
+			if in = in.GetChild(name); in == nil {
+				return false
+			}
+		}
+		fn, ok := in.Operations().(*fileNode)
+		if !ok {
+			return false
+		}
+		fn.mu.Lock()
+		defer fn.mu.Unlock()
+		return fn.readers == 0
+	})
 }
 
 // waitReleased waits for the kernel's asynchronous RELEASEs of the

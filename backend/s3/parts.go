@@ -74,9 +74,28 @@ func (s *Store) UploadPart(ctx context.Context, key, uploadID string, num int, b
 		ChecksumAlgorithm: s.partChecksum(),
 	}, s.uploader.ClientOptions...)
 	if err != nil {
+		if !isNoSuchUpload(err) && ctx.Err() == nil && s.uploadGone(ctx, key, uploadID) {
+			// A store may answer NoSuchUpload before it has read the
+			// body, and reset the connection under the rest of it (MinIO
+			// does): the client then sees a network error, which is not
+			// what happened.
+			return backend.Part{}, s.opErrorAs(ctx, "upload part of", key, backend.ErrNoUpload, err)
+		}
 		return backend.Part{}, s.uploadError(ctx, "upload part of", key, err)
 	}
 	return backend.Part{Num: num, ETag: unquoteETag(out.ETag), Size: size, CRC32: aws.ToString(out.ChecksumCRC32)}, nil
+}
+
+// uploadGone reports whether the store says that multipart upload
+// uploadID of key no longer exists (one ListParts of at most one part).
+func (s *Store) uploadGone(ctx context.Context, key, uploadID string) bool {
+	_, err := s.client.ListParts(ctx, &awss3.ListPartsInput{
+		Bucket:   aws.String(s.bucket),
+		Key:      aws.String(key),
+		UploadId: aws.String(uploadID),
+		MaxParts: aws.Int32(1),
+	}, s.uploader.ClientOptions...)
+	return isNoSuchUpload(err)
 }
 
 // CompleteUpload implements backend.PartUploader with one
