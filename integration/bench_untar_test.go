@@ -187,37 +187,11 @@ func (s subject) rawUntar(ctx context.Context, lap func(outcome)) error {
 	return nil
 }
 
-// waitFiles polls the bucket (straight at MinIO, so the polls are not
-// counted) until every file of want is under prefix with its size.
+// waitFiles polls the bucket until every file of want is under prefix
+// with its size.
 func (s subject) waitFiles(ctx context.Context, prefix string, want map[string]int64) error {
-	for {
-		got, err := countFiles(ctx, s.e.s3, s.e.bucket, prefix, want)
-		if err == nil && got == len(want) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d of %d files under %s uploaded (%v): %w", got, len(want), prefix, err, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// countFiles counts the files of want stored under prefix with their size.
-func countFiles(ctx context.Context, client *awss3.Client, bucket, prefix string, want map[string]int64) (int, error) {
-	p := awss3.NewListObjectsV2Paginator(client, &awss3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
-	n := 0
-	for p.HasMorePages() {
-		out, err := p.NextPage(ctx)
-		if err != nil {
-			return n, err
-		}
-		for _, o := range out.Contents {
-			size, ok := want[strings.TrimPrefix(aws.ToString(o.Key), prefix)]
-			if ok && size == aws.ToInt64(o.Size) {
-				n++
-			}
-		}
-	}
-	return n, nil
+	return s.waitStored(ctx, prefix, "files", len(want), func(key string, size int64) bool {
+		w, ok := want[key]
+		return ok && w == size
+	})
 }

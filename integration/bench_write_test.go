@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,20 +134,30 @@ func (c cyclic) ReadAt(p []byte, off int64) (int, error) {
 // waitObjects polls the bucket (straight at MinIO, so the polls are not
 // counted) until n objects of size bytes are under prefix.
 func (s subject) waitObjects(ctx context.Context, prefix string, n int, size int64) error {
+	return s.waitStored(ctx, prefix, "objects", n, func(key string, got int64) bool {
+		return got == size && !nimbusOwnKey(prefix+key)
+	})
+}
+
+// waitStored polls the bucket (straight at MinIO, so the polls are not
+// counted) until n of the objects under prefix match (their key below
+// prefix, their size).
+func (s subject) waitStored(ctx context.Context, prefix, what string, n int, match func(key string, size int64) bool) error {
 	for {
-		got, err := countObjects(ctx, s.e.s3, s.e.bucket, prefix, size)
+		got, err := countStored(ctx, s.e.s3, s.e.bucket, prefix, match)
 		if err == nil && got == n {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d objects under %s uploaded (%v): %w", got, n, prefix, err, ctx.Err())
+			return fmt.Errorf("%d of %d %s under %s uploaded (%v): %w", got, n, what, prefix, err, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
-func countObjects(ctx context.Context, client *awss3.Client, bucket, prefix string, size int64) (int, error) {
+// countStored counts the objects under prefix that match.
+func countStored(ctx context.Context, client *awss3.Client, bucket, prefix string, match func(key string, size int64) bool) (int, error) {
 	p := awss3.NewListObjectsV2Paginator(client, &awss3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
 	n := 0
 	for p.HasMorePages() {
@@ -155,7 +166,7 @@ func countObjects(ctx context.Context, client *awss3.Client, bucket, prefix stri
 			return n, err
 		}
 		for _, o := range out.Contents {
-			if aws.ToInt64(o.Size) == size && !nimbusOwnKey(aws.ToString(o.Key)) {
+			if match(strings.TrimPrefix(aws.ToString(o.Key), prefix), aws.ToInt64(o.Size)) {
 				n++
 			}
 		}
