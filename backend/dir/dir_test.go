@@ -1,13 +1,17 @@
 package dir
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -753,5 +757,40 @@ func TestMarkerBesideAPutInFlight(t *testing.T) {
 	keys, _ := listAll(t, s, "", true)
 	if want := []string{"d/", "d/sub/", "d/sub/b"}; !equal(keys, want) {
 		t.Fatalf("ListFlat = %q; want %q", keys, want)
+	}
+}
+
+// A cold listing hashes every file of a folder: the hash must reuse its read
+// buffer, or a 100,000-file folder allocates gigabytes and the GC sets the
+// listing's pace.
+func TestHashingReusesItsBuffer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("x"), 100<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := md5Of(f, 100<<10); err != nil { // fills the pool
+		t.Fatal(err)
+	}
+	const hashes = 100
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range hashes {
+		if _, err := md5Of(f, 100<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if perHash := (after.TotalAlloc - before.TotalAlloc) / hashes; perHash > 4<<10 {
+		t.Fatalf("hashing a file allocates %d bytes, want a reused buffer (< 4 KiB)", perHash)
+	}
+	want := md5.Sum(bytes.Repeat([]byte("x"), 100<<10))
+	if got, _ := md5Of(f, 100<<10); got != hex.EncodeToString(want[:]) {
+		t.Fatalf("md5Of = %s, want %x", got, want)
 	}
 }
