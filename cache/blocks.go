@@ -33,6 +33,11 @@ const (
 	// little and that several GETs can run in parallel.
 	maxRunBytes = 8 << 20
 
+	// minAllocateBytes is the shortest run that allocates its range
+	// before writing it (see allocate): the read-ahead runs of a
+	// sequential reader, not a seeking reader's pages.
+	minAllocateBytes = 4 << 20
+
 	// fsBlockSize is the granularity at which holes can be punched. Block
 	// sizes are multiples of it so that an evicted block frees exactly its
 	// bytes.

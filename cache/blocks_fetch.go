@@ -192,7 +192,7 @@ func (r *blockRun) hasWaitersLocked() bool {
 
 // fetchInto GETs [off, off+n) of r's content, pinned to its ETag, and
 // writes it at the same offset of its file. The body must hold exactly n
-// bytes. Each block but the last is published as soon as it is written,
+// bytes. A long run first allocates its range (see allocate). Each block but the last is published as soon as it is written,
 // so that a reader waits for its block, not for the whole run. On failure
 // the unpublished rest is punched again: its flights are still ours, so
 // nobody else reads or writes it, and nothing half-written stays on disk
@@ -231,6 +231,13 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 		}
 	}()
 
+	if !r.pages && n >= minAllocateBytes {
+		if err := allocate(r.f, off, n); isNoSpace(err) {
+			return fmt.Errorf("allocate %d bytes in %s: %w: %w", n, r.c.path, ErrNoSpace, err)
+		} else if err != nil {
+			s.log.Debug("allocate run", "key", c.key, "off", off, "len", n, "err", err)
+		}
+	}
 	bufp := s.bufPool.Get().(*[]byte)
 	defer s.bufPool.Put(bufp)
 	for pos := off; pos < off+n; {
@@ -240,7 +247,7 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 			end = pos + s.blockLen(c, r.first+int64(r.published))
 		}
 		got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, pos), io.LimitReader(body, end-pos), *bufp)
-		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		if isNoSpace(err) {
 			return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
 		}
 		if err != nil {
@@ -266,6 +273,10 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 		return fmt.Errorf("read end of body: %w", rerr)
 	}
 	return nil
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
 }
 
 // finishRun publishes r's blocks (err == nil) or fails its flights, and
