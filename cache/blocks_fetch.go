@@ -192,8 +192,9 @@ func (r *blockRun) hasWaitersLocked() bool {
 
 // fetchInto GETs [off, off+n) of r's content, pinned to its ETag, and
 // writes it at the same offset of its file. The body must hold exactly n
-// bytes. A long run first allocates its range (see allocate). Each block but the last is published as soon as it is written,
-// so that a reader waits for its block, not for the whole run. On failure
+// bytes. A long run first allocates its range (see allocate). Each block
+// but the last is published as soon as it is written, so that a reader
+// waits for its block, not for the whole run. On failure
 // the unpublished rest is punched again: its flights are still ours, so
 // nobody else reads or writes it, and nothing half-written stays on disk
 // unaccounted.
