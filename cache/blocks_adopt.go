@@ -132,8 +132,10 @@ func (a *adoption) copy(src io.ReaderAt) (int64, error) {
 	var adopted int64
 	for len(a.runs) > 0 {
 		r, n := a.runs[0], a.lens[0]
-		err := a.s.ctx.Err()
-		if err == nil {
+		var err error
+		if a.s.ctx.Err() != nil {
+			err = ErrBlockStoreClosed
+		} else {
 			err = a.s.copyRun(r, src, r.first*a.s.bs, n)
 		}
 		a.s.finishRun(r, n, err)

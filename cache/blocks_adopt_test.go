@@ -162,7 +162,7 @@ func TestCloseStopsStartAdopt(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close never returned")
 	}
-	if err := <-done; err == nil && e.s.runBlocks < 10 {
-		t.Fatal("an adoption stopped by Close reported no error")
+	if err := <-done; e.s.runBlocks < 10 && !errors.Is(err, ErrBlockStoreClosed) {
+		t.Fatalf("an adoption stopped by Close reported %v; want ErrBlockStoreClosed", err)
 	}
 }

@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"errors"
 	"io"
 	"os"
 
@@ -52,7 +53,10 @@ func (f *FS) adoptUploaded(r journal.Result) {
 	}
 	go func() {
 		// Not FS.background: the block store's Close waits for the copy.
-		if err := <-done; err != nil {
+		switch err := <-done; {
+		case errors.Is(err, cache.ErrBlockStoreClosed):
+			f.log.Debug("unmounted before the uploaded content was all cached", "key", r.Op.Key)
+		case err != nil:
 			f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
 		}
 		closeQuietly(src)
