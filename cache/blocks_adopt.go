@@ -14,24 +14,72 @@ import (
 // fits is kept: the first blocks, up to Capacity (a pinned content takes
 // them all). It returns the bytes adopted.
 func (s *BlockStore) Adopt(c Content, src io.ReaderAt) (int64, error) {
+	a, err := s.claimAdoption(c)
+	if err != nil {
+		return 0, err
+	}
+	return a.copy(src)
+}
+
+// StartAdopt is Adopt that returns once the blocks to adopt are claimed,
+// and copies them in the background: a reader of one of them meanwhile
+// waits for it as for a GET, and none is fetched. src must stay readable
+// until done is closed (an open file does, even once unlinked); done
+// carries the copy's error, if any. Close waits for the copy, which stops
+// early once the store closes.
+func (s *BlockStore) StartAdopt(c Content, src io.ReaderAt) (done <-chan error, err error) {
+	a, err := s.claimAdoption(c)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan error, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		a.finish(ErrBlockStoreClosed)
+		return nil, ErrBlockStoreClosed
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		_, err := a.copy(src)
+		ch <- err
+	}()
+	return ch, nil
+}
+
+// adoption is the runs an Adopt claimed, in order, with their lengths.
+type adoption struct {
+	s    *BlockStore
+	key  string
+	runs []*blockRun
+	lens []int64
+	// release drops the reference that kept the content indexed.
+	release func()
+}
+
+// claimAdoption registers flights for every block of c that is missing
+// and fits, and reserves their room.
+func (s *BlockStore) claimAdoption(c Content) (*adoption, error) {
 	if err := s.validateContent(c); err != nil {
-		return 0, fmt.Errorf("adopt %q: %w", c.Key, err)
+		return nil, fmt.Errorf("adopt %q: %w", c.Key, err)
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return 0, ErrBlockStoreClosed
+		return nil, ErrBlockStoreClosed
 	}
 	cc := s.contentLocked(c)
-	cc.refs++ // keeps cc in the index between runs
+	cc.refs++ // keeps cc in the index until the copy ends
 	s.mu.Unlock()
-	defer func() {
+	a := &adoption{s: s, key: c.Key, release: func() {
 		s.mu.Lock()
 		s.unrefLocked(cc)
 		s.mu.Unlock()
-	}()
+	}}
 
-	var adopted int64
+	var claimed int64
 	for i := int64(0); i < cc.nblocks; {
 		s.mu.Lock()
 		if s.closed || cc.gone() {
@@ -48,7 +96,7 @@ func (s *BlockStore) Adopt(c Content, src io.ReaderAt) (int64, error) {
 		n, count := int64(0), int64(0)
 		for i+count < cc.nblocks && count < s.runBlocks && s.missingLocked(blockKey{cc, uint32(i + count)}) {
 			bl := s.blockLen(cc, i+count)
-			if !cc.pinned && adopted+n+bl > s.capacity {
+			if !cc.pinned && claimed+n+bl > s.capacity {
 				break
 			}
 			n += bl
@@ -60,21 +108,66 @@ func (s *BlockStore) Adopt(c Content, src io.ReaderAt) (int64, error) {
 		}
 		r, err := s.adoptRunLocked(cc, i, count)
 		s.mu.Unlock()
+		if err == nil {
+			err = s.reserve(r, n)
+			if err != nil {
+				s.finishRun(r, n, err)
+			}
+		}
 		if err != nil {
-			return adopted, fmt.Errorf("adopt %q: %w", c.Key, err)
+			a.finish(err)
+			return nil, fmt.Errorf("adopt %q: %w", c.Key, err)
 		}
-		if err = s.reserve(r, n); err == nil {
-			err = s.copyRun(r, src, i*s.bs, n)
-		}
-		s.finishRun(r, n, err)
-		if err != nil {
-			return adopted, fmt.Errorf("adopt %q: %w", c.Key, err)
-		}
-		adopted += n
+		a.runs, a.lens = append(a.runs, r), append(a.lens, n)
+		claimed += n
 		i += count
 	}
+	return a, nil
+}
+
+// copy fills the claimed runs from src, publishing each, and returns the
+// bytes adopted. After a failure, or once the store closes, the runs left
+// are given up (their readers fetch them).
+func (a *adoption) copy(src io.ReaderAt) (int64, error) {
+	var adopted int64
+	for len(a.runs) > 0 {
+		r, n := a.runs[0], a.lens[0]
+		var err error
+		if a.s.ctx.Err() != nil {
+			err = ErrBlockStoreClosed
+		} else {
+			err = a.s.copyRun(r, src, r.first*a.s.bs, n)
+		}
+		a.s.finishRun(r, n, err)
+		a.runs, a.lens = a.runs[1:], a.lens[1:]
+		if err != nil {
+			a.finish(err)
+			return adopted, fmt.Errorf("adopt %q: %w", a.key, err)
+		}
+		adopted += n
+	}
+	a.finish(nil)
 	return adopted, nil
 }
+
+// finish gives up the runs not copied (with err, or as cancelled) and
+// drops the adoption's reference on the content.
+func (a *adoption) finish(err error) {
+	if err == nil && len(a.runs) > 0 {
+		err = errAdoptionStopped
+	}
+	for i, r := range a.runs {
+		a.s.finishRun(r, a.lens[i], err)
+	}
+	a.runs, a.lens = nil, nil
+	if a.release != nil {
+		a.release()
+		a.release = nil
+	}
+}
+
+// errAdoptionStopped ends the flights of blocks an adoption did not copy.
+var errAdoptionStopped = errors.New("adoption of uploaded content stopped")
 
 // adoptRunLocked registers flights for blocks [first, first+n) of c, all
 // missing, for Adopt to fill; readers wait for them as for a GET.

@@ -385,6 +385,9 @@ type Journal struct {
 	// after Open) to check that Commit calls them before it records.
 	syncFile func(*os.File) error
 	syncDir  func(path string) error
+	// startWriteBack starts writing a range of a streamed file to disk
+	// (stream.go); tests replace it to see which ranges.
+	startWriteBack func(f *os.File, off, size int64) error
 
 	// writeMu serialises the journal's bbolt writes with the structural
 	// changes of the in-memory state that mirror them.
@@ -465,6 +468,7 @@ func Open(cfg Config) (*Journal, error) {
 		changed:     make(chan struct{}),
 		wake:        make(chan struct{}, 1),
 	}
+	j.startWriteBack = startWriteBack
 	if j.host == "" {
 		j.host = shortHostname()
 	}

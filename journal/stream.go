@@ -11,7 +11,11 @@ package journal
 // read-only handle on the staged file, StreamConcurrency at a time.
 //
 // Nothing about durability changes: close still commits a PutFile of the
-// whole staged file, fsynced, before it returns. The op names the Stream
+// whole staged file, fsynced, before it returns. To keep that fsync short,
+// the Stream starts the disk write-back of each part as it is handed over
+// (sync_file_range, without waiting): with a few GiB of memory the kernel
+// would otherwise hold the whole file dirty until close, and the fsync
+// would write all of it while close waits. The op names the Stream
 // (Op.Stream), and its record carries the upload ID and the parts sent so
 // far (record.Stream), and the upload token the upload's metadata holds.
 // Commit seals the Stream, which then sends the remaining parts, the last
@@ -68,6 +72,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/nimbus-fs/nimbus/backend"
 )
@@ -201,9 +206,36 @@ func (s *Stream) Send(num int) bool {
 		return false
 	}
 	s.next++
-	s.queue = append(s.queue, queuedPart{num: num, off: int64(num-1) * s.partSize, size: s.partSize})
+	off := int64(num-1) * s.partSize
+	s.queue = append(s.queue, queuedPart{num: num, off: off, size: s.partSize})
 	s.pumpLocked()
+	go s.writeBack(off, s.partSize) // may block on a busy disk: not here
 	return true
+}
+
+// writeBack starts writing the staged bytes [off, off+size) to disk.
+func (s *Stream) writeBack(off, size int64) {
+	if err := s.j.startWriteBack(s.f, off, size); err != nil {
+		// Only Commit's fsync takes longer.
+		s.j.log.Debug("cannot start the write-back of a part", "key", s.key, "off", off, "err", err)
+	}
+}
+
+// startWriteBack asks the kernel to start writing f's dirty pages in
+// [off, off+size) to disk, and returns without waiting for them. It holds
+// f's descriptor meanwhile: a Stream closes its file as soon as it is done.
+func startWriteBack(f *os.File, off, size int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SyncFileRange(int(fd), off, size, unix.SYNC_FILE_RANGE_WRITE)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // Broken reports whether the Stream can no longer be used.

@@ -502,3 +502,62 @@ func TestStreamKillDuringCreationAbortsUpload(t *testing.T) {
 		t.Fatalf("ListUploads calls = %q; want one for the key", got)
 	}
 }
+
+// TestStreamStartsWriteBackOfEachPart: each part handed to a Stream has its
+// disk write-back started at once, so that the fsync of close() finds
+// little left to write; the last part, not handed over before the commit,
+// is left to that fsync.
+func TestStreamStartsWriteBackOfEachPart(t *testing.T) {
+	r := newRemote(t)
+	m, _ := newStreamMachine(t, r.root)
+	type span struct{ off, size int64 }
+	got := make(chan span, 8)
+	m.j.startWriteBack = func(f *os.File, off, size int64) error {
+		got <- span{off, size}
+		return nil
+	}
+	w := writeStreamed(t, m, "big.bin", "0123456789") // parts 0123, 4567, 89
+	var spans []span
+	for range 2 {
+		select {
+		case s := <-got:
+			spans = append(spans, s)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("write-back started for %v; want both parts handed over", spans)
+		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return int(a.off - b.off) })
+	if want := []span{{0, testPartSize}, {testPartSize, testPartSize}}; !slices.Equal(spans, want) {
+		t.Fatalf("write-back started for %v; want %v", spans, want)
+	}
+	m.commit(Op{Kind: PutFile, Key: "big.bin", Staged: w.path, Stream: w.stream, SHA256: w.sha})
+	m.run()
+	m.waitIdle()
+	r.assertFiles(map[string]string{"big.bin": "0123456789"})
+	select {
+	case s := <-got:
+		t.Fatalf("write-back started for %v after the commit; the commit's fsync covers the rest", s)
+	default:
+	}
+}
+
+// TestStartWriteBack: the kernel takes the request for a file's range, and
+// a closed file is refused with an error rather than a stray descriptor.
+func TestStartWriteBack(t *testing.T) {
+	f, err := os.Create(t.TempDir() + "/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := startWriteBack(f, 0, 1<<20); err != nil {
+		t.Fatalf("startWriteBack: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := startWriteBack(f, 0, 1<<20); err == nil {
+		t.Fatal("startWriteBack of a closed file: no error")
+	}
+}

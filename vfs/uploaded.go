@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"errors"
 	"io"
 	"os"
 
@@ -9,9 +10,9 @@ import (
 )
 
 // uploadAdopter is what keeping uploaded content needs from the block
-// cache (cache.BlockStore.Adopt).
+// cache (cache.BlockStore.StartAdopt).
 type uploadAdopter interface {
-	Adopt(c cache.Content, src io.ReaderAt) (int64, error)
+	StartAdopt(c cache.Content, src io.ReaderAt) (done <-chan error, err error)
 }
 
 // adoptUploaded hands the staged content of an upload that landed to the
@@ -19,6 +20,13 @@ type uploadAdopter interface {
 // a file written here costs no GET, now or after a remount. Called from
 // Applied, while the staged file still exists. Partial content lacks bytes
 // and a conflicted copy's name is not the file's: both are left out.
+//
+// Only the claim of the blocks is done here; the bytes are copied in the
+// background, from the staged file held open (the journal removes it once
+// Applied returns). Copying a large file took longer than its last parts
+// and the completion together, and the upload was not reported done, nor
+// `nimbus sync` answered, until it ended. A read meanwhile waits for the
+// blocks it needs, as for a GET.
 func (f *FS) adoptUploaded(r journal.Result) {
 	a, ok := f.cfg.Blocks.(uploadAdopter)
 	if !ok || r.Op.Kind != journal.PutFile || r.Conflict != nil || r.Dropped ||
@@ -30,14 +38,27 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
 		return
 	}
-	defer src.Close()
 	if fi, err := src.Stat(); err != nil || fi.Size() != r.Info.Size {
 		// Not the bytes of that version: the cache must never claim them.
 		f.log.Warn("keep uploaded content in the cache: staged size differs", "key", r.Op.Key, "size", r.Info.Size, "err", err)
+		closeQuietly(src)
 		return
 	}
 	c := cache.Content{Key: r.Op.Key, ETag: r.Info.ETag, Size: r.Info.Size}
-	if _, err := a.Adopt(c, src); err != nil {
+	done, err := a.StartAdopt(c, src)
+	if err != nil {
 		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
+		closeQuietly(src)
+		return
 	}
+	go func() {
+		// Not FS.background: the block store's Close waits for the copy.
+		switch err := <-done; {
+		case errors.Is(err, cache.ErrBlockStoreClosed):
+			f.log.Debug("unmounted before the uploaded content was all cached", "key", r.Op.Key)
+		case err != nil:
+			f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
+		}
+		closeQuietly(src)
+	}()
 }

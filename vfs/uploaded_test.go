@@ -1,0 +1,76 @@
+package vfs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nimbus-fs/nimbus/backend"
+	"github.com/nimbus-fs/nimbus/cache"
+	"github.com/nimbus-fs/nimbus/journal"
+)
+
+// slowAdopter is a block cache whose adoptions copy only when told to.
+type slowAdopter struct {
+	contentCache // unused
+	started      chan io.ReaderAt
+	done         chan error
+}
+
+func (a *slowAdopter) StartAdopt(c cache.Content, src io.ReaderAt) (<-chan error, error) {
+	a.started <- src
+	return a.done, nil
+}
+
+// The content of a finished upload is claimed by the cache at once but
+// copied afterwards: Applied (and so the upload's completion and `nimbus
+// sync`) does not wait for the copy, which reads the staged file even once
+// the journal has removed it, and lets it go when done.
+func TestUploadedContentIsCopiedAfterApplied(t *testing.T) {
+	staged := filepath.Join(t.TempDir(), "staged")
+	data := []byte("the bytes of the version the upload became")
+	if err := os.WriteFile(staged, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &slowAdopter{started: make(chan io.ReaderAt, 1), done: make(chan error)}
+	f := &FS{cfg: Config{Blocks: a}, log: slog.New(slog.DiscardHandler)}
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		f.adoptUploaded(journal.Result{
+			Op:   journal.Op{Kind: journal.PutFile, Key: "big.bin", Staged: staged},
+			Info: backend.ObjectInfo{Key: "big.bin", ETag: "e1", Size: int64(len(data))},
+		})
+	}()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		close(a.done)
+		t.Fatal("adoptUploaded waited for the copy")
+	}
+	src := <-a.started
+	if err := os.Remove(staged); err != nil { // as the journal does next
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := src.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the copy read %q, %v from the removed staged file; want its bytes", got, err)
+	}
+	a.done <- nil
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := src.ReadAt(got, 0)
+		if errors.Is(err, os.ErrClosed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the staged file is still open after the copy (read: %v)", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
