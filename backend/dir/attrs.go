@@ -14,16 +14,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// hashBuffers are the read buffers of etagOf. A cold listing of a folder
-// hashes every file in it; a fresh 32 KiB buffer each (io.Copy's) made a
-// 100,000-file listing allocate 3 GiB, and the GC, not the disk, set
-// its pace.
-var hashBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// hashBuffers holds the spare read buffers of md5Of. A cold listing of a
+// folder hashes every file in it; a fresh 32 KiB buffer each (io.Copy's)
+// made a 100,000-file listing allocate 3 GiB, and the GC, not the disk,
+// set its pace. A channel rather than a sync.Pool: it keeps its buffers
+// across GCs (and under the race detector, which makes a Pool drop some).
+var hashBuffers = make(chan []byte, 8)
 
 const (
 	etagXattr = "user.nimbus.etag"
@@ -118,9 +118,19 @@ func (s *Store) etagOf(f *os.File, fi fs.FileInfo) (string, error) {
 func md5Of(f *os.File, size int64) (string, error) {
 	h := md5.New()
 	if size > 0 {
-		buf := hashBuffers.Get().(*[]byte)
-		defer hashBuffers.Put(buf)
-		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, size), *buf); err != nil {
+		var buf []byte
+		select {
+		case buf = <-hashBuffers:
+		default:
+			buf = make([]byte, 64<<10)
+		}
+		defer func() {
+			select {
+			case hashBuffers <- buf:
+			default: // enough spares
+			}
+		}()
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, size), buf); err != nil {
 			return "", fmt.Errorf("hash %s: %w", f.Name(), err)
 		}
 	}
