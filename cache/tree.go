@@ -169,10 +169,21 @@ func (t *Tree) Get(dir, name string) (Entry, bool, error) {
 // Children calls fn for each known child of dir in name order, until fn
 // returns false.
 func (t *Tree) Children(dir string, fn func(Entry) bool) error {
+	return t.ChildrenAfter(dir, "", fn)
+}
+
+// ChildrenAfter is Children from the first name after after, in one read
+// transaction: a reader of a huge folder reads it a page at a time, each
+// page after the last name it got.
+func (t *Tree) ChildrenAfter(dir, after string, fn func(Entry) bool) error {
 	prefix := childPrefix(dir)
 	err := t.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(treeEntries).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		k, v := c.Seek(entryKey(dir, after))
+		if after != "" && k != nil && string(k[len(prefix):]) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			e, err := decodeEntry(string(k[len(prefix):]), v)
 			if err != nil {
 				return err

@@ -334,3 +334,43 @@ func TestTreeKeepsFolderAttrsAndCountsSubdirs(t *testing.T) {
 		t.Errorf("Subdirs after the move (a tombstone and a folder) = %d, want 2", n)
 	}
 }
+
+// TestTreeChildrenAfter reads a folder from a name on: the names after it
+// only, the folder's own children only (not a sibling folder's with a
+// longer name), and nothing after the last.
+func TestTreeChildrenAfter(t *testing.T) {
+	tree, db := openTestTree(t, filepath.Join(t.TempDir(), "meta.db"))
+	defer db.Close()
+	now := time.Unix(1700000000, 0)
+	var entries []Entry
+	for _, name := range []string{"a", "b", "b0", "c"} {
+		entries = append(entries, Entry{Name: name, Size: 1, ETag: "e"})
+	}
+	if err := tree.ReplaceDir("d", entries, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("d0", []Entry{{Name: "other", Size: 1, ETag: "e"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	after := func(name string) []string {
+		var names []string
+		if err := tree.ChildrenAfter("d", name, func(e Entry) bool { names = append(names, e.Name); return true }); err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	for _, tc := range []struct {
+		after string
+		want  []string
+	}{
+		{"", []string{"a", "b", "b0", "c"}},
+		{"a", []string{"b", "b0", "c"}},
+		{"b", []string{"b0", "c"}},
+		{"ba", []string{"c"}}, // not a child: from the next name on
+		{"c", nil},
+	} {
+		if got := after(tc.after); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("ChildrenAfter(d, %q) = %q, want %q", tc.after, got, tc.want)
+		}
+	}
+}

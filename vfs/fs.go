@@ -106,6 +106,7 @@ type onlineReporter interface {
 type treeStore interface {
 	Lookup(dir, name string) (cache.Entry, bool, error)
 	Children(dir string, fn func(cache.Entry) bool) error
+	ChildrenAfter(dir, after string, fn func(cache.Entry) bool) error
 	LocalChildren(dir string, fn func(cache.Entry) bool) error
 	Subdirs(dir string) (int, error)
 	Dir(dir string) (cache.DirState, bool, error)
