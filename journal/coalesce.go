@@ -10,7 +10,9 @@ import "time"
 // close costing an upload of the entire file. Every close is durable in the
 // journal already, so waiting costs no safety; it only lets a newer commit
 // of the same key supersede the waiting one (see "Coalescing" in the
-// package doc), so that one upload carries them all.
+// package doc), so that one upload carries them all. A PutMarker waits
+// the same way: a folder's mode and times change right after its mkdir
+// (tar sets them as it leaves the folder), and one upload carries them.
 //
 // How long to wait is a trade: another machine sees nothing before the
 // upload. A file saved once (an editor's save, a cp) waits the base delay,

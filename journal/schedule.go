@@ -91,9 +91,9 @@ func (j *Journal) insertLocked(e *entry) {
 	}
 	if e.rec.Kind == PutFile {
 		j.pendingBytes += e.rec.Size
-		if !e.maybeSent {
-			j.delayLocked(e)
-		}
+	}
+	if (e.rec.Kind == PutFile || e.rec.Kind == PutMarker) && !e.maybeSent {
+		j.delayLocked(e)
 	}
 	j.refreshLocked(e)
 }
@@ -302,7 +302,7 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		heap.Pop(&j.ready)
 		e.state = stateUploading
 		e.maybeSent = true
-		if e.rec.Kind == PutFile {
+		if e.rec.Kind == PutFile || e.rec.Kind == PutMarker {
 			j.uploadStartedLocked(e.rec.Key, now)
 		}
 		e.attempts++
