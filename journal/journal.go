@@ -66,7 +66,9 @@ type Config struct {
 	// Host names this machine in conflicted copies (default: the short
 	// host name from os.Hostname).
 	Host string
-	// Concurrency bounds parallel uploads (default 4).
+	// Concurrency bounds parallel uploads (default 4). Small ones (a
+	// folder marker, a file of at most 1 MiB) may run up to four times
+	// as many (schedule.go).
 	Concurrency int
 	// MinBackoff and MaxBackoff bound the exponential retry delay
 	// (default 1s and 1m; backend.Backoff, so each delay is spread by
