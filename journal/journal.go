@@ -79,7 +79,7 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives one line per event (default slog.Default()).
 	Logger *slog.Logger
-	// UploadDelay is how long a committed PutFile or PutMarker waits
+	// UploadDelay is how long a committed PutFile, PutMarker or Copy waits
 	// before its upload starts, so that a newer commit of the same key
 	// can supersede it (see coalesce.go); WaitIdle does not wait for it.
 	// Zero means DefaultUploadDelay; negative, none.

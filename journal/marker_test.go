@@ -123,3 +123,20 @@ func TestDelayedMarkerSurvivesCrash(t *testing.T) {
 		t.Errorf("marker metadata after the restart = %v, want mode 40755", info.Meta)
 	}
 }
+
+// A Copy (a rename) waits for the upload delay too, and starts by itself
+// once it is over.
+func TestCopyWaitsForUploadDelay(t *testing.T) {
+	r := newRemote(t)
+	src := r.put("a", "content", backend.Cond{}, nil)
+	const delay = 200 * time.Millisecond
+	m := newMachine(t, r.root, "laptop", withUploadDelay(delay))
+	m.run()
+	start := time.Now()
+	m.commit(Op{Kind: Copy, Key: "b", Src: "a", SrcETag: src.ETag})
+	wait.Until(t, 10*time.Second, "the copy done", func() bool { return m.j.Stats().Pending == 0 })
+	if d := time.Since(start); d < delay {
+		t.Errorf("the copy ran %v after its commit, before the delay of %v", d, delay)
+	}
+	r.assertFiles(map[string]string{"a": "content", "b": "content"})
+}

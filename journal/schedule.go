@@ -92,7 +92,7 @@ func (j *Journal) insertLocked(e *entry) {
 	if e.rec.Kind == PutFile {
 		j.pendingBytes += e.rec.Size
 	}
-	if (e.rec.Kind == PutFile || e.rec.Kind == PutMarker) && !e.maybeSent {
+	if delayed(e.rec.Kind) && !e.maybeSent {
 		j.delayLocked(e)
 	}
 	j.refreshLocked(e)
