@@ -10,7 +10,13 @@ import "time"
 // close costing an upload of the entire file. Every close is durable in the
 // journal already, so waiting costs no safety; it only lets a newer commit
 // of the same key supersede the waiting one (see "Coalescing" in the
-// package doc), so that one upload carries them all.
+// package doc), so that one upload carries them all. A PutMarker waits
+// the same way: a folder's mode and times change right after its mkdir
+// (tar sets them as it leaves the folder), and one upload carries them.
+// So does a Copy (a rename): the vfs updates the nodes a folder rename
+// moved after its commit returns, and a copy applied before that would be
+// forgotten by them (when markers uploaded at once, they went first and
+// gave the vfs that time by chance).
 //
 // How long to wait is a trade: another machine sees nothing before the
 // upload. A file saved once (an editor's save, a cp) waits the base delay,
@@ -55,6 +61,9 @@ func (j *Journal) heldByBurstLocked(e *entry, now time.Time) time.Duration {
 	}
 	return quiet.Sub(now)
 }
+
+// delayed reports whether ops of kind k wait for the upload delay.
+func delayed(k Kind) bool { return k == PutFile || k == PutMarker || k == Copy }
 
 // DefaultUploadDelay is Config.UploadDelay when it is zero.
 const DefaultUploadDelay = time.Second

@@ -701,6 +701,15 @@ func (j *Journal) planLocked(ops []preparedOp) (*plan, error) {
 			case canReplace && op.Kind == PutFile && prev.rec.Kind == PutFile:
 				inherit(e, prev)
 				drop(prev, e.rec.Seq)
+			case canReplace && op.Kind == PutMarker && prev.rec.Kind == PutMarker:
+				// A marker's Meta is the folder's whole set of
+				// attributes: the newest says all the older did. A
+				// marker has no upload token to remember, so whether
+				// an earlier attempt may have made it is carried over
+				// (a later rmdir must then delete it, not cancel).
+				inherit(e, prev)
+				e.maybeSent = prev.maybeSent
+				drop(prev, e.rec.Seq)
 			case canReplace && op.Kind == Delete && prev.rec.Kind == PutFile && cancellable(prev):
 				drop(prev, 0)
 				continue // the key stays as it is remotely: nothing to record

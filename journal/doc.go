@@ -95,9 +95,12 @@
 // same transaction (its staged file afterwards) and the new op keeps the
 // earlier base and commit groups, since the edit chain started there, but
 // its own Delta (which the caller computes against that same base), or
-// none. A Delete likewise replaces a waiting PutFile, or cancels it outright
-// when the key never existed remotely and the PutFile cannot have reached
-// the store.
+// none. A PutMarker likewise replaces a waiting PutMarker of its folder:
+// a marker's metadata is the folder's whole set of attributes, so a mkdir
+// followed by a chmod and a utime (what tar does to every folder) is one
+// upload with the last of them. A Delete likewise replaces a waiting
+// PutFile, or cancels it (or a waiting PutMarker) outright when the key
+// never existed remotely and the op cannot have reached the store.
 // An op is superseded only while it is the last op of its key and of its
 // groups, so no other op was ordered after it. Because a superseded attempt
 // may have reached the store before failing (a lost response), the new op

@@ -66,7 +66,9 @@ type Config struct {
 	// Host names this machine in conflicted copies (default: the short
 	// host name from os.Hostname).
 	Host string
-	// Concurrency bounds parallel uploads (default 4).
+	// Concurrency bounds parallel uploads (default 4). Small ones (a
+	// folder marker, a file of at most 1 MiB) may run up to four times
+	// as many (schedule.go).
 	Concurrency int
 	// MinBackoff and MaxBackoff bound the exponential retry delay
 	// (default 1s and 1m; backend.Backoff, so each delay is spread by
@@ -77,10 +79,10 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives one line per event (default slog.Default()).
 	Logger *slog.Logger
-	// UploadDelay is how long a committed PutFile waits before its upload
-	// starts, so that a newer commit of the same key can supersede it
-	// (see coalesce.go); WaitIdle does not wait for it. Zero means
-	// DefaultUploadDelay; negative, none.
+	// UploadDelay is how long a committed PutFile, PutMarker or Copy waits
+	// before its upload starts, so that a newer commit of the same key
+	// can supersede it (see coalesce.go); WaitIdle does not wait for it.
+	// Zero means DefaultUploadDelay; negative, none.
 	UploadDelay time.Duration
 	// InlineLimit is the largest staged content (in bytes) that Commit
 	// stores in the record itself instead of fsyncing the staged file and
@@ -124,7 +126,10 @@ const (
 	// condition, the conflicted copy) sends the whole content.
 	PutFile Kind = iota + 1
 	// PutMarker creates the directory marker Op.Key ("dir/"), empty,
-	// If-None-Match; one that exists already counts as done.
+	// If-None-Match, with Op.Meta (the folder's attributes); one that
+	// exists already counts as done, once it carries that Meta (it is
+	// rewritten If-Match otherwise). It waits for the upload delay as a
+	// PutFile does, and a newer PutMarker of the key supersedes it.
 	PutMarker
 	// Copy copies Op.Src (expected at Op.SrcETag) to Op.Key server-side,
 	// conditioned on Base like PutFile: a rename of a file with no local

@@ -308,7 +308,8 @@ func TestGroupOrdersUnrelatedKeys(t *testing.T) {
 	})
 }
 
-// Unrelated keys upload in parallel, never more than Concurrency at once.
+// Unrelated keys upload in parallel, never more than Concurrency at once
+// when they are large (small ones may run beyond it: concurrency_test.go).
 func TestUnrelatedKeysUploadInParallelBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newRemote(t)
@@ -317,8 +318,9 @@ func TestUnrelatedKeysUploadInParallelBounded(t *testing.T) {
 		m.hooks.setHooks(func(ctx context.Context, c call) error { return g.hold(ctx, c) }, nil)
 		want := map[string]string{}
 		for _, k := range []string{"a", "b", "c", "d"} {
-			m.put(k, "content of "+k, Base{})
-			want[k] = "content of " + k
+			content := "content of " + k + strings.Repeat(".", smallSize)
+			m.put(k, content, Base{})
+			want[k] = content
 		}
 		m.run()
 		g.wait(t)

@@ -91,9 +91,9 @@ func (j *Journal) insertLocked(e *entry) {
 	}
 	if e.rec.Kind == PutFile {
 		j.pendingBytes += e.rec.Size
-		if !e.maybeSent {
-			j.delayLocked(e)
-		}
+	}
+	if delayed(e.rec.Kind) && !e.maybeSent {
+		j.delayLocked(e)
 	}
 	j.refreshLocked(e)
 }
@@ -284,15 +284,18 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		return idleWait
 	}
 	now := time.Now()
-	limit := j.concurrency
+	limit, smallLimit := j.concurrency, smallFactor*j.concurrency
 	if j.outage.offline {
 		if now.Before(j.outage.until) {
 			return j.outage.until.Sub(now)
 		}
-		limit = 1 // one op probes the store
+		limit, smallLimit = 1, 1 // one op probes the store
 	}
-	for j.uploading < limit && len(j.ready) > 0 {
+	for len(j.ready) > 0 {
 		e := j.ready[0]
+		if j.uploading >= limit && (j.uploading >= smallLimit || !small(e)) {
+			break
+		}
 		if e.due.After(now) {
 			return e.due.Sub(now)
 		}
@@ -302,7 +305,7 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		heap.Pop(&j.ready)
 		e.state = stateUploading
 		e.maybeSent = true
-		if e.rec.Kind == PutFile {
+		if e.rec.Kind == PutFile || e.rec.Kind == PutMarker {
 			j.uploadStartedLocked(e.rec.Key, now)
 		}
 		e.attempts++
@@ -317,6 +320,28 @@ func (j *Journal) dispatchLocked(ctx context.Context, workers *sync.WaitGroup) t
 		}()
 	}
 	return idleWait
+}
+
+// Small ops (a directory marker, a file of at most smallSize bytes) may
+// run beyond Config.Concurrency, up to smallFactor times as many: each is
+// about one round trip, so an untar's thousands of them go at the
+// store's pace instead of four at a time, and more of their completions
+// share a transaction (group commit). Large uploads stay within
+// Concurrency: each holds buffers, and the link is theirs anyway.
+const (
+	smallFactor = 4
+	smallSize   = 1 << 20
+)
+
+// small reports whether e is a small op (see smallFactor).
+func small(e *entry) bool {
+	switch e.rec.Kind {
+	case PutMarker:
+		return true
+	case PutFile:
+		return e.rec.Size <= smallSize && e.rec.Stream == nil && e.rec.Partial == nil
+	}
+	return false
 }
 
 // failure is how an attempt that did not complete is handled.

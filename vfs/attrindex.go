@@ -121,14 +121,41 @@ func (f *FS) recordAttrs(r journal.Result, stored cache.Entry) {
 			return // not shown, so not in a sidecar (a sidecar itself, say)
 		}
 		if strings.HasSuffix(r.Op.Key, "/") {
-			x.FolderRemoved(r.Op.Key)
-			dir, name := splitPath(rel)
-			if _, shown, err := f.cfg.Tree.Lookup(dir, name); err == nil && !shown {
-				x.Forget(r.Op.Key) // its record in the parent's
-			}
+			f.folderRemoved(r.Op.Key)
 			return
 		}
 		x.Forget(r.Op.Key)
+	}
+}
+
+// folderRemoved tells the attribute index that the folder whose marker is
+// key was removed here: its sidecar goes once nothing shows or waits in
+// it, and so does its record in its parent's unless it shows again. Told
+// when the removal is journaled (rmdir, a folder rename) and again when
+// the marker's Delete completes: the journal cancels the Delete of a
+// marker it has not uploaded yet, and then reports nothing, while the
+// folder's files may have made its sidecar already.
+func (f *FS) folderRemoved(key string) {
+	x := f.cfg.Attrs
+	rel, ok := f.relPath(strings.TrimSuffix(key, "/"))
+	if x == nil || !ok || !showable(rel) {
+		return
+	}
+	x.FolderRemoved(key)
+	dir, name := splitPath(rel)
+	if _, shown, err := f.cfg.Tree.Lookup(dir, name); err == nil && !shown {
+		x.Forget(key) // its record in the parent's
+	}
+}
+
+// foldersRemoved tells the attribute index of the folders whose marker
+// Deletes ops journaled (see folderRemoved). Called once the tree no
+// longer shows them.
+func (f *FS) foldersRemoved(ops []journal.Op) {
+	for _, op := range ops {
+		if op.Kind == journal.Delete && strings.HasSuffix(op.Key, "/") {
+			f.folderRemoved(op.Key)
+		}
 	}
 }
 

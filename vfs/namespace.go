@@ -270,6 +270,7 @@ func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := n.fsys.removeLocally(dir, name, true); err != nil {
 		return toErrno(n.fsys.log, "rmdir", err)
 	}
+	n.fsys.folderRemoved(op.Key)
 	n.fsys.touchDir(dir, time.Now())
 	return 0
 }

@@ -201,6 +201,7 @@ func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName str
 	if err := f.cfg.Tree.MoveDir(srcDir, name, dstDir, newName); err != nil {
 		return true, err
 	}
+	f.foldersRemoved(ops)
 
 	// Show what moved, also what was never listed under the old name.
 	dst := cache.JoinPath(dstDir, newName)

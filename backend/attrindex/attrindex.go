@@ -48,7 +48,9 @@
 // its sidecar every few seconds, not at every fifth of one. A write reads the
 // sidecar, merges, and writes it back with If-Match (If-None-Match when
 // there was none), again after a 412, so mounts writing into one folder at
-// once all end up in it. When the store cannot be reached the changes wait
+// once all end up in it. The sidecar of a folder this mount has not seen
+// (one made here) is first taken to be absent, which saves a HEAD per new
+// folder. When the store cannot be reached the changes wait
 // and are retried on backend.NewBackoff's schedule; changes the store
 // refuses are dropped (the metadata has them). A sidecar left with no
 // entry, or in a folder removed through the mount, is deleted: a key under
@@ -312,6 +314,7 @@ type job struct {
 	dir     string // the folder's prefix
 	changes map[string]*record
 	gone    bool
+	retry   bool // an earlier write of the folder failed
 }
 
 // IsKey reports whether key is a folder's sidecar.
@@ -690,7 +693,7 @@ func (x *Index) next(now time.Time) (j *job, wake <-chan struct{}, wait time.Dur
 			wait = min(wait, d)
 			continue
 		}
-		j = &job{dir: dir, changes: st.changes, gone: st.gone}
+		j = &job{dir: dir, changes: st.changes, gone: st.gone, retry: st.attempts > 0}
 		st.changes, st.gone = make(map[string]*record), false
 		st.writing, st.clearing = true, j.gone
 		return j, nil, 0
@@ -781,6 +784,13 @@ func (x *Index) write(ctx context.Context, j *job) error {
 	// The version remembered saves a read; if it is stale, the write's
 	// condition fails and the sidecar is read.
 	cur, remembered := x.seen.get(j.dir)
+	if !remembered && !j.retry {
+		// A folder is listed (and so remembered) before anything is
+		// made in it, except one made here: guess that it has no
+		// sidecar yet. The write is then one PUT If-None-Match instead
+		// of a HEAD first; a 412 says there is one, read it then.
+		cur, remembered = sidecar{}, true
+	}
 	for attempt := 1; ; attempt++ {
 		if remembered && cur.unusable {
 			return fmt.Errorf("%q: %w", key, errUnusable)

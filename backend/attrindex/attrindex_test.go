@@ -487,3 +487,28 @@ func TestStreamOfChangesGathers(t *testing.T) {
 		})
 	}
 }
+
+// TestNewFolderWrittenWithoutHEAD: the first sidecar of a folder this
+// mount never listed (one it made) is one PUT, with no HEAD first; one that
+// another mount wrote meanwhile is still merged, not overwritten.
+func TestNewFolderWrittenWithoutHEAD(t *testing.T) {
+	store := mem.New()
+	a := newIndex(t, store, Config{})
+	mtime := time.Unix(1300000000, 0)
+	uploaded(a, store, "new/f", 0o600, mtime)
+	flush(t, a)
+	key := "new/" + Name
+	if stats, puts := store.Count("Stat", key), store.Count("Put", key); stats != 0 || puts != 1 {
+		t.Errorf("first sidecar of a new folder: %d HEADs and %d PUTs, want 0 and 1", stats, puts)
+	}
+	if files := readIndex(t, store, key); len(files) != 1 || files["f"].Mode != 0o600 {
+		t.Errorf("sidecar = %v, want f", files)
+	}
+
+	b := newIndex(t, store, Config{}) // never listed new/
+	uploaded(b, store, "new/g", 0o700, mtime)
+	flush(t, b)
+	if files := readIndex(t, store, key); len(files) != 2 || files["f"].Mode != 0o600 || files["g"].Mode != 0o700 {
+		t.Errorf("sidecar after a second mount's write = %v, want f and g", files)
+	}
+}
