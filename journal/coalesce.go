@@ -13,10 +13,9 @@ import "time"
 // package doc), so that one upload carries them all. A PutMarker waits
 // the same way: a folder's mode and times change right after its mkdir
 // (tar sets them as it leaves the folder), and one upload carries them.
-// So does a Copy (a rename): the vfs updates the nodes a folder rename
-// moved after its commit returns, and a copy applied before that would be
-// forgotten by them (when markers uploaded at once, they went first and
-// gave the vfs that time by chance).
+// So does a Copy (a rename): a folder rename's copies then complete after
+// the kernel has moved the folder's nodes, the common case the vfs
+// settles them in (it handles the other too: vfs resetMoved).
 //
 // How long to wait is a trade: another machine sees nothing before the
 // upload. A file saved once (an editor's save, a cp) waits the base delay,

@@ -149,11 +149,25 @@ func (f *FS) putEntry(dir string, e cache.Entry) {
 // f.localMu held.
 func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 	n := f.liveFile(rel)
+	moved := f.moving[r.Op.Key]
+	if moved != nil {
+		delete(f.moving, r.Op.Key)
+		moved.mu.Lock()
+		still := moved.movedTo == r.Op.Key
+		moved.mu.Unlock()
+		if !still {
+			moved = nil // moved again, or settled since
+		}
+	}
+	if n == nil {
+		n = moved // renamed with its folder; the kernel has not moved it yet
+	}
 	if n == nil {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.movedTo = ""
 	if r.Conflict == nil && !r.Dropped {
 		n.entry.ETag, n.entry.Size, n.entry.Local = r.Info.ETag, r.Info.Size, false
 		n.entry.CopyAttrs(stored)

@@ -49,6 +49,9 @@ type fileNode struct {
 	// ownETag is the ETag of this machine's last upload of the file: a
 	// version that changed to it needs no conflict. GUARDED_BY(mu)
 	ownETag string
+	// movedTo is the new key of a file a folder rename moved, until the
+	// copy there completes (FS.moving). GUARDED_BY(mu)
+	movedTo string
 	// readers counts open read-only handles that read through nimbus, pt
 	// the passthrough ones (passthrough.go). GUARDED_BY(mu)
 	readers int

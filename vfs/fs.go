@@ -193,6 +193,11 @@ type FS struct {
 	// tree (FS.Applied), so that a listing that started before one of them
 	// does not undo it. GUARDED_BY(localMu)
 	applied map[string]uint64
+	// moving holds, by new key, the live files a folder rename is copying
+	// there, until the copy completes: the kernel moves a node only once
+	// Rename returns, so a completion may come while the node is not at
+	// its new path yet (resetMoved, settle). GUARDED_BY(localMu)
+	moving map[string]*fileNode
 
 	root *dirNode // set by Root
 
@@ -244,6 +249,7 @@ func New(cfg Config) (*FS, error) {
 		start:   time.Now(),
 		listing: make(map[string]*listFlight),
 		applied: make(map[string]uint64),
+		moving:  make(map[string]*fileNode),
 	}
 	f.rootAttrs = cache.Entry{Dir: true, MTime: f.start}
 	return f, nil

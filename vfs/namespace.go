@@ -352,11 +352,16 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		if err := f.renameDir(ctx, srcDir, name, dstDir, newName, exists); err != nil {
 			return err
 		}
+		if renameDirHook != nil {
+			renameDirHook("committed")
+		}
 		// Files the kernel holds under the folder now have new keys, whose
-		// pending copies or uploads their next commits chain onto. (After
-		// renameDir: it holds localMu, which comes after fileNode.mu.)
+		// pending copies or uploads their next commits chain onto.
 		if live != nil {
-			resetMoved(live)
+			f.resetMoved(live, cache.JoinPath(dstDir, newName))
+		}
+		if renameDirHook != nil {
+			renameDirHook("reset")
 		}
 		f.renamed(srcDir, dstDir)
 		return nil

@@ -367,21 +367,55 @@ func (f *FS) copyStaged(ctx context.Context, p journal.PendingOp) (*workFile, er
 	return w, nil
 }
 
-// resetMoved forgets the remote versions live nodes below ino knew under
-// their old keys.
-func resetMoved(ino *fs.Inode) {
-	for _, ch := range ino.Children() {
-		if fn, ok := ch.Operations().(*fileNode); ok {
-			fn.mu.Lock()
-			fn.entry.ETag, fn.entry.Local = "", true
-			fn.ownETag = ""
-			if fn.work != nil {
-				fn.work.base = journal.Base{}
-				fn.work.changes.forget()
+// renameDirHook, when set (by tests), runs in Rename after a folder
+// rename's commit ("committed") and after resetMoved ("reset").
+var renameDirHook func(stage string)
+
+// resetMoved gives the live files below ino, a folder just renamed to dir,
+// the versions of their new keys. While a file's copy to its new key is
+// pending, that is none: its next commit chains onto the copy, and the
+// copy's completion settles the node, found through FS.moving until the
+// kernel has moved it to its new path. A copy that completed before this
+// ran found no node at all, so the node takes that version from the tree
+// here; forgetting it would base the next edit on "absent".
+func (f *FS) resetMoved(ino *fs.Inode, dir string) {
+	f.localMu.Lock() // against Applied: the tree and the node change together
+	defer f.localMu.Unlock()
+	f.resetMovedLocked(ino, dir)
+}
+
+func (f *FS) resetMovedLocked(ino *fs.Inode, dir string) {
+	for name, ch := range ino.Children() {
+		switch n := ch.Operations().(type) {
+		case *dirNode:
+			f.resetMovedLocked(ch, cache.JoinPath(dir, name))
+		case *fileNode:
+			e, ok, err := f.cfg.Tree.Get(dir, name)
+			if err != nil {
+				f.log.Warn("read the tree after a folder rename", "dir", dir, "name", name, "err", err)
 			}
-			fn.mu.Unlock()
-		} else {
-			resetMoved(ch)
+			landed := err == nil && ok && !e.Dir && !e.Local && e.ETag != ""
+			key := f.fileKey(cache.JoinPath(dir, name))
+			n.mu.Lock()
+			if landed {
+				n.entry.ETag, n.entry.Size, n.entry.Local = e.ETag, e.Size, false
+				n.entry.CopyAttrs(e)
+				n.ownETag = e.ETag
+				n.movedTo = ""
+			} else {
+				n.entry.ETag, n.entry.Local = "", true
+				n.ownETag = ""
+				n.movedTo = key
+				f.moving[key] = n
+			}
+			if n.work != nil {
+				n.work.base = journal.Base{}
+				if landed {
+					n.work.base = journal.Base{Exists: true, ETag: e.ETag}
+				}
+				n.work.changes.forget()
+			}
+			n.mu.Unlock()
 		}
 	}
 }
