@@ -352,16 +352,16 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		if err := f.renameDir(ctx, srcDir, name, dstDir, newName, exists); err != nil {
 			return err
 		}
-		if renameDirHook != nil {
-			renameDirHook("committed")
+		if hook := renameDirHook.Load(); hook != nil {
+			(*hook)("committed")
 		}
 		// Files the kernel holds under the folder now have new keys, whose
 		// pending copies or uploads their next commits chain onto.
 		if live != nil {
 			f.resetMoved(live, cache.JoinPath(dstDir, newName))
 		}
-		if renameDirHook != nil {
-			renameDirHook("reset")
+		if hook := renameDirHook.Load(); hook != nil {
+			(*hook)("reset")
 		}
 		f.renamed(srcDir, dstDir)
 		return nil

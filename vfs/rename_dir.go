@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 
@@ -368,8 +369,10 @@ func (f *FS) copyStaged(ctx context.Context, p journal.PendingOp) (*workFile, er
 }
 
 // renameDirHook, when set (by tests), runs in Rename after a folder
-// rename's commit ("committed") and after resetMoved ("reset").
-var renameDirHook func(stage string)
+// rename's commit ("committed") and after resetMoved ("reset"). Atomic:
+// the kernel's round trip between a test and the FUSE server is no
+// synchronization the race detector sees.
+var renameDirHook atomic.Pointer[func(stage string)]
 
 // resetMoved gives the live files below ino, a folder just renamed to dir,
 // the versions of their new keys. While a file's copy to its new key is

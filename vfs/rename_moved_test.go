@@ -24,16 +24,17 @@ func TestFolderRenameCopyDoneBeforeRenameReturns(t *testing.T) {
 			}
 			defer f.Close()
 
-			renameDirHook = func(at string) {
+			hook := func(at string) {
 				if at == stage {
 					m.sync(tierSync)
 				}
 			}
-			t.Cleanup(func() { renameDirHook = nil })
+			renameDirHook.Store(&hook)
+			t.Cleanup(func() { renameDirHook.Store(nil) })
 			if err := os.Rename(m.path("d"), m.path("e")); err != nil {
 				t.Fatal(err)
 			}
-			renameDirHook = nil
+			renameDirHook.Store(nil)
 			if keys := m.remoteKeys(); !slices.Contains(keys, "e/f") || slices.Contains(keys, "d/f") {
 				t.Fatalf("after the rename's copies: store keys %q, want e/f and no d/f", keys)
 			}
