@@ -173,15 +173,7 @@ var _ = (fs.FileSeekdirer)((*treeDir)(nil))
 // reading again from the start.
 func (d *treeDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	d.page, d.after, d.done, d.off, d.errno = nil, "", false, 0, 0
-	for d.off < off {
-		if !d.HasNext() {
-			return syscall.EINVAL
-		}
-		if _, errno := d.Next(); errno != 0 {
-			return errno
-		}
-	}
-	return 0
+	return skipEntries(d, off)
 }
 
 var _ = (fs.NodeGetattrer)((*dirNode)(nil))

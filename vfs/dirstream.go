@@ -357,7 +357,13 @@ func (d *streamedDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if d.shown != nil {
 		d.shown = make(map[string]bool)
 	}
-	for d.off < off {
+	return skipEntries(d, off)
+}
+
+// skipEntries reads the first n entries of d, just rewound: Seekdir's way
+// to the entry after the n-th.
+func skipEntries(d fs.DirStream, n uint64) syscall.Errno {
+	for range n {
 		if !d.HasNext() {
 			return syscall.EINVAL
 		}
