@@ -94,6 +94,7 @@ var _ = (fs.NodeReaddirer)((*dirNode)(nil))
 func (n *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	n.fsys.inodes.touch(n)
 	dir := n.path()
+	n.fsys.walked(dir)
 	// A folder that must be listed first is read as its listing arrives.
 	s, known, err := n.fsys.listingStream(dir)
 	if err != nil {

@@ -205,6 +205,7 @@ type FS struct {
 	rootAttrs cache.Entry // GUARDED_BY(rootMu): the root's mode, owner and times (not stored)
 
 	watched watchSet    // directories to poll
+	walk    walkState   // the folder read last, for walk read-ahead (walkahead.go)
 	pinJobs pinJobs     // the latest pin job of each pinned path
 	inodes  inodeBudget // bounds the file nodes the kernel keeps (evict.go)
 	inos    inoTable    // the inode numbers of live nodes (ino.go)
