@@ -391,3 +391,22 @@ func Parts(b any) (PartUploader, bool) {
 	}
 	return p, true
 }
+
+// PartSize is b's part size, or 0 when it takes no parts: what a
+// decorator's PartSize forwards.
+func PartSize(b any) int64 {
+	if p, ok := Parts(b); ok {
+		return p.PartSize()
+	}
+	return 0
+}
+
+// PartsFor is Parts for a decorator forwarding a multipart call on key to
+// b: its error says that b takes no parts.
+func PartsFor(b any, key string) (PartUploader, error) {
+	p, ok := Parts(b)
+	if !ok {
+		return nil, fmt.Errorf("multipart upload of %q: %s takes no parts", key, b)
+	}
+	return p, nil
+}

@@ -2,7 +2,6 @@ package health
 
 import (
 	"context"
-	"fmt"
 	"io"
 
 	"github.com/nimbus-fs/nimbus/backend"
@@ -10,27 +9,12 @@ import (
 
 var _ backend.PartUploader = (*Checker)(nil)
 
-// parts returns the wrapped store's PartUploader, or an error for a store
-// that takes no parts (PartSize 0 said so).
-func (c *Checker) parts(key string) (backend.PartUploader, error) {
-	p, ok := backend.Parts(c.inner)
-	if !ok {
-		return nil, fmt.Errorf("multipart upload of %q: %s takes no parts", key, c.inner)
-	}
-	return p, nil
-}
-
 // PartSize is the wrapped store's, or 0 when it takes no parts.
-func (c *Checker) PartSize() int64 {
-	if p, ok := backend.Parts(c.inner); ok {
-		return p.PartSize()
-	}
-	return 0
-}
+func (c *Checker) PartSize() int64 { return backend.PartSize(c.inner) }
 
 // CreateUpload forwards; while offline it fails at once, like every call.
 func (c *Checker) CreateUpload(ctx context.Context, key string, meta map[string]string) (id string, err error) {
-	p, err := c.parts(key)
+	p, err := backend.PartsFor(c.inner, key)
 	if err != nil {
 		return "", err
 	}
@@ -40,7 +24,7 @@ func (c *Checker) CreateUpload(ctx context.Context, key string, meta map[string]
 
 // UploadPart forwards; while offline it fails at once.
 func (c *Checker) UploadPart(ctx context.Context, key, uploadID string, num int, body io.ReaderAt, off, size int64) (part backend.Part, err error) {
-	p, err := c.parts(key)
+	p, err := backend.PartsFor(c.inner, key)
 	if err != nil {
 		return backend.Part{}, err
 	}
@@ -50,7 +34,7 @@ func (c *Checker) UploadPart(ctx context.Context, key, uploadID string, num int,
 
 // CompleteUpload forwards; while offline it fails at once.
 func (c *Checker) CompleteUpload(ctx context.Context, key, uploadID string, parts []backend.Part, cond backend.Cond) (info backend.ObjectInfo, err error) {
-	p, err := c.parts(key)
+	p, err := backend.PartsFor(c.inner, key)
 	if err != nil {
 		return backend.ObjectInfo{}, err
 	}
@@ -60,7 +44,7 @@ func (c *Checker) CompleteUpload(ctx context.Context, key, uploadID string, part
 
 // ListUploads forwards; while offline it fails at once.
 func (c *Checker) ListUploads(ctx context.Context, key string) (ups []backend.Upload, err error) {
-	p, err := c.parts(key)
+	p, err := backend.PartsFor(c.inner, key)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +54,7 @@ func (c *Checker) ListUploads(ctx context.Context, key string) (ups []backend.Up
 
 // AbortUpload forwards; while offline it fails at once.
 func (c *Checker) AbortUpload(ctx context.Context, key, uploadID string) error {
-	p, err := c.parts(key)
+	p, err := backend.PartsFor(c.inner, key)
 	if err != nil {
 		return err
 	}
