@@ -129,7 +129,7 @@ type Stream struct {
 	active  int                  // GUARDED_BY(mu); parts in flight, and the creation
 	err     error                // GUARDED_BY(mu); the first failure: the stream is broken
 	aborted bool                 // GUARDED_BY(mu)
-	settled chan struct{}        // GUARDED_BY(mu); closed when active drops to 0 with nothing queued
+	settled chan struct{}        // GUARDED_BY(mu); the waiters', closed (and dropped) when active drops to 0 with nothing queued
 }
 
 type queuedPart struct {
@@ -274,26 +274,28 @@ func (s *Stream) abortUpload() {
 }
 
 // settledChan returns a channel closed once no part is in flight and none
-// is queued (or the stream is broken or aborted).
+// is queued (or the stream is broken or aborted). Each call judges the
+// state anew: a channel closed while the stream was settled once must not
+// answer a waiter that came after more parts were queued.
 func (s *Stream) settledChan() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.settled == nil {
 		s.settled = make(chan struct{})
-		s.checkSettledLocked()
 	}
-	return s.settled
+	ch := s.settled
+	s.checkSettledLocked()
+	return ch
 }
 
+// checkSettledLocked closes the waiters' channel if the stream is settled;
+// the next waiter gets a new one.
 func (s *Stream) checkSettledLocked() {
 	if s.settled == nil || s.active > 0 || (len(s.queue) > 0 && s.err == nil && !s.aborted) {
 		return
 	}
-	select {
-	case <-s.settled:
-	default:
-		close(s.settled)
-	}
+	close(s.settled)
+	s.settled = nil
 }
 
 // create registers the Stream, creates the upload, and registers its ID.
