@@ -88,11 +88,15 @@ func trusted(prev, boot string) bool {
 	return prev == "clean" || (boot != "" && prev == "open "+boot)
 }
 
-// writeSynced writes content to the file at path and fsyncs it. It is
-// rewritten in place: a state file torn or lost by a crash reads as
-// anything but a trusted state, and the database is then started afresh.
+// writeSynced replaces the file at path with content, synced. It writes a
+// temporary file and renames it over path, so that a mount starting while
+// the last one closes reads the old state or the new one, never the empty
+// file a rewrite in place shows for a moment (which distrusted a cleanly
+// closed tree). A state lost by a crash reads as an older or untrusted
+// one, and the database is then started afresh.
 func writeSynced(path, content string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -100,7 +104,10 @@ func writeSynced(path, content string) error {
 	if err == nil {
 		err = f.Sync()
 	}
-	return errors.Join(err, f.Close())
+	if err = errors.Join(err, f.Close()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // bootID identifies the running boot ("" if unknown, which makes every
