@@ -52,7 +52,7 @@ func (m *tier) putCached(key string, data []byte) {
 		in := m.fsys.root.EmbeddedInode()
 		for _, name := range strings.Split(key, "/") {
 			if in = in.GetChild(name); in == nil {
-				return false
+				return true // the kernel forgot the node: no handle is left
 			}
 		}
 		fn, ok := in.Operations().(*fileNode)
