@@ -375,6 +375,18 @@ type mountState struct {
 	unmountReplied   chan struct{}
 }
 
+// metaDBOptions open the cache's database (journal, block index, pins).
+// Its freelist is not written at each commit but rebuilt when the file is
+// opened (bbolt's NoFreelistSync, as etcd opens its own): the journal's inline
+// contents come and go, so the freelist ran to thousands of pages, and
+// every close() rewrote it (56 KiB per commit after one untar). The
+// hashmap freelist keeps allocation cheap when it is that long.
+var metaDBOptions = &bolt.Options{
+	Timeout:        time.Second,
+	NoFreelistSync: true,
+	FreelistType:   bolt.FreelistMapType,
+}
+
 // serve mounts and serves until unmounted or signalled.
 func serve(o mountOptions, stderr io.Writer) (err error) {
 	defer func() {
@@ -413,7 +425,7 @@ func serve(o mountOptions, stderr io.Writer) (err error) {
 	if err := os.MkdirAll(o.cacheDir, 0o700); err != nil {
 		return fmt.Errorf("cache folder %s: %w", o.cacheDir, err)
 	}
-	m.db, err = bolt.Open(filepath.Join(o.cacheDir, "meta.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	m.db, err = bolt.Open(filepath.Join(o.cacheDir, "meta.db"), 0o600, metaDBOptions)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("cache folder %s is in use by another nimbus mount: unmount it, or give this one its own --cache-dir", o.cacheDir)
 	}
