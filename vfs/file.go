@@ -242,10 +242,15 @@ func (n *fileNode) keepOpenedVersion(ctx context.Context) {
 
 // dropUnusedWorkLocked drops a working copy that nothing wrote to once no
 // handle may write to it any more, so that later opens read the store's
-// version again. Called with n.mu held.
+// version again. An unlinked file's copy stays while a handle reads it:
+// the store's version is deleted (see dirNode.Unlink). Called with n.mu
+// held.
 func (n *fileNode) dropUnusedWorkLocked() {
 	w := n.work
 	if w == nil || w.dirty || w.committed || n.writers > 0 {
+		return
+	}
+	if _, _, key := n.location(); key == "" && n.readers > 0 {
 		return
 	}
 	w.close() // releases a partial copy's snapshot for the sweep
@@ -520,6 +525,7 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 		n.dropUnusedWorkLocked()
 	case !fh.passthrough:
 		n.readers--
+		n.dropUnusedWorkLocked()
 	}
 	n.mu.Unlock()
 	return 0

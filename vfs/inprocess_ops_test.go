@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/nimbus-fs/nimbus/backend"
 	"github.com/nimbus-fs/nimbus/backend/dir"
+	"github.com/nimbus-fs/nimbus/integration/wait"
+	"github.com/nimbus-fs/nimbus/journal"
 )
 
 // Each write syscall through the in-process tier: what the mount shows at
@@ -135,33 +138,70 @@ func TestTierOpenUnlinked(t *testing.T) {
 
 // TestTierOpenUnlinkedUploaded is the same for a file that is uploaded and
 // not cached: POSIX wants its content readable through a handle opened
-// before the unlink. A writable handle has its working copy (made at open),
-// so it reads on. A read-only one fails today with EINVAL (the handle
-// follows the unlinked node to the key ""; the object itself is deleted by
-// the journal), so that case is skipped unless NIMBUS_VFS_KNOWN_BUGS=1.
+// before the unlink, also once the delete reached the store. A writable
+// handle has its working copy (made at open); for a read-only one the
+// unlink keeps the opened version first: a local copy of a small file, a
+// server-side snapshot of one of PartialMin or more (nothing downloaded).
+// The kept copy goes with the last handle.
 func TestTierOpenUnlinkedUploaded(t *testing.T) {
-	for _, flags := range []int{os.O_RDONLY, os.O_RDWR} {
-		t.Run(map[int]string{os.O_RDONLY: "rdonly", os.O_RDWR: "rdwr"}[flags], func(t *testing.T) {
-			if flags == os.O_RDONLY && os.Getenv("NIMBUS_VFS_KNOWN_BUGS") != "1" {
-				t.Skip("known bug: a read-only handle on an uploaded, uncached file cannot read once the file is unlinked (NIMBUS_VFS_KNOWN_BUGS=1 runs it)")
-			}
-			m := newTier(t, tierOpt{remote: seededRemote(t, map[string][]byte{"gone": []byte("still readable")})})
-			f, err := os.OpenFile(m.path("gone"), flags, 0)
+	large := bytes.Repeat([]byte("0123456789abcdef"), (40<<20)/16) // over the tier's PartialMin (32 MiB)
+	for _, tc := range []struct {
+		name    string
+		flags   int
+		content []byte
+	}{
+		{"rdonly", os.O_RDONLY, []byte("still readable")},
+		{"rdwr", os.O_RDWR, []byte("still readable")},
+		{"rdonly_large", os.O_RDONLY, large},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTier(t, tierOpt{remote: seededRemote(t, map[string][]byte{"gone": tc.content})})
+			f, err := os.OpenFile(m.path("gone"), tc.flags, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.Close()
+			// A reader that has read a little: those bytes are cached,
+			// the rest is not.
+			head := make([]byte, 4)
+			if _, err := f.ReadAt(head, 0); err != nil {
+				t.Fatal(err)
+			}
 			if err := syscall.Unlink(m.path("gone")); err != nil {
 				t.Fatal(err)
 			}
 			m.sync(tierSync) // the delete reached the store
-			buf := make([]byte, 64)
-			n, err := f.ReadAt(buf, 0)
-			if got := string(buf[:n]); got != "still readable" {
-				t.Errorf("read through a handle opened before the unlink: %q (%v)", got, err)
+			m.wantNoRemote("gone")
+			if fetched := m.blocks.Stats().FetchedBytes; len(tc.content) >= 32<<20 && fetched >= int64(len(tc.content))/2 {
+				// Kept by a server-side snapshot: only the kernel's
+				// read-ahead of the first read was downloaded.
+				t.Errorf("%d bytes fetched for a %d-byte file unlinked after reading 4: want a snapshot, not a download", fetched, len(tc.content))
 			}
+			got := make([]byte, len(tc.content)+1)
+			n, err := f.ReadAt(got, 0)
+			if !bytes.Equal(got[:n], tc.content) {
+				t.Fatalf("read through a handle opened before the unlink: %d bytes (%v), want the %d it opened", n, err, len(tc.content))
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// The staging folder holds only the journal's spare files
+			// again.
+			wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", func() bool {
+				return len(stagedFiles(t, m)) == journal.DefaultSpareFiles
+			})
 		})
 	}
+}
+
+// stagedFiles lists the files in the tier's staging folder.
+func stagedFiles(t *testing.T, m *tier) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(m.staging, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }
 
 func TestTierSetattr(t *testing.T) {

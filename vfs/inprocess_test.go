@@ -46,6 +46,9 @@ type tier struct {
 	startUploads func()
 	// parts is the journal's store when tierOpt.partSize is set.
 	parts *partsDir
+	// blocks is the block cache; staging the journal's staging folder.
+	blocks  *cache.BlockStore
+	staging string
 }
 
 // tierOpt adjusts a tier before it mounts.
@@ -140,6 +143,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { closeOrLog(t, "block cache", blocks.Close) })
+	m.blocks, m.staging = blocks, filepath.Join(cacheDir, "staging")
 
 	var fsys *FS // set below; the journal reports to it once running
 	var jstore journal.Store = m.store
@@ -148,7 +152,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		jstore = m.parts
 	}
 	m.jour, err = journal.Open(journal.Config{
-		DB: db, Dir: filepath.Join(cacheDir, "staging"), Store: jstore, Logger: log, Host: "tier",
+		DB: db, Dir: m.staging, Store: jstore, Logger: log, Host: "tier",
 		Applied: func(r journal.Result) { fsys.Applied(r) },
 	})
 	if err != nil {

@@ -125,6 +125,14 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := n.fsys.listedOnce(ctx, dir); err != nil {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
+	if fn := openForReading(n.GetChild(name)); fn != nil {
+		// A handle opened before the unlink reads the version it opened
+		// (POSIX), but the delete removes the object its missing bytes
+		// would come from: keep that version first, as an open for
+		// writing does (a local copy, or a server-side snapshot of a
+		// large uncached file). Outside localMu: it may download.
+		fn.keepOpenedVersion(ctx)
+	}
 	n.fsys.localMu.Lock()
 	defer n.fsys.localMu.Unlock()
 	e, ok, err := n.fsys.shownEntry(dir, name, n.GetChild(name))
@@ -145,7 +153,7 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return toErrno(n.fsys.log, "unlink", err)
 	}
 	n.fsys.touchDir(dir, time.Now())
-	if !openForReading(n.GetChild(name)) {
+	if openForReading(n.GetChild(name)) == nil {
 		// Its blocks go now; a handle still open reads them until it is
 		// closed (POSIX), and eviction takes them later.
 		n.fsys.cfg.Blocks.Forget(key, "")
@@ -153,19 +161,22 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
-// openForReading reports whether ch is a file with a read-only handle open
-// through nimbus (a passthrough one holds its blocks itself).
-func openForReading(ch *fs.Inode) bool {
+// openForReading returns ch's file node if it has a read-only handle open
+// through nimbus (a passthrough one holds its blocks itself), else nil.
+func openForReading(ch *fs.Inode) *fileNode {
 	if ch == nil {
-		return false
+		return nil
 	}
 	fn, ok := ch.Operations().(*fileNode)
 	if !ok {
-		return false
+		return nil
 	}
 	fn.mu.Lock()
 	defer fn.mu.Unlock()
-	return fn.readers > 0
+	if fn.readers == 0 {
+		return nil
+	}
+	return fn
 }
 
 // trashKey is where a delete of the file at path keeps it: its trash key,
