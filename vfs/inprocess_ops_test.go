@@ -185,13 +185,55 @@ func TestTierOpenUnlinkedUploaded(t *testing.T) {
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			// The staging folder holds only the journal's spare files
-			// again.
-			wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", func() bool {
-				return len(stagedFiles(t, m)) == journal.DefaultSpareFiles
-			})
+			wantNoKeptCopy(t, m)
 		})
 	}
+}
+
+// TestTierOpenReplacedByRename is TestTierOpenUnlinkedUploaded for a file
+// that a rename replaces (an editor's save, a package manager's update):
+// a handle opened before reads the version it opened, also once the
+// store holds the new one.
+func TestTierOpenReplacedByRename(t *testing.T) {
+	// Larger than what the first read caches, so that the rest would come
+	// from the store.
+	old := bytes.Repeat([]byte("the old version "), (4<<20)/16)
+	m := newTier(t, tierOpt{remote: seededRemote(t, map[string][]byte{"f": old, "new": []byte("the new one")})})
+	f, err := os.Open(m.path("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(m.path("new"), m.path("f")); err != nil {
+		t.Fatal(err)
+	}
+	m.sync(tierSync) // the store holds the new version under f
+	m.wantRemote("f", []byte("the new one"))
+	got := make([]byte, len(old)+1)
+	n, err := f.ReadAt(got, 0)
+	if !bytes.Equal(got[:n], old) {
+		t.Fatalf("read through a handle opened before the rename: %d bytes (%v), want the %d of the old version", n, err, len(old))
+	}
+	if got := string(m.mustRead("f")); got != "the new one" {
+		t.Fatalf("a new open reads %q, want the new version", got)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantNoKeptCopy(t, m)
+}
+
+// wantNoKeptCopy waits until the staging folder holds no more than the
+// journal's spare files: no working copy is left.
+func wantNoKeptCopy(t *testing.T, m *tier) {
+	t.Helper()
+	wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", func() bool {
+		return len(stagedFiles(t, m)) <= journal.DefaultSpareFiles
+	})
 }
 
 // stagedFiles lists the files in the tier's staging folder.

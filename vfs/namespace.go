@@ -377,6 +377,13 @@ func (f *FS) rename(ctx context.Context, srcDir, name, dstDir, newName string, n
 		f.renamed(srcDir, dstDir)
 		return nil
 	}
+	if exists {
+		if fn := openForReading(liveDst); fn != nil {
+			// The file replaced stays readable through its open
+			// handles, as an unlinked one does (see dirNode.Unlink).
+			fn.keepOpenedVersion(ctx)
+		}
+	}
 	if err := f.renameFile(srcDir, name, dstDir, newName, live, liveDst); err != nil {
 		return err
 	}
