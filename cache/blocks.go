@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -119,7 +118,6 @@ type BlockStats struct {
 	Hits         int64 // blocks a read found cached
 	Misses       int64 // blocks a read had to fetch itself
 	Joins        int64 // blocks a read found already being fetched, and waited for
-	Shared       int64 // reads answered with the bytes of the GET they waited for, not read back from disk
 
 	Fetches         int64 // ranged GETs issued, read-ahead included
 	FetchedBytes    int64 // bytes received and stored by successful GETs
@@ -229,9 +227,6 @@ type BlockStore struct {
 	aheadSlots chan struct{}
 
 	bufPool sync.Pool // *[]byte copy buffers
-	// blockBufs: *blockBuf of one block each, for the GETs of whole
-	// blocks (fetchBlocks).
-	blockBufs sync.Pool
 
 	flushMu sync.Mutex // serialises flushes
 
@@ -333,33 +328,6 @@ type flight struct {
 	err     error         // set before done is closed
 	waiters int32         // GUARDED_BY(BlockStore.mu): reads that will take a hold
 	ahead   bool          // started by read-ahead
-	// data: the block's bytes as its GET delivered them, one reference
-	// per waiter, when it had waiters as it landed (see blockBuf). Set
-	// before done is closed.
-	data *blockBuf
-}
-
-// A blockBuf holds one block's bytes as a GET delivered them. The reads
-// that were waiting for the block are answered from it (ReadShared), not
-// by reading back what was just written to the cache file: a cold
-// sequential read copies each byte once less. refs counts the readers
-// that have not released it yet; the last release returns it to the pool.
-// A reference never released only leaves the buffer to the GC.
-type blockBuf struct {
-	b    []byte
-	refs atomic.Int32
-	pool *sync.Pool
-}
-
-func (b *blockBuf) release() {
-	if b.refs.Add(-1) == 0 {
-		if poisonReleased {
-			for i := range b.b {
-				b.b[i] = 0xA5
-			}
-		}
-		b.pool.Put(b)
-	}
 }
 
 // OpenBlockStore opens the block store in cfg.Dir, restoring the blocks
@@ -409,7 +377,6 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 		b := make([]byte, 256<<10)
 		return &b
 	}
-	s.blockBufs.New = func() any { return &blockBuf{b: make([]byte, bs), pool: &s.blockBufs} }
 	if err := s.load(); err != nil {
 		cancel()
 		return nil, fmt.Errorf("open block store in %s: %w", cfg.Dir, err)

@@ -41,9 +41,6 @@ type blockRun struct {
 	// streams the rest (see fetchInto). Only the run's goroutine uses it.
 	published      int
 	publishedBytes int64
-	// lastBuf: the last block's bytes, read whole, for finishRun to hand
-	// to its readers. Only the run's goroutine uses it.
-	lastBuf *blockBuf
 }
 
 // span is the byte range of the content that r fetches.
@@ -242,13 +239,30 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 			s.log.Debug("allocate run", "key", c.key, "off", off, "len", n, "err", err)
 		}
 	}
-	if r.pages {
-		err = s.fetchPages(r, body, off, n)
-	} else {
-		err = s.fetchBlocks(r, body, off, n)
-	}
-	if err != nil {
-		return err
+	bufp := s.bufPool.Get().(*[]byte)
+	defer s.bufPool.Put(bufp)
+	for pos := off; pos < off+n; {
+		end := off + n
+		last := r.pages || r.published == len(r.flights)-1
+		if !last {
+			end = pos + s.blockLen(c, r.first+int64(r.published))
+		}
+		got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, pos), io.LimitReader(body, end-pos), *bufp)
+		if isNoSpace(err) {
+			return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
+		}
+		if err != nil {
+			return fmt.Errorf("copy body: %w", err)
+		}
+		if got < end-pos {
+			return fmt.Errorf("short body: %d of %d bytes: %w", pos-off+got, n, io.ErrUnexpectedEOF)
+		}
+		pos = end
+		if !last {
+			if err := s.publishEarly(r); err != nil {
+				return err
+			}
+		}
 	}
 	// A longer body means the store ignored the range, and the bytes kept
 	// would come from the wrong offset.
@@ -258,70 +272,6 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 		return fmt.Errorf("body longer than the %d bytes requested", n)
 	case !errors.Is(rerr, io.EOF):
 		return fmt.Errorf("read end of body: %w", rerr)
-	}
-	return nil
-}
-
-// fetchPages writes the body of a pages run, [off, off+n) of its block,
-// to the cache file.
-func (s *BlockStore) fetchPages(r *blockRun, body io.Reader, off, n int64) error {
-	bufp := s.bufPool.Get().(*[]byte)
-	defer s.bufPool.Put(bufp)
-	got, err := io.CopyBuffer(io.NewOffsetWriter(r.f, off), io.LimitReader(body, n), *bufp)
-	switch {
-	case isNoSpace(err):
-		return fmt.Errorf("write %d bytes to %s: %w: %w", n, r.c.path, ErrNoSpace, err)
-	case err != nil:
-		return fmt.Errorf("copy body: %w", err)
-	case got < n:
-		return fmt.Errorf("short body: %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
-	}
-	return nil
-}
-
-// writePiece is the most fetchBlocks writes to a cache file at once.
-const writePiece = 256 << 10
-
-// fetchBlocks reads the body of a run of whole blocks, [off, off+n), one
-// block at a time into a blockBuf, and writes each to the cache file.
-// Each block but the last is published as soon as it is written, with its
-// buffer for the reads waiting for it; the last one's buffer waits in
-// r.lastBuf for finishRun.
-func (s *BlockStore) fetchBlocks(r *blockRun, body io.Reader, off, n int64) error {
-	for pos := off; pos < off+n; {
-		bl := s.blockLen(r.c, r.first+int64(r.published))
-		buf := s.blockBufs.Get().(*blockBuf)
-		got, err := io.ReadFull(body, buf.b[:bl])
-		if err == nil {
-			// In pieces: one write holds the file's inode lock, which the
-			// other GETs of a sequential reader, writing the same file,
-			// wait for; writing each block whole made a cold read of
-			// 1 GiB 0.9 s → 1.3-2.4 s.
-			for o := int64(0); o < bl && err == nil; o += writePiece {
-				_, err = r.f.WriteAt(buf.b[o:min(bl, o+writePiece)], pos+o)
-			}
-			if isNoSpace(err) {
-				err = fmt.Errorf("write %d bytes to %s: %w: %w", bl, r.c.path, ErrNoSpace, err)
-			} else if err != nil {
-				err = fmt.Errorf("write %s: %w", r.c.path, err)
-			}
-		} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			err = fmt.Errorf("short body: %d of %d bytes: %w", pos-off+int64(got), n, io.ErrUnexpectedEOF)
-		} else {
-			err = fmt.Errorf("copy body: %w", err)
-		}
-		if err != nil {
-			s.blockBufs.Put(buf)
-			return err
-		}
-		pos += bl
-		if r.published == len(r.flights)-1 {
-			r.lastBuf = buf
-			break
-		}
-		if err := s.publishEarly(r, buf); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -363,8 +313,6 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 		}
 		return
 	}
-	buf := r.lastBuf // the last block's, if it was read whole
-	r.lastBuf = nil
 	for j, fl := range r.flights[r.published:] {
 		i := r.first + int64(r.published+j)
 		k := blockKey{c, uint32(i)}
@@ -378,14 +326,7 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 			close(fl.done)
 			continue
 		}
-		var data *blockBuf
-		if r.published+j == len(r.flights)-1 {
-			data, buf = buf, nil
-		}
-		s.publishBlockLocked(k, fl, bl, data)
-	}
-	if buf != nil {
-		s.blockBufs.Put(buf)
+		s.publishBlockLocked(k, fl, bl)
 	}
 	s.unrefLocked(c)
 	if !r.budgeted {
@@ -399,12 +340,11 @@ func (s *BlockStore) finishRun(r *blockRun, n int64, err error) {
 // rest of the run. The store checked the range it answered (the s3
 // backend fails a ranged GET without Content-Range), so the bytes are
 // those of the block; a content retired meanwhile is left to finishRun.
-func (s *BlockStore) publishEarly(r *blockRun, buf *blockBuf) error {
+func (s *BlockStore) publishEarly(r *blockRun) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := r.c
 	if c.gone() {
-		s.blockBufs.Put(buf)
 		return c.goneErr
 	}
 	i := r.first + int64(r.published)
@@ -415,7 +355,7 @@ func (s *BlockStore) publishEarly(r *blockRun, buf *blockBuf) error {
 	s.stats.FetchedBytes += bl
 	s.unsynced[c] = struct{}{}
 	c.stale = false
-	s.publishBlockLocked(blockKey{c, uint32(i)}, r.flights[r.published], bl, buf)
+	s.publishBlockLocked(blockKey{c, uint32(i)}, r.flights[r.published], bl)
 	r.published++
 	r.publishedBytes += bl
 	if !r.budgeted {
@@ -425,20 +365,10 @@ func (s *BlockStore) publishEarly(r *blockRun, buf *blockBuf) error {
 }
 
 // publishBlockLocked caches block k, fetched by flight fl, where its
-// readers and its content's pin state say, and wakes its readers. data, if
-// not nil, holds the block's bytes: the readers waiting get it (one
-// reference each), else it goes back to the pool.
-func (s *BlockStore) publishBlockLocked(k blockKey, fl *flight, bl int64, data *blockBuf) {
+// readers and its content's pin state say, and wakes its readers.
+func (s *BlockStore) publishBlockLocked(k blockKey, fl *flight, bl int64) {
 	c := k.c
 	delete(s.flights, k)
-	if data != nil {
-		if fl.waiters > 0 {
-			data.refs.Store(fl.waiters)
-			fl.data = data
-		} else {
-			s.blockBufs.Put(data)
-		}
-	}
 	switch {
 	case fl.waiters > 0:
 		// One hold per waiting reader: the block cannot be evicted

@@ -42,58 +42,26 @@ type blockWait struct {
 // backend.ErrPrecondition means the object changed. Cancelling ctx stops
 // the wait, not the fetch.
 func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	data, _, err := h.read(ctx, p, off, false)
-	return len(data), err
-}
-
-// ReadShared is ReadAt that may answer from memory. When the read lies
-// within one block that a GET had to deliver, data is a slice of that
-// block's bytes as the GET delivered them (the cache file has them too),
-// not a copy read back from the file, and release must be called once
-// data is no longer used; data must not be written to. Otherwise data is
-// p[:n], read as by ReadAt, and release is nil. err is as ReadAt's.
-func (h *Handle) ReadShared(ctx context.Context, p []byte, off int64) (data []byte, release func(), err error) {
-	return h.read(ctx, p, off, true)
-}
-
-func (h *Handle) read(ctx context.Context, p []byte, off int64, shared bool) (data []byte, release func(), err error) {
 	if h.err != nil {
-		return nil, nil, h.err
+		return 0, h.err
 	}
 	c, s := h.c, h.s
 	if off < 0 {
-		return nil, nil, fmt.Errorf("read %q at %d: negative offset", c.key, off)
+		return 0, fmt.Errorf("read %q at %d: negative offset", c.key, off)
 	}
 	if off >= c.size {
-		return nil, nil, io.EOF
+		return 0, io.EOF
 	}
 	if len(p) == 0 {
-		return p, nil, nil
+		return 0, nil
 	}
 	end := min(off+int64(len(p)), c.size)
 	from, to, runLen, seeking, err := h.observe(off, end)
 	if err != nil {
-		return nil, nil, err
+		return 0, err
 	}
 	if from < to {
 		s.prefetch(c, from, to, runLen)
-	}
-	short := func(n int) error {
-		if n < len(p) {
-			return io.EOF
-		}
-		return nil
-	}
-	if shared && off/s.bs == (end-1)/s.bs {
-		n, buf, err := h.readChunk(ctx, p[:end-off], off, seeking, true)
-		if err != nil {
-			return p[:n], nil, err
-		}
-		if buf == nil {
-			return p[:n], nil, short(n)
-		}
-		lo := off - (off/s.bs)*s.bs
-		return buf.b[lo : lo+int64(n)], buf.release, short(n)
 	}
 
 	// Large reads go in chunks, so that one read never holds more than a
@@ -102,14 +70,17 @@ func (h *Handle) read(ctx context.Context, p []byte, off int64, shared bool) (da
 	n := 0
 	for pos := off; pos < end; {
 		next := min(end, (pos/chunk+1)*chunk)
-		m, _, err := h.readChunk(ctx, p[pos-off:next-off], pos, seeking, false)
+		m, err := h.readChunk(ctx, p[pos-off:next-off], pos, seeking)
 		n += m
 		if err != nil {
-			return p[:n], nil, err
+			return n, err
 		}
 		pos = next
 	}
-	return p[:n], nil, short(n)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // observe records a read of [off, end) and decides what to read ahead.
@@ -186,35 +157,23 @@ var errHandleClosed = errors.New("handle closed")
 // readChunk reads p at off; all of it lies within one chunk of at most
 // runBlocks blocks. A read that seeks fetches only the pages it misses
 // (and a few around them); a sequential one fetches whole blocks, and
-// completes the partial blocks it meets. With shared, a read of one block
-// that waited for a GET of it returns that block's bytes in buf (holding a
-// reference) instead of reading them into p.
-func (h *Handle) readChunk(ctx context.Context, p []byte, off int64, seeking, shared bool) (int, *blockBuf, error) {
+// completes the partial blocks it meets.
+func (h *Handle) readChunk(ctx context.Context, p []byte, off int64, seeking bool) (int, error) {
 	c, s := h.c, h.s
 	end := off + int64(len(p))
 	first, last := off/s.bs, (end-1)/s.bs
 	for {
-		f, holds, data, waited, err := h.holdChunk(ctx, off, end, first, last, seeking)
+		f, holds, waited, err := h.holdChunk(ctx, off, end, first, last, seeking)
 		if err != nil {
-			return 0, nil, err
+			return 0, err
 		}
 		// A read that joined a fetch of other pages of a partial block
 		// holds it without the pages it needs: it lets go and asks again
 		// (that fetch is done now, so the next try starts its own). A read
 		// that found all its pages cached took holds only on those.
 		if waited && !h.covered(holds, off, end) {
-			releaseData(data)
 			continue
 		}
-		if len(data) == 1 && first == last && shared {
-			s.mu.Lock()
-			s.stats.Shared++
-			s.releaseAllLocked(holds)
-			s.unrefLocked(c)
-			s.mu.Unlock()
-			return len(p), data[0], nil
-		}
-		releaseData(data)
 
 		// os.File.ReadAt reads all of p unless the file is short, and it
 		// cannot be: every byte of p is in a cached, held block.
@@ -226,16 +185,9 @@ func (h *Handle) readChunk(ctx context.Context, p []byte, off int64, seeking, sh
 		s.unrefLocked(c)
 		s.mu.Unlock()
 		if err != nil {
-			return 0, nil, err
+			return 0, err
 		}
-		return len(p), nil, nil
-	}
-}
-
-// releaseData drops references on blocks' bytes that a read will not use.
-func releaseData(data []*blockBuf) {
-	for _, b := range data {
-		b.release()
+		return len(p), nil
 	}
 }
 
@@ -259,10 +211,8 @@ func (h *Handle) covered(holds []blockKey, off, end int64) bool {
 // holdChunk takes a hold on blocks [first, last], fetching what they miss
 // of [off, end), and a reference on the content, which keeps the returned
 // file open. The caller gives both back. waited says whether it waited
-// for fetches; data holds a reference on the bytes of each block it
-// waited for whose GET kept them in memory (see blockBuf), which the
-// caller uses or releases.
-func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, seeking bool) (_ *os.File, _ []blockKey, data []*blockBuf, waited bool, _ error) {
+// for fetches.
+func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, seeking bool) (_ *os.File, _ []blockKey, waited bool, _ error) {
 	c, s := h.c, h.s
 	holds := make([]blockKey, 0, last-first+1)
 	var waits []blockWait
@@ -270,24 +220,24 @@ func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, see
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, nil, nil, false, fmt.Errorf("read %q: %w", c.key, ErrBlockStoreClosed)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, ErrBlockStoreClosed)
 	}
 	if c.gone() {
 		s.mu.Unlock()
-		return nil, nil, nil, false, fmt.Errorf("read %q: %w", c.key, c.goneErr)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, c.goneErr)
 	}
 	f, err := s.fileLocked(c)
 	if err != nil {
 		s.mu.Unlock()
-		return nil, nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
 	}
 	c.refs++ // keeps f open through the pread, whatever the handle does
-	fail := func(err error) (*os.File, []blockKey, []*blockBuf, bool, error) {
+	fail := func(err error) (*os.File, []blockKey, bool, error) {
 		s.abandonLocked(waits)
 		s.releaseAllLocked(holds)
 		s.unrefLocked(c)
 		s.mu.Unlock()
-		return nil, nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
+		return nil, nil, false, fmt.Errorf("read %q: %w", c.key, err)
 	}
 	for i := first; i <= last; i++ {
 		k := blockKey{c, uint32(i)}
@@ -337,27 +287,24 @@ func (h *Handle) holdChunk(ctx context.Context, off, end, first, last int64, see
 	}
 	s.mu.Unlock()
 	if len(waits) == 0 {
-		return f, holds, nil, false, nil
+		return f, holds, false, nil
 	}
 
-	holds, data, err = h.await(ctx, waits, holds)
+	holds, err = h.await(ctx, waits, holds)
 	if err != nil {
-		releaseData(data)
 		s.mu.Lock()
 		s.releaseAllLocked(holds)
 		s.unrefLocked(c)
 		s.mu.Unlock()
-		return nil, nil, nil, true, err
+		return nil, nil, true, err
 	}
-	return f, holds, data, true, nil
+	return f, holds, true, nil
 }
 
-// await waits for the flights of waits, adding a hold per block fetched,
-// and returns the references on the blocks' bytes handed over with them.
+// await waits for the flights of waits, adding a hold per block fetched.
 // On the first failure or on cancellation it stops waiting for the rest,
 // giving back whatever they hand over.
-func (h *Handle) await(ctx context.Context, waits []blockWait, holds []blockKey) ([]blockKey, []*blockBuf, error) {
-	var data []*blockBuf
+func (h *Handle) await(ctx context.Context, waits []blockWait, holds []blockKey) ([]blockKey, error) {
 	for idx, w := range waits {
 		select {
 		case <-w.fl.done:
@@ -365,35 +312,28 @@ func (h *Handle) await(ctx context.Context, waits []blockWait, holds []blockKey)
 				h.s.mu.Lock()
 				h.s.abandonLocked(waits[idx+1:])
 				h.s.mu.Unlock()
-				return holds, data, w.fl.err
+				return holds, w.fl.err
 			}
 			holds = append(holds, w.k)
-			if w.fl.data != nil {
-				data = append(data, w.fl.data)
-			}
 		case <-ctx.Done():
 			h.s.mu.Lock()
 			h.s.abandonLocked(waits[idx:])
 			h.s.mu.Unlock()
-			return holds, data, fmt.Errorf("read %q: %w", h.c.key, ctx.Err())
+			return holds, fmt.Errorf("read %q: %w", h.c.key, ctx.Err())
 		}
 	}
-	return holds, data, nil
+	return holds, nil
 }
 
 // abandonLocked stops waiting for flights: one not done yet forgets the
-// waiter; one done already handed over a hold, and perhaps a reference on
-// its bytes, which are released. done is closed under mu, so the check
-// cannot race with the hand-over.
+// waiter; one done already handed over a hold, which is released. done is
+// closed under mu, so the check cannot race with the hand-over.
 func (s *BlockStore) abandonLocked(waits []blockWait) {
 	for _, w := range waits {
 		select {
 		case <-w.fl.done:
 			if w.fl.err == nil {
 				s.releaseLocked(w.k)
-				if w.fl.data != nil {
-					w.fl.data.release()
-				}
 			}
 		default:
 			w.fl.waiters--

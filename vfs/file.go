@@ -441,34 +441,15 @@ func (fh *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		if off >= c.Size {
 			return fuse.ReadResultData(nil), 0
 		}
-		data, release, err := h.ReadShared(ctx, dest, off)
+		nread, err := h.ReadAt(ctx, dest, off)
 		if err == nil || errors.Is(err, io.EOF) {
-			if release != nil {
-				return sharedResult{data, release}, 0
-			}
-			return fuse.ReadResultData(data), 0
+			return fuse.ReadResultData(dest[:nread]), 0
 		}
 		if attempt >= maxResolve || !isGone(err) || !fh.follow(c) {
 			return nil, toErrno(fh.fsys.log, "read", err)
 		}
 	}
 }
-
-// sharedResult answers a READ with bytes the block cache holds in memory
-// (cache.Handle.ReadShared), released once go-fuse has sent them. It has
-// Slices, so that go-fuse writes them to the kernel before Done, as it
-// does with fuse.ReadResultVector; with Bytes only, it would call Done
-// before writing (DisableSplice), and the buffer could be refilled under
-// the write.
-type sharedResult struct {
-	data    []byte
-	release func()
-}
-
-func (r sharedResult) Bytes([]byte) ([]byte, fuse.Status) { return r.data, fuse.OK }
-func (r sharedResult) Slices() ([][]byte, fuse.Status)    { return [][]byte{r.data}, fuse.OK }
-func (r sharedResult) Size() int                          { return len(r.data) }
-func (r sharedResult) Done()                              { r.release() }
 
 // follow moves a handle that read c to where the same bytes are now, after
 // reading c failed because it is gone: a renamed file's server-side copy

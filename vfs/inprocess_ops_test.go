@@ -3,12 +3,10 @@ package vfs
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -184,7 +182,10 @@ func TestTierOpenUnlinkedUploaded(t *testing.T) {
 			if !bytes.Equal(got[:n], tc.content) {
 				t.Fatalf("read through a handle opened before the unlink: %d bytes (%v), want the %d it opened", n, err, len(tc.content))
 			}
-			closeKeptCopy(t, m, f)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			wantNoKeptCopy(t, m)
 		})
 	}
 }
@@ -220,66 +221,19 @@ func TestTierOpenReplacedByRename(t *testing.T) {
 	if got := string(m.mustRead("f")); got != "the new one" {
 		t.Fatalf("a new open reads %q, want the new version", got)
 	}
-	closeKeptCopy(t, m, f)
-}
-
-// closeKeptCopy closes f, the last handle of a file whose version a
-// working copy keeps, and checks that the copy goes with it: the staging
-// folder holds the journal's spare files and the copy, then the spares
-// alone. (The kernel releases a handle after close returns.)
-func closeKeptCopy(t *testing.T, m *tier, f *os.File) {
-	t.Helper()
-	staged := func(n int) func() bool {
-		return func() bool { return len(stagedFiles(t, m)) == n }
-	}
-	wait.Until(t, 10*time.Second, "the spare files and the kept copy", staged(journal.DefaultSpareFiles+1))
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", staged(journal.DefaultSpareFiles))
+	wantNoKeptCopy(t, m)
 }
 
-// TestTierColdReadsFromFetchedBytes reads two uncached files at once, in
-// 1 MiB reads, as cat does: the reads that wait for a GET are answered
-// with its bytes in memory (Shared), which must be released only once
-// go-fuse has written them to the kernel, so every byte must be right.
-func TestTierColdReadsFromFetchedBytes(t *testing.T) {
-	files := map[string][]byte{}
-	for i, name := range []string{"a.bin", "b.bin"} {
-		b := make([]byte, 24<<20)
-		for j := range b {
-			b[j] = byte(j*7 + j>>12 + i*101)
-		}
-		files[name] = b
-	}
-	m := newTier(t, tierOpt{remote: seededRemote(t, files)})
-	var wg sync.WaitGroup
-	for name, content := range files {
-		wg.Go(func() {
-			f, err := os.Open(m.path(name))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer f.Close()
-			got, err := io.ReadAll(f)
-			if err != nil {
-				t.Errorf("read %s: %v", name, err)
-				return
-			}
-			if !bytes.Equal(got, content) {
-				at := 0
-				for at < min(len(got), len(content)) && got[at] == content[at] {
-					at++
-				}
-				t.Errorf("read %s: %d bytes, %d stored, first difference at %d", name, len(got), len(content), at)
-			}
-		})
-	}
-	wg.Wait()
-	if st := m.blocks.Stats(); st.Shared == 0 {
-		t.Errorf("no read was answered from the fetched bytes (%d misses, %d joins)", st.Misses, st.Joins)
-	}
+// wantNoKeptCopy waits until the staging folder holds no more than the
+// journal's spare files: no working copy is left.
+func wantNoKeptCopy(t *testing.T, m *tier) {
+	t.Helper()
+	wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", func() bool {
+		return len(stagedFiles(t, m)) <= journal.DefaultSpareFiles
+	})
 }
 
 // stagedFiles lists the files in the tier's staging folder.
