@@ -182,10 +182,7 @@ func TestTierOpenUnlinkedUploaded(t *testing.T) {
 			if !bytes.Equal(got[:n], tc.content) {
 				t.Fatalf("read through a handle opened before the unlink: %d bytes (%v), want the %d it opened", n, err, len(tc.content))
 			}
-			if err := f.Close(); err != nil {
-				t.Fatal(err)
-			}
-			wantNoKeptCopy(t, m)
+			closeKeptCopy(t, m, f)
 		})
 	}
 }
@@ -221,19 +218,23 @@ func TestTierOpenReplacedByRename(t *testing.T) {
 	if got := string(m.mustRead("f")); got != "the new one" {
 		t.Fatalf("a new open reads %q, want the new version", got)
 	}
+	closeKeptCopy(t, m, f)
+}
+
+// closeKeptCopy closes f, the last handle of a file whose version a
+// working copy keeps, and checks that the copy goes with it: the staging
+// folder holds the journal's spare files and the copy, then the spares
+// alone. (The kernel releases a handle after close returns.)
+func closeKeptCopy(t *testing.T, m *tier, f *os.File) {
+	t.Helper()
+	staged := func(n int) func() bool {
+		return func() bool { return len(stagedFiles(t, m)) == n }
+	}
+	wait.Until(t, 10*time.Second, "the spare files and the kept copy", staged(journal.DefaultSpareFiles+1))
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	wantNoKeptCopy(t, m)
-}
-
-// wantNoKeptCopy waits until the staging folder holds no more than the
-// journal's spare files: no working copy is left.
-func wantNoKeptCopy(t *testing.T, m *tier) {
-	t.Helper()
-	wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", func() bool {
-		return len(stagedFiles(t, m)) <= journal.DefaultSpareFiles
-	})
+	wait.Until(t, 10*time.Second, "the kept copy to go with the last handle", staged(journal.DefaultSpareFiles))
 }
 
 // stagedFiles lists the files in the tier's staging folder.
