@@ -156,17 +156,7 @@ func TestTierOpenUnlinkedUploaded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newTier(t, tierOpt{remote: seededRemote(t, map[string][]byte{"gone": tc.content})})
-			f, err := os.OpenFile(m.path("gone"), tc.flags, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			// A reader that has read a little: those bytes are cached,
-			// the rest is not.
-			head := make([]byte, 4)
-			if _, err := f.ReadAt(head, 0); err != nil {
-				t.Fatal(err)
-			}
+			f := openAndReadHead(t, m.path("gone"), tc.flags)
 			if err := syscall.Unlink(m.path("gone")); err != nil {
 				t.Fatal(err)
 			}
@@ -196,15 +186,7 @@ func TestTierOpenReplacedByRename(t *testing.T) {
 	// from the store.
 	old := bytes.Repeat([]byte("the old version "), (4<<20)/16)
 	m := newTier(t, tierOpt{remote: seededRemote(t, map[string][]byte{"f": old, "new": []byte("the new one")})})
-	f, err := os.Open(m.path("f"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	head := make([]byte, 4)
-	if _, err := f.ReadAt(head, 0); err != nil {
-		t.Fatal(err)
-	}
+	f := openAndReadHead(t, m.path("f"), os.O_RDONLY)
 	if err := os.Rename(m.path("new"), m.path("f")); err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +201,21 @@ func TestTierOpenReplacedByRename(t *testing.T) {
 		t.Fatalf("a new open reads %q, want the new version", got)
 	}
 	closeKeptCopy(t, m, f)
+}
+
+// openAndReadHead opens path with flags, closed at the end of the test,
+// and reads its first 4 bytes: those are cached, the rest is not.
+func openAndReadHead(t *testing.T, path string, flags int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.ReadAt(make([]byte, 4), 0); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // closeKeptCopy closes f, the last handle of a file whose version a
