@@ -78,6 +78,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -295,6 +296,9 @@ var (
 // folder is the state of one folder's sidecar writes.
 type folder struct {
 	changes map[string]*record // by name; nil: remove the name
+	// written: the changes of the write running, which the sidecar in
+	// the store does not have yet either.
+	written map[string]*record
 	// gone: the folder was removed through the mount; its sidecar goes
 	// unless something shows in it again.
 	gone     bool
@@ -349,6 +353,24 @@ func (x *Index) pendingUnder(prefix string) bool {
 	return x.cfg.PendingUnder != nil && x.cfg.PendingUnder(prefix)
 }
 
+// unwritten returns the changes of folder dir that its sidecar in the
+// store may not have yet (waiting, or being written), newest last: a
+// listing shows them over the sidecar's entries. A chmod or touch keeps
+// the file's ETag, so without them a listing in between would show the
+// attributes from before it.
+func (x *Index) unwritten(dir string) map[string]*record {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	st := x.folders[dir]
+	if st == nil || len(st.written)+len(st.changes) == 0 {
+		return nil
+	}
+	out := make(map[string]*record, len(st.written)+len(st.changes))
+	maps.Copy(out, st.written)
+	maps.Copy(out, st.changes)
+	return out
+}
+
 // --- reading: the decorated listings ---
 
 // List lists prefix as the store does, without the folder's sidecar, and
@@ -383,6 +405,7 @@ type listing struct {
 	held        []backend.Page      // read before the sidecar's place
 	resolved    bool                // the sidecar's place is passed: files is its entries
 	files       map[string]record
+	unwritten   map[string]*record // this mount's changes not in files (see unwritten)
 }
 
 // page takes the next page of the store's listing.
@@ -412,6 +435,9 @@ func (l *listing) page(ctx context.Context, p backend.Page) error {
 
 // resolve reads the sidecar (if any) and passes on the held pages.
 func (l *listing) resolve(ctx context.Context) error {
+	// Before the sidecar is read: a change written meanwhile is then in
+	// one or the other.
+	l.unwritten = l.x.unwritten(l.prefix)
 	l.files = l.x.forListing(ctx, l.prefix, l.key, l.sidecar)
 	l.resolved = true
 	held := l.held
@@ -427,8 +453,8 @@ func (l *listing) resolve(ctx context.Context) error {
 // pass hands a page to fn, with the sidecar's attributes and without the
 // keys to hide.
 func (l *listing) pass(p backend.Page) error {
-	x, prefix, files := l.x, l.prefix, l.files
-	if l.sidecar == nil && !x.anyGone() {
+	x, prefix := l.x, l.prefix
+	if l.sidecar == nil && !x.anyGone() && len(l.unwritten) == 0 {
 		return l.fn(p) // nothing to add or hide: the page as the store gave it
 	}
 	out := backend.Page{Objects: make([]backend.ObjectInfo, 0, len(p.Objects)), Prefixes: make([]string, 0, len(p.Prefixes))}
@@ -436,7 +462,7 @@ func (l *listing) pass(p backend.Page) error {
 		if o.Key == l.key {
 			continue
 		}
-		if rec, ok := files[strings.TrimPrefix(o.Key, prefix)]; ok && rec.ETag != "" && rec.ETag == o.ETag {
+		if rec, ok := l.entry(strings.TrimPrefix(o.Key, prefix)); ok && rec.ETag != "" && rec.ETag == o.ETag {
 			a := rec.attrs()
 			o.Attrs = &a
 		}
@@ -446,7 +472,7 @@ func (l *listing) pass(p backend.Page) error {
 		if x.clearing(d) && !x.shown(d) {
 			continue
 		}
-		if rec, ok := files[strings.TrimSuffix(strings.TrimPrefix(d, prefix), "/")]; ok && rec.ETag == "" {
+		if rec, ok := l.entry(strings.TrimSuffix(strings.TrimPrefix(d, prefix), "/")); ok && rec.ETag == "" {
 			if out.PrefixAttrs == nil {
 				out.PrefixAttrs = make(map[string]backend.Attrs)
 			}
@@ -455,6 +481,19 @@ func (l *listing) pass(p backend.Page) error {
 		out.Prefixes = append(out.Prefixes, d)
 	}
 	return l.fn(out)
+}
+
+// entry is what the listing shows of name: this mount's change not written
+// yet, else the sidecar's entry.
+func (l *listing) entry(name string) (record, bool) {
+	if rec, ok := l.unwritten[name]; ok {
+		if rec == nil {
+			return record{}, false // forgotten here
+		}
+		return *rec, true
+	}
+	rec, ok := l.files[name]
+	return rec, ok
 }
 
 // ListFlat lists every key under prefix as the store does, sidecars left
@@ -694,6 +733,7 @@ func (x *Index) next(now time.Time) (j *job, wake <-chan struct{}, wait time.Dur
 			continue
 		}
 		j = &job{dir: dir, changes: st.changes, gone: st.gone, retry: st.attempts > 0}
+		st.written = j.changes
 		st.changes, st.gone = make(map[string]*record), false
 		st.writing, st.clearing = true, j.gone
 		return j, nil, 0
@@ -708,6 +748,7 @@ func (x *Index) finish(j *job, err error) {
 	defer x.mu.Unlock()
 	st := x.folders[j.dir]
 	st.writing, st.clearing = false, false
+	st.written = nil // in the sidecar now, or back in changes (requeue)
 	now := time.Now()
 	switch {
 	case err == nil:
