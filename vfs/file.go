@@ -525,7 +525,12 @@ func (fh *fileHandle) Release(ctx context.Context) syscall.Errno {
 		n.dropUnusedWorkLocked()
 	case !fh.passthrough:
 		n.readers--
-		n.dropUnusedWorkLocked()
+		if _, _, key := n.location(); key == "" {
+			// The copy an unlink kept for its readers (see
+			// dirNode.Unlink); a linked file's unused copy goes only with
+			// its writers, as other readers may be reading it.
+			n.dropUnusedWorkLocked()
+		}
 	}
 	n.mu.Unlock()
 	return 0
