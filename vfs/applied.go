@@ -39,6 +39,7 @@ func (f *FS) Applied(r journal.Result) {
 		notify = append(notify, rel)
 	case r.Op.Kind == journal.Delete:
 		f.dropTombstone(dir, name)
+		f.forgetMoveLocked(key)
 	case r.Op.Kind == journal.PutMarker:
 		e := cache.Entry{Name: name, Dir: true}
 		if old, ok := f.lookupApplied(dir, name); ok && old.Dir {
@@ -142,6 +143,24 @@ func (f *FS) putEntry(dir string, e cache.Entry) {
 	if err := f.cfg.Tree.PutEntry(dir, e); err != nil {
 		f.log.Warn("record uploaded entry", "dir", dir, "name", e.Name, "err", err)
 	}
+}
+
+// forgetMoveLocked stops waiting for the copy of a file that a folder
+// rename moved to key, once a delete of key landed with nothing newer
+// pending: the file is gone, and its copy, if it ever ran, was settled by
+// nobody (it completed while the delete was pending). Called with
+// f.localMu held.
+func (f *FS) forgetMoveLocked(key string) {
+	n := f.moving[key]
+	if n == nil {
+		return
+	}
+	delete(f.moving, key)
+	n.mu.Lock()
+	if n.movedTo == key {
+		n.movedTo = ""
+	}
+	n.mu.Unlock()
 }
 
 // settle lets a live node with no unsaved change read the uploaded version
