@@ -180,7 +180,7 @@ func (t *Tree) ChildrenAfter(dir, after string, fn func(Entry) bool) error {
 	err := t.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(treeEntries).Cursor()
 		k, v := c.Seek(entryKey(dir, after))
-		if after != "" && k != nil && string(k[len(prefix):]) == after {
+		if after != "" && bytes.HasPrefix(k, prefix) && string(k[len(prefix):]) == after {
 			k, v = c.Next()
 		}
 		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {

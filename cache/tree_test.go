@@ -368,9 +368,23 @@ func TestTreeChildrenAfter(t *testing.T) {
 		{"b", []string{"b0", "c"}},
 		{"ba", []string{"c"}}, // not a child: from the next name on
 		{"c", nil},
+		{"zz", nil}, // after the last: the next key is another folder's
 	} {
 		if got := after(tc.after); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("ChildrenAfter(d, %q) = %q, want %q", tc.after, got, tc.want)
 		}
+	}
+
+	// The key after the last child is shorter than the folder's prefix (the
+	// walk read-ahead of vfs once crashed the mount on this).
+	if err := tree.ReplaceDir("x/long-folder-name", []Entry{{Name: "m", Size: 1, ETag: "e"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tree.ReplaceDir("y", []Entry{{Name: "n", Size: 1, ETag: "e"}}, "", nil, now); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	if err := tree.ChildrenAfter("x/long-folder-name", "zzz", func(e Entry) bool { names = append(names, e.Name); return true }); err != nil || names != nil {
+		t.Errorf("ChildrenAfter past the last child of a folder = %q, %v; want nothing", names, err)
 	}
 }
