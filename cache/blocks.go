@@ -297,6 +297,10 @@ type content struct {
 	// was unlinked (the path may already belong to a successor with the
 	// same id), and reads through old handles fail with goneErr.
 	goneErr error // GUARDED_BY(BlockStore.mu)
+	// shared: the file is also an upload's staged file (LinkAdopt), which
+	// others may still read: no hole is ever punched in it. Set under mu
+	// before any run can use the file, never cleared.
+	shared bool
 }
 
 func (c *content) gone() bool { return c.goneErr != nil }
@@ -678,7 +682,9 @@ func (s *BlockStore) evictLocked(need int64) bool {
 		s.accountLocked(c, -1, -s.cachedLenLocked(k)) // c is not pinned: its block was in the LRU
 		delete(s.partial, k)
 		s.pending[k] = struct{}{}
-		if c.blocks == 0 && c.refs == 0 {
+		if c.refs == 0 && (c.blocks == 0 || c.shared) {
+			// A shared file cannot give one block's space back (see
+			// punchable); unused, it goes whole.
 			s.retireLocked(c, nil)
 		} else {
 			s.punchLocked(c, int64(k.i)*s.bs, n)
@@ -844,6 +850,9 @@ func (s *BlockStore) punchLocked(c *content, off, n int64) {
 				s.log.Warn("close content file", "path", c.path, "err", err)
 			}
 		}()
+	}
+	if !punchable(c, f) {
+		return
 	}
 	if err := punchHole(f, off, n); err != nil && !s.warned {
 		// Typically a file system without hole punching: the budget still

@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Adopt caches c from src, a local file holding exactly c's bytes: the
@@ -47,6 +51,89 @@ func (s *BlockStore) StartAdopt(c Content, src io.ReaderAt) (done <-chan error, 
 		ch <- err
 	}()
 	return ch, nil
+}
+
+// LinkAdopt adopts c whole from path, a local file that holds exactly c's
+// bytes and that nobody writes again (the staged content of an upload that
+// landed), by making that file c's content file: a hard link, so neither a
+// copy nor a new inode. It reports false, having done nothing, when c
+// already has a file or blocks, is open, does not fit whole, or the link
+// fails (another file system); the caller then copies (StartAdopt).
+//
+// Others may go on reading path's inode (a working copy, or the journal
+// replaying the upload after a crash), so such a file is never punched:
+// an unused one is evicted whole, and a block evicted while c is open
+// keeps its bytes on disk until c goes (see punchable).
+func (s *BlockStore) LinkAdopt(c Content, path string) (bool, error) {
+	if err := s.validateContent(c); err != nil {
+		return false, fmt.Errorf("adopt %q: %w", c.Key, err)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false, ErrBlockStoreClosed
+	}
+	cc := s.contentLocked(c)
+	cc.refs++ // keeps cc, and so the link, until the blocks are claimed
+	linked := cc.f == nil && cc.blocks == 0 && cc.refs == 1 && !cc.gone() &&
+		(cc.pinned || cc.size <= s.capacity) && s.linkLocked(cc, path)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.unrefLocked(cc) // without blocks, retired: the link goes too
+		s.mu.Unlock()
+	}()
+	if !linked {
+		return false, nil
+	}
+	a, err := s.claimAdoption(c)
+	if err != nil {
+		return true, err
+	}
+	for i, r := range a.runs {
+		s.finishRun(r, a.lens[i], nil)
+	}
+	a.runs, a.lens = nil, nil
+	a.finish(nil)
+	return true, nil
+}
+
+// linkLocked makes path c's file and opens it. Linking is metadata work,
+// like the opening and unlinking of files done under mu.
+func (s *BlockStore) linkLocked(c *content, path string) bool {
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
+		return false
+	}
+	if err := os.Link(path, c.path); err != nil {
+		// EEXIST: a file left for c (a pinned content's), EXDEV: the
+		// journal on another file system. Copying does as well.
+		s.log.Debug("link staged content into the cache", "key", c.key, "err", err)
+		return false
+	}
+	f, err := os.OpenFile(c.path, os.O_RDWR, 0)
+	if err != nil {
+		if rerr := os.Remove(c.path); rerr != nil {
+			s.log.Warn("remove content file", "path", c.path, "err", rerr)
+		}
+		return false
+	}
+	c.f, c.shared = f, true
+	return true
+}
+
+// punchable reports whether holes may be punched in f, c's file: not when
+// it is shared with a staged file, by LinkAdopt in this run or as a second
+// link left from an earlier one (the journal's, for an upload a crash
+// interrupted). Whoever else reads it would read zeros.
+func punchable(c *content, f *os.File) bool {
+	if c.shared {
+		return false
+	}
+	var st unix.Stat_t
+	if err := fileControl(f, func(fd int) error { return unix.Fstat(fd, &st) }); err != nil {
+		return false
+	}
+	return st.Nlink <= 1
 }
 
 // adoption is the runs an Adopt claimed, in order, with their lengths.
@@ -194,7 +281,7 @@ func (s *BlockStore) copyRun(r *blockRun, src io.ReaderAt, off, n int64) error {
 	if err == nil && got < n {
 		err = fmt.Errorf("local copy holds %d of %d bytes at %d: %w", got, n, off, io.ErrUnexpectedEOF)
 	}
-	if err != nil {
+	if err != nil && punchable(r.c, r.f) {
 		if perr := punchHole(r.f, off, n); perr != nil {
 			err = errors.Join(err, perr)
 		}

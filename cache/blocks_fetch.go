@@ -227,6 +227,9 @@ func (s *BlockStore) fetchInto(r *blockRun, off, n int64) (err error) {
 			return
 		}
 		from := off + r.publishedBytes
+		if !punchable(r.c, r.f) {
+			return // the same bytes, if any: the file is shared
+		}
 		if perr := punchHole(r.f, from, off+n-from); perr != nil {
 			s.log.Debug("punch failed fetch", "key", c.key, "off", from, "err", perr)
 		}

@@ -259,6 +259,9 @@ func (s *BlockStore) punchFailedPages(r *blockRun) {
 		m = s.partial[blockKey{r.c, uint32(r.first)}]
 		s.mu.Unlock()
 	}
+	if !punchable(r.c, r.f) {
+		return // the same bytes, if any: the file is shared
+	}
 	base := r.first * s.bs
 	for p := r.pageLo; p < r.pageHi; {
 		if m.has(p) {

@@ -299,6 +299,11 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 			drop = append(drop, blockRecordKey(c.id, b.k.i))
 		}
 	}
+	if !punchable(c, f) {
+		// Shared with a staged file the journal may upload again
+		// (LinkAdopt): it holds all of c's bytes, so nothing is punched.
+		return valid, drop
+	}
 	// Every block no record claims is punched, by ranges: it may hold
 	// data (written, never committed) or only the space a run allocated
 	// before writing (allocate), which SEEK_DATA does not show.

@@ -15,6 +15,12 @@ type uploadAdopter interface {
 	StartAdopt(c cache.Content, src io.ReaderAt) (done <-chan error, err error)
 }
 
+// stagedLinker is the cheaper hand-over (cache.BlockStore.LinkAdopt): the
+// staged file itself becomes the cached content, by a hard link.
+type stagedLinker interface {
+	LinkAdopt(c cache.Content, path string) (bool, error)
+}
+
 // adoptUploaded hands the staged content of an upload that landed to the
 // block cache as the blocks of the version it became, so that reading back
 // a file written here costs no GET, now or after a remount. Called from
@@ -33,6 +39,18 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		r.Op.Partial != nil || r.Op.Staged == "" || r.Info.ETag == "" || r.Info.Size == 0 {
 		return
 	}
+	c := cache.Content{Key: r.Op.Key, ETag: r.Info.ETag, Size: r.Info.Size}
+	if l, ok := f.cfg.Blocks.(stagedLinker); ok && f.stagedIsContent(r.Op.Staged, c) {
+		// Nothing writes a staged file once committed (a later write
+		// copies it first), so it can be the cache's file as it is.
+		linked, err := l.LinkAdopt(c, r.Op.Staged)
+		if err != nil {
+			f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
+		}
+		if linked {
+			return
+		}
+	}
 	src, err := os.Open(r.Op.Staged)
 	if err != nil {
 		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
@@ -44,7 +62,6 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		closeQuietly(src)
 		return
 	}
-	c := cache.Content{Key: r.Op.Key, ETag: r.Info.ETag, Size: r.Info.Size}
 	done, err := a.StartAdopt(c, src)
 	if err != nil {
 		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
@@ -61,4 +78,12 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		}
 		closeQuietly(src)
 	}()
+}
+
+// stagedIsContent reports whether the staged file holds c's bytes as far as
+// its size tells: a staged file is never written after its commit, so
+// only a file replaced behind nimbus's back would differ.
+func (f *FS) stagedIsContent(staged string, c cache.Content) bool {
+	fi, err := os.Stat(staged)
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == c.Size
 }

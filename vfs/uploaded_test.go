@@ -74,3 +74,52 @@ func TestUploadedContentIsCopiedAfterApplied(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// linkingAdopter is a block cache that takes staged files by a link when
+// it can: linked says what its LinkAdopt answers.
+type linkingAdopter struct {
+	slowAdopter
+	linked bool
+	links  []string
+}
+
+func (a *linkingAdopter) LinkAdopt(c cache.Content, path string) (bool, error) {
+	a.links = append(a.links, path)
+	return a.linked, nil
+}
+
+// The staged file of an upload that landed is handed to the cache as it
+// is (LinkAdopt) when the cache can take it; otherwise it is copied. A
+// staged file whose size is not the version's is handed over neither way.
+func TestUploadedContentIsLinkedWhenItCanBe(t *testing.T) {
+	staged := filepath.Join(t.TempDir(), "staged")
+	data := []byte("the bytes of the version the upload became")
+	if err := os.WriteFile(staged, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	result := func(size int64) journal.Result {
+		return journal.Result{
+			Op:   journal.Op{Kind: journal.PutFile, Key: "f.txt", Staged: staged},
+			Info: backend.ObjectInfo{Key: "f.txt", ETag: "e1", Size: size},
+		}
+	}
+	for _, linked := range []bool{true, false} {
+		a := &linkingAdopter{slowAdopter: slowAdopter{started: make(chan io.ReaderAt, 1), done: make(chan error)}, linked: linked}
+		close(a.done)
+		f := &FS{cfg: Config{Blocks: a}, log: slog.New(slog.DiscardHandler)}
+		f.adoptUploaded(result(int64(len(data))))
+		if len(a.links) != 1 || a.links[0] != staged {
+			t.Fatalf("LinkAdopt calls %q; want one, of the staged file", a.links)
+		}
+		copied := len(a.started) == 1
+		if copied == linked {
+			t.Fatalf("LinkAdopt answered %v and the content was copied: %v", linked, copied)
+		}
+
+		a.links = nil
+		f.adoptUploaded(result(int64(len(data)) + 1))
+		if len(a.links) != 0 {
+			t.Fatalf("a staged file of the wrong size was handed to LinkAdopt")
+		}
+	}
+}
