@@ -73,11 +73,8 @@ type tierOpt struct {
 	passthrough bool
 }
 
-// newTier mounts a dir: store (a new, empty one unless opt.remote names
-// one) with a fresh cache in t.TempDir(). Everything it starts
-// is torn down by t.Cleanup, even when the test fails: unmount, wait for
-// the server, then stop the uploader and close the databases.
-func newTier(t *testing.T, opt tierOpt) *tier {
+// requireFUSE fails the test without /dev/fuse in CI, and skips it elsewhere.
+func requireFUSE(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -85,6 +82,15 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 		}
 		t.Skipf("no FUSE here: %v", err)
 	}
+}
+
+// newTier mounts a dir: store (a new, empty one unless opt.remote names
+// one) with a fresh cache in t.TempDir(). Everything it starts
+// is torn down by t.Cleanup, even when the test fails: unmount, wait for
+// the server, then stop the uploader and close the databases.
+func newTier(t *testing.T, opt tierOpt) *tier {
+	t.Helper()
+	requireFUSE(t)
 	if opt.cacheSize == 0 {
 		opt.cacheSize = 64 << 20
 	}
@@ -211,6 +217,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	if err != nil {
 		t.Fatalf("mount on %s: %v", m.mnt, err)
 	}
+	guardMount(t, m.mnt)
 	t.Cleanup(func() {
 		if err := server.Unmount(); err != nil {
 			// A handle a failed test left open keeps the mount busy:

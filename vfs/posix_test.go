@@ -70,6 +70,7 @@ func mountPOSIX(t *testing.T, store *memStore) *posixMount {
 	if err != nil {
 		t.Fatal(err)
 	}
+	guardMount(t, mp)
 	t.Cleanup(func() {
 		if err := server.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
