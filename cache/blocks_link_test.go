@@ -149,7 +149,8 @@ func TestLinkAdoptedFileIsNeverPunched(t *testing.T) {
 
 // After a crash, a content file that still has a second link (the journal's
 // staged file, which it uploads again) is not punched where records are
-// missing.
+// missing, nor later in that run, once the journal's name went while a
+// working copy made from it still reads the file.
 func TestLoadDoesNotPunchASharedFile(t *testing.T) {
 	e := newBlockEnv(t, func(c *BlockStoreConfig) { c.Capacity = 6 * testBS; c.ReadAhead = -1 })
 	c := e.fake.put("up.bin", 4*testBS)
@@ -159,17 +160,31 @@ func TestLoadDoesNotPunchASharedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := e.s.Open(c)
-	e.readOnce(e.fake.put("other.bin", 6*testBS), 0, 6*testBS) // evicts c's blocks, unpunched
-	if got := e.s.CachedBytes(c); got == c.Size {
-		t.Fatal("nothing of the linked content was evicted: the test proves nothing")
+	e.readOnce(e.fake.put("other.bin", 3*testBS), 0, 3*testBS) // evicts one of c's blocks, unpunched
+	if got := e.s.CachedBytes(c); got == c.Size || got == 0 {
+		t.Fatalf("%d of c's %d bytes cached after the eviction, want some: the test proves nothing", got, c.Size)
 	}
-	if err := e.s.flush(false); err != nil { // the evicted blocks' records go
+	if err := e.s.flush(false); err != nil { // the evicted block's record goes
 		t.Fatal(err)
 	}
-	e.crash() // with c open: its file is left with blocks no record claims
+	e.crash() // with c open: its file is left with a block no record claims
 	_ = h     // died with the store
 	e.open()
-	checkWhole(t, "the journal's staged file, after a crash and an open of the store", readerAt(t, staged), c)
+	reader := readerAt(t, staged) // a working copy made from the staged file
+	checkWhole(t, "the journal's staged file, after a crash and an open of the store", reader, c)
+	if e.s.CachedBytes(c) == 0 {
+		t.Fatal("nothing of c was kept across the crash: the rest proves nothing")
+	}
+
+	// The journal's upload lands and its name goes; the working copy
+	// still reads the file, which must stay whole through evictions.
+	if err := os.Remove(staged); err != nil {
+		t.Fatal(err)
+	}
+	h = e.s.Open(c)
+	defer h.Close()
+	e.readOnce(e.fake.put("third.bin", 6*testBS), 0, 6*testBS)
+	checkWhole(t, "the staged file, after its name went and the cache evicted", reader, c)
 }
 
 func readerAt(t *testing.T, path string) io.ReaderAt {

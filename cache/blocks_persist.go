@@ -300,8 +300,12 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 		}
 	}
 	if !punchable(c, f) {
-		// Shared with a staged file the journal may upload again
-		// (LinkAdopt): it holds all of c's bytes, so nothing is punched.
+		// Shared with a staged file the journal will upload again
+		// (LinkAdopt before the crash): it holds all of c's bytes, so
+		// nothing is punched. Nor later in this run: once the upload
+		// lands the journal drops its name, but a working copy opened
+		// from that name meanwhile still reads the file.
+		c.shared = true
 		return valid, drop
 	}
 	// Every block no record claims is punched, by ranges: it may hold
