@@ -297,9 +297,10 @@ type content struct {
 	// was unlinked (the path may already belong to a successor with the
 	// same id), and reads through old handles fail with goneErr.
 	goneErr error // GUARDED_BY(BlockStore.mu)
-	// shared: the file is also an upload's staged file (LinkAdopt), which
-	// others may still read: no hole is ever punched in it. Set under mu
-	// before any run can use the file, never cleared.
+	// shared: the file is also an upload's staged file (LinkAdopt, or a
+	// second link found by the crash check at open), which others may
+	// still read: no hole is ever punched in it. Set before any run can
+	// use the file (under mu, or while the store opens), never cleared.
 	shared bool
 }
 
