@@ -6,6 +6,9 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/nimbus-fs/nimbus/integration/wait"
 )
 
 // TestTreeDirReadsPageByPage reads a listed folder of three pages and
@@ -26,6 +29,14 @@ func TestTreeDirReadsPageByPage(t *testing.T) {
 	if got := m.names("big"); len(got) != n { // lists it: the next reads come from the tree
 		t.Fatalf("first listing: %d names, want %d", len(got), n)
 	}
+	// That readdir streamed the listing as it arrived, and may return
+	// before the listing is recorded; an open meanwhile would stream it
+	// too, with the local entries of the moment (as POSIX allows), not
+	// read the tree page by page.
+	wait.Until(t, 10*time.Second, "the listing of big recorded in the tree", func() bool {
+		st, known, err := m.fsys.cfg.Tree.Dir("big")
+		return err == nil && known && m.fsys.fresh(st)
+	})
 
 	d, err := os.Open(m.path("big"))
 	if err != nil {
