@@ -151,16 +151,29 @@ func (f *FS) putEntry(dir string, e cache.Entry) {
 // nobody (it completed while the delete was pending). Called with
 // f.localMu held.
 func (f *FS) forgetMoveLocked(key string) {
+	if n := f.takeMovedLocked(key); n != nil {
+		n.mu.Lock()
+		n.movedTo = ""
+		n.mu.Unlock()
+	}
+}
+
+// takeMovedLocked removes key from f.moving and returns its node if that
+// is still moving there (not moved again, nor settled since). Called with
+// f.localMu held, under which movedTo changes.
+func (f *FS) takeMovedLocked(key string) *fileNode {
 	n := f.moving[key]
 	if n == nil {
-		return
+		return nil
 	}
 	delete(f.moving, key)
 	n.mu.Lock()
-	if n.movedTo == key {
-		n.movedTo = ""
-	}
+	still := n.movedTo == key
 	n.mu.Unlock()
+	if !still {
+		return nil
+	}
+	return n
 }
 
 // settle lets a live node with no unsaved change read the uploaded version
@@ -168,16 +181,7 @@ func (f *FS) forgetMoveLocked(key string) {
 // f.localMu held.
 func (f *FS) settle(rel string, r journal.Result, stored cache.Entry) {
 	n := f.liveFile(rel)
-	moved := f.moving[r.Op.Key]
-	if moved != nil {
-		delete(f.moving, r.Op.Key)
-		moved.mu.Lock()
-		still := moved.movedTo == r.Op.Key
-		moved.mu.Unlock()
-		if !still {
-			moved = nil // moved again, or settled since
-		}
-	}
+	moved := f.takeMovedLocked(r.Op.Key)
 	if n == nil {
 		n = moved // renamed with its folder; the kernel has not moved it yet
 	}

@@ -39,8 +39,19 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		r.Op.Partial != nil || r.Op.Staged == "" || r.Info.ETag == "" || r.Info.Size == 0 {
 		return
 	}
+	src, err := os.Open(r.Op.Staged)
+	if err != nil {
+		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
+		return
+	}
+	if fi, err := src.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != r.Info.Size {
+		// Not the bytes of that version: the cache must never claim them.
+		f.log.Warn("keep uploaded content in the cache: staged size differs", "key", r.Op.Key, "size", r.Info.Size, "err", err)
+		closeQuietly(src)
+		return
+	}
 	c := cache.Content{Key: r.Op.Key, ETag: r.Info.ETag, Size: r.Info.Size}
-	if l, ok := f.cfg.Blocks.(stagedLinker); ok && f.stagedIsContent(r.Op.Staged, c) {
+	if l, ok := f.cfg.Blocks.(stagedLinker); ok {
 		// Nothing writes a staged file once committed (a later write
 		// copies it first), so it can be the cache's file as it is.
 		linked, err := l.LinkAdopt(c, r.Op.Staged)
@@ -48,19 +59,9 @@ func (f *FS) adoptUploaded(r journal.Result) {
 			f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
 		}
 		if linked {
+			closeQuietly(src)
 			return
 		}
-	}
-	src, err := os.Open(r.Op.Staged)
-	if err != nil {
-		f.log.Warn("keep uploaded content in the cache", "key", r.Op.Key, "err", err)
-		return
-	}
-	if fi, err := src.Stat(); err != nil || fi.Size() != r.Info.Size {
-		// Not the bytes of that version: the cache must never claim them.
-		f.log.Warn("keep uploaded content in the cache: staged size differs", "key", r.Op.Key, "size", r.Info.Size, "err", err)
-		closeQuietly(src)
-		return
 	}
 	done, err := a.StartAdopt(c, src)
 	if err != nil {
@@ -78,12 +79,4 @@ func (f *FS) adoptUploaded(r journal.Result) {
 		}
 		closeQuietly(src)
 	}()
-}
-
-// stagedIsContent reports whether the staged file holds c's bytes as far as
-// its size tells: a staged file is never written after its commit, so
-// only a file replaced behind nimbus's back would differ.
-func (f *FS) stagedIsContent(staged string, c cache.Content) bool {
-	fi, err := os.Stat(staged)
-	return err == nil && fi.Mode().IsRegular() && fi.Size() == c.Size
 }
