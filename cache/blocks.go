@@ -298,7 +298,7 @@ type content struct {
 	// same id), and reads through old handles fail with goneErr.
 	goneErr error // GUARDED_BY(BlockStore.mu)
 	// shared: the file is also an upload's staged file (LinkAdopt, or a
-	// second link found by the crash check at open), which others may
+	// second link found when the store opens), which others may
 	// still read: no hole is ever punched in it. Set before any run can
 	// use the file (under mu, or while the store opens), never cleared.
 	shared bool

@@ -187,6 +187,29 @@ func TestLoadDoesNotPunchASharedFile(t *testing.T) {
 	checkWhole(t, "the staged file, after its name went and the cache evicted", reader, c)
 }
 
+// After a clean close too, a content file that still has the journal's
+// link (its upload's completion was not recorded before the close) is
+// shared for the whole run: a working copy may open the staged name before
+// the replayed upload drops it, and keeps reading the file after.
+func TestCleanReopenKeepsASharedFileWhole(t *testing.T) {
+	e := newBlockEnv(t, func(c *BlockStoreConfig) { c.Capacity = 6 * testBS; c.ReadAhead = -1 })
+	c := e.fake.put("up.bin", 4*testBS)
+	staged := e.stageFile(c)
+	e.mustLinkAdopt(c, staged)
+	e.reopen(nil)
+	reader := readerAt(t, staged)             // a working copy made from the staged file
+	if err := os.Remove(staged); err != nil { // the replayed upload lands
+		t.Fatal(err)
+	}
+	h := e.s.Open(c)
+	defer h.Close()
+	e.readOnce(e.fake.put("other.bin", 6*testBS), 0, 6*testBS)
+	if got := e.s.CachedBytes(c); got == c.Size {
+		t.Fatalf("all of c's %d bytes still cached: nothing was evicted, the test proves nothing", got)
+	}
+	checkWhole(t, "the staged file, after a clean reopen, its name gone and the cache evicting", reader, c)
+}
+
 func readerAt(t *testing.T, path string) io.ReaderAt {
 	t.Helper()
 	f, err := os.Open(path)

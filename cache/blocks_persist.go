@@ -194,7 +194,8 @@ func (s *BlockStore) loadContents(cb *bbolt.Bucket, loaded map[contentID]*conten
 		}
 		c := s.newContent(contentID(k), rec.Key, rec.ETag, rec.Size)
 		c.pinned = rec.Pinned
-		if _, err := os.Stat(c.path); err != nil {
+		var st unix.Stat_t
+		if err := unix.Stat(c.path, &st); err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
 				s.log.Warn("stat content file", "path", c.path, "err", err)
 			}
@@ -203,6 +204,13 @@ func (s *BlockStore) loadContents(cb *bbolt.Bucket, loaded map[contentID]*conten
 				return nil
 			}
 		}
+		// A second link is the journal's staged file, left by LinkAdopt
+		// for an upload whose completion was not recorded (after a crash,
+		// or a close that came first). The journal will upload it again
+		// and then drop its name, but a working copy opened from that name
+		// meanwhile still reads the file: no hole is punched in it this
+		// run, even once the link count is 1 again.
+		c.shared = st.Nlink > 1
 		c.recorded = true
 		loaded[c.id] = c
 		return nil
@@ -301,10 +309,8 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 	}
 	if !punchable(c, f) {
 		// Shared with a staged file the journal will upload again
-		// (LinkAdopt before the crash): it holds all of c's bytes, so
-		// nothing is punched. Nor later in this run: once the upload
-		// lands the journal drops its name, but a working copy opened
-		// from that name meanwhile still reads the file.
+		// (LinkAdopt before the crash; loadContents marked it): it holds
+		// all of c's bytes, so nothing is punched.
 		c.shared = true
 		return valid, drop
 	}
