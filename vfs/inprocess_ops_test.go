@@ -3,6 +3,9 @@ package vfs
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -559,5 +562,84 @@ func TestTierOpenUnlinkedCached(t *testing.T) {
 	n, err := f.ReadAt(buf, 0)
 	if got := string(buf[:n]); got != "still readable" {
 		t.Errorf("read through a handle opened before the unlink: %q (%v)", got, err)
+	}
+}
+
+// A change of attributes after close() (chmod, touch, rsync's utimes) shares
+// the committed copy's file by a hard link instead of copying its bytes; a
+// later write copies it first, so the bytes the journal holds for the
+// earlier change never change.
+func TestTierAttrChangeAfterCloseLinksTheContent(t *testing.T) {
+	m := newTier(t, tierOpt{holdUploads: true})
+	v1 := bytes.Repeat([]byte("first version "), 5000) // 70 KB: not inlined, so hashed and synced
+	m.mustWrite("f", v1)
+	staged := func() (string, syscall.Stat_t) {
+		t.Helper()
+		p, ok := m.jour.Pending("f")
+		if !ok || p.Kind != journal.PutFile {
+			t.Fatalf("no pending upload of f: %+v", p)
+		}
+		path := p.Staged
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(m.staging, path)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return path, st
+	}
+	path1, st1 := staged()
+	held, err := os.Open(path1) // reads the first change's file from now on
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	mtime := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	if err := os.Chtimes(m.path("f"), mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(m.path("f"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	path2, st2 := staged()
+	if path2 == path1 || st2.Ino != st1.Ino {
+		t.Fatalf("after utimes and chmod the pending upload's content is %s (inode %d); want a new name of inode %d (%s)",
+			path2, st2.Ino, st1.Ino, path1)
+	}
+	sum := sha256.Sum256(v1)
+	if p, _ := m.jour.Pending("f"); p.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("the linked change's content hash is %s, want %x", p.SHA256, sum)
+	}
+
+	// A write now must not write into the shared file.
+	f, err := os.OpenFile(m.path("f"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("SECOND"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(held, 0, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, v1) {
+		t.Fatalf("the linked file changed under a write through the mount: it starts %q", got[:20])
+	}
+	if _, st3 := staged(); st3.Ino == st1.Ino {
+		t.Fatal("the write's change was committed in the shared file")
+	}
+
+	m.startUploads()
+	m.sync(tierSync)
+	want := append([]byte("SECOND"), v1[6:]...)
+	info := m.wantRemote("f", want)
+	if got := info.Meta[metaMode]; got != strconv.FormatUint(0o640, 8) {
+		t.Errorf("store: mode metadata %q, want 640", got)
 	}
 }

@@ -123,3 +123,44 @@ func TestUploadedContentIsLinkedWhenItCanBe(t *testing.T) {
 		}
 	}
 }
+
+// stagingOnly is a journal that only hands out staging files.
+type stagingOnly struct {
+	journalLog
+	dir string
+}
+
+func (j stagingOnly) StagingFile() (*os.File, error) { return os.CreateTemp(j.dir, "staged-") }
+
+// A linked working copy whose commit failed is still a second name of the
+// journal's file: a write copies it first, even though it is not committed.
+func TestLinkedWorkingCopyIsCopiedBeforeAWrite(t *testing.T) {
+	dir := t.TempDir()
+	data := []byte("the journal's bytes of an earlier change")
+	shared := filepath.Join(dir, "committed")
+	if err := os.WriteFile(shared, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(shared, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &workFile{f: f, size: int64(len(data)), linked: true}
+	n := &fileNode{fsys: &FS{cfg: Config{Journal: stagingOnly{dir: dir}}, log: slog.New(slog.DiscardHandler)}, work: w}
+	n.mu.Lock()
+	nw, err := n.forWritingLocked()
+	n.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nw.f.Close()
+	if nw == w || nw.f.Name() == shared || nw.linked {
+		t.Fatalf("forWritingLocked kept the linked copy (%s) for writing", nw.f.Name())
+	}
+	if _, err := nw.f.WriteAt([]byte("CHANGED"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(shared); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the shared file reads %q, %v after a write; want it unchanged", got, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -54,6 +55,12 @@ type workFile struct {
 	dirty bool
 	// committed: the journal owns f's path; copy before writing again.
 	committed bool
+	// linked: f is a second name of a committed copy's file (forAttrsLocked),
+	// whose bytes the journal may still upload; copy before writing.
+	linked bool
+	// sum is the hex SHA-256 of a linked copy's content, when the journal
+	// knew it: its commit then need not read the file again.
+	sum string
 	// base is the remote version the edit chain began from.
 	base journal.Base
 	// changes are the bytes that may differ from base's content.
@@ -333,7 +340,7 @@ func (n *fileNode) lockWork(ctx context.Context, truncate, local bool) error {
 // copy is copied first. Called with n.mu held; the copy is local disk I/O.
 func (n *fileNode) forWritingLocked() (*workFile, error) {
 	w := n.work
-	if !w.committed {
+	if !w.committed && !w.linked {
 		return w, nil
 	}
 	nw, err := n.fsys.newWorkFile(context.Background(), w.f, w.size, w.base, w.partial)
@@ -344,6 +351,60 @@ func (n *fileNode) forWritingLocked() (*workFile, error) {
 	w.close()
 	n.work = nw
 	return nw, nil
+}
+
+// forAttrsLocked returns n's working copy ready for a change of attributes
+// that is committed at once (no handle open for writing will commit it).
+// A committed copy's bytes never change, so rather than a copy of them the
+// new working copy is a second name of the same file (a hard link): chmod,
+// touch or rsync's utimes after close() cost no copy of the content, and
+// no new inode. It is marked linked, so that a later write copies it first,
+// as it would a committed copy. A partial copy, or a failed link, is
+// copied as forWritingLocked does. Called with n.mu held.
+func (n *fileNode) forAttrsLocked(key string) (*workFile, error) {
+	w := n.work
+	if !w.committed || w.partial != nil {
+		return n.forWritingLocked()
+	}
+	nw, err := n.fsys.linkWorkFile(w)
+	if err != nil {
+		// Uploaded meanwhile (the journal removed the name), say.
+		n.fsys.log.Debug("link the working copy for a change of attributes; copying it instead", "key", key, "err", err)
+		return n.forWritingLocked()
+	}
+	if p, ok := n.fsys.cfg.Journal.Pending(key); ok && p.Kind == journal.PutFile && p.Partial == nil &&
+		filepath.Base(p.Staged) == filepath.Base(w.f.Name()) && p.Size == w.size {
+		nw.sum = p.SHA256
+	}
+	w.close()
+	n.work = nw
+	return nw, nil
+}
+
+// linkWorkFile makes a working copy that is a second name of w's file, in
+// the journal's staging folder: a spare staging file's name, taken by
+// removing the spare (names there are unique, and this one is ours).
+func (f *FS) linkWorkFile(w *workFile) (*workFile, error) {
+	spare, err := f.cfg.Journal.StagingFile()
+	if err != nil {
+		return nil, err
+	}
+	name := spare.Name()
+	if err := spare.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(name); err != nil {
+		return nil, err
+	}
+	if err := os.Link(w.f.Name(), name); err != nil {
+		return nil, err
+	}
+	file, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		removeQuietly(name)
+		return nil, err
+	}
+	return &workFile{f: file, size: w.size, base: w.base, changes: w.changes, linked: true}, nil
 }
 
 // commitLocked hands a changed working copy to the journal. Called with
@@ -378,6 +439,9 @@ func (n *fileNode) commitLocked() error {
 		Delta: w.changes.delta(w.base, w.size), Partial: w.partial.describe()}
 	if op.Delta == nil && op.Partial == nil {
 		op.Stream, op.SHA256 = n.streamForCommitLocked(w, key, meta) // stream.go
+		if op.SHA256 == "" {
+			op.SHA256 = w.sum
+		}
 	} else {
 		n.stopStreamingLocked(w, "a delta or partial upload")
 	}
@@ -534,8 +598,15 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 		}
 	} else if hasMode || hasMTime || hasOwner {
 		// A committed copy is the journal's: the change needs a copy of
-		// its own.
-		w, err := n.forWritingLocked()
+		// its own, which a change committed now can share (forAttrsLocked).
+		var w *workFile
+		var err error
+		if n.unclosed == 0 {
+			_, _, key := n.location()
+			w, err = n.forAttrsLocked(key)
+		} else {
+			w, err = n.forWritingLocked()
+		}
 		if err != nil {
 			return toErrno(n.fsys.log, "setattr", err)
 		}
