@@ -643,3 +643,64 @@ func TestTierAttrChangeAfterCloseLinksTheContent(t *testing.T) {
 		t.Errorf("store: mode metadata %q, want 640", got)
 	}
 }
+
+// A rename of a file whose content is only local (committed, not uploaded
+// yet) links that content under the new name instead of copying it, from
+// the live node's copy or from the journal's staged file.
+func TestTierRenameLinksCommittedContent(t *testing.T) {
+	m := newTier(t, tierOpt{holdUploads: true})
+	v1 := bytes.Repeat([]byte("renamed before upload "), 4000)
+	m.mustWrite("a", v1)
+	pendingInode := func(key string) uint64 {
+		t.Helper()
+		p, ok := m.jour.Pending(key)
+		if !ok || p.Kind != journal.PutFile {
+			t.Fatalf("no pending upload of %s: %+v", key, p)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(m.staging, filepath.Base(p.Staged)), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	ino := pendingInode("a")
+
+	// Without the node: from the journal's staged file.
+	w, err := m.fsys.copyLocalContent("a", nil)
+	if err != nil || w == nil {
+		t.Fatalf("copyLocalContent of a pending file = %v, %v", w, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(w.f.Name(), &st); err != nil {
+		t.Fatal(err)
+	}
+	removeQuietly(w.f.Name())
+	if st.Ino != ino || !w.linked {
+		t.Fatalf("the pending content was copied (inode %d, linked %v), want a link of inode %d", st.Ino, w.linked, ino)
+	}
+
+	// Through the mount, with the node live.
+	if err := os.Rename(m.path("a"), m.path("b")); err != nil {
+		t.Fatal(err)
+	}
+	if got := pendingInode("b"); got != ino {
+		t.Fatalf("after the rename the upload of b has inode %d, want a link of a's content (inode %d)", got, ino)
+	}
+	f, err := os.OpenFile(m.path("b"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("CHANGED"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := pendingInode("b"); got == ino {
+		t.Fatal("the write after the rename was committed in the linked file")
+	}
+	m.startUploads()
+	m.sync(tierSync)
+	m.wantRemote("b", append([]byte("CHANGED"), v1[7:]...))
+	m.wantNoRemote("a")
+}

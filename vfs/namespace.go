@@ -465,11 +465,20 @@ func (f *FS) renameFile(srcDir, name, dstDir, newName string, live, liveDst *fs.
 // copyLocalContent copies the content of a file that exists only locally
 // or has local changes (the live node's working copy, read through its open
 // descriptor, or the journal's staged file) into a new staging file, closed
-// and ready to commit. It returns nil when the store has the current content.
+// and ready to commit. Content whose bytes never change (a committed copy,
+// a staged file), and that is whole, is linked rather than copied
+// (linkStaged). It returns nil when the store has the current content.
 func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 	if node != nil {
 		node.mu.Lock()
 		defer node.mu.Unlock() // local disk I/O only
+		if w := node.work; w != nil && (w.committed || w.linked) && w.partial == nil {
+			if lw, err := f.linkStaged(w.f.Name(), w.size); err == nil {
+				lw.close()
+				return lw, nil
+			}
+			// Uploaded meanwhile (the journal removed the name): copy.
+		}
 		if node.work != nil {
 			w, err := f.newWorkFile(context.Background(), node.work.f, node.work.size, journal.Base{}, node.work.partial)
 			if err != nil {
@@ -482,6 +491,13 @@ func (f *FS) copyLocalContent(key string, node *fileNode) (*workFile, error) {
 	path, size, part, ok := f.pendingContent(key)
 	if !ok {
 		return nil, nil
+	}
+	if part == nil {
+		if lw, err := f.linkStaged(path, size); err == nil {
+			lw.close()
+			return lw, nil
+		}
+		// Copied instead, or found uploaded meanwhile, below.
 	}
 	staged, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -366,7 +366,7 @@ func (n *fileNode) forAttrsLocked(key string) (*workFile, error) {
 	if !w.committed || w.partial != nil {
 		return n.forWritingLocked()
 	}
-	nw, err := n.fsys.linkWorkFile(w)
+	nw, err := n.fsys.linkStaged(w.f.Name(), w.size)
 	if err != nil {
 		// Uploaded meanwhile (the journal removed the name), say.
 		n.fsys.log.Debug("link the working copy for a change of attributes; copying it instead", "key", key, "err", err)
@@ -376,15 +376,18 @@ func (n *fileNode) forAttrsLocked(key string) (*workFile, error) {
 		filepath.Base(p.Staged) == filepath.Base(w.f.Name()) && p.Size == w.size {
 		nw.sum = p.SHA256
 	}
+	nw.base, nw.changes = w.base, w.changes
 	w.close()
 	n.work = nw
 	return nw, nil
 }
 
-// linkWorkFile makes a working copy that is a second name of w's file, in
-// the journal's staging folder: a spare staging file's name, taken by
-// removing the spare (names there are unique, and this one is ours).
-func (f *FS) linkWorkFile(w *workFile) (*workFile, error) {
+// linkStaged makes a working copy of size bytes that is a second name of
+// the file at path, a committed copy or a staged file the journal holds,
+// whose bytes never change. The name is a spare staging file's, taken by
+// removing the spare (names there are unique, and this one is ours). The
+// copy is marked linked: a write copies it first.
+func (f *FS) linkStaged(path string, size int64) (*workFile, error) {
 	spare, err := f.cfg.Journal.StagingFile()
 	if err != nil {
 		return nil, err
@@ -396,7 +399,7 @@ func (f *FS) linkWorkFile(w *workFile) (*workFile, error) {
 	if err := os.Remove(name); err != nil {
 		return nil, err
 	}
-	if err := os.Link(w.f.Name(), name); err != nil {
+	if err := os.Link(path, name); err != nil {
 		return nil, err
 	}
 	file, err := os.OpenFile(name, os.O_RDWR, 0)
@@ -404,7 +407,7 @@ func (f *FS) linkWorkFile(w *workFile) (*workFile, error) {
 		removeQuietly(name)
 		return nil, err
 	}
-	return &workFile{f: file, size: w.size, base: w.base, changes: w.changes, linked: true}, nil
+	return &workFile{f: file, size: size, linked: true}, nil
 }
 
 // commitLocked hands a changed working copy to the journal. Called with
