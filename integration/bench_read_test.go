@@ -54,6 +54,10 @@ func benchPlans() []plan {
 			{run: subject.makeUntarDir},
 			{workloads: []string{wUntar}, run: subject.untarTree},
 		},
+		{
+			{run: subject.makeRsyncDir},
+			{workloads: []string{wRsync}, run: subject.rsyncTree},
+		},
 	}
 }
 
@@ -82,6 +86,7 @@ func rawPlans() []plan {
 			{workloads: []string{wWriteClose, wWriteDone}, run: subject.rawWrite},
 		},
 		{{workloads: []string{wUntar}, run: subject.rawUntar}},
+		{{workloads: []string{wRsync}, run: subject.rawRsync}},
 	}
 }
 

@@ -82,12 +82,13 @@ const (
 	wWriteClose   = "1 GiB sequential write, until close()"
 	wWriteDone    = "1 GiB sequential write, until uploaded"
 	wUntar        = "untar of Go's src/ (no cmd/, testdata/), until uploaded"
+	wRsync        = "rsync -a of the same tree, until uploaded"
 )
 
 var benchWorkloads = []string{
 	wColdRead, wWarmRead, wPageRead, wRandomCold, wRandomWarm, wHead,
 	wLsCold, wLsWarm, wFindCold, wParallel,
-	wCreatesClose, wCreatesDone, wWriteClose, wWriteDone, wUntar,
+	wCreatesClose, wCreatesDone, wWriteClose, wWriteDone, wUntar, wRsync,
 }
 
 // bench is one run of the comparison.
@@ -413,10 +414,11 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 	fmt.Fprintf(&w, "\nraw rows (the limit): cold read = 8 parallel ranged GETs of 8 MiB; warm and repeated read, warm preads = the same bytes in a local file; "+
 		"cold preads = one 4 KiB ranged GET at a time; head = one 1-byte ranged GET; ls/find = one flat ListObjectsV2 of tree/ (1,000 keys a page); "+
 		"4 readers = 4 objects at once, 2 ranged GETs of 8 MiB in flight each; creates = 1,000 PUTs 16 at a time; write = SDK multipart upload, 16 MiB parts 8 at a time "+
-		"(a raw write is uploaded when it returns, so both its rows show the same run); untar = the same files PUT 16 at a time, read from the source folder.\n\n")
+		"(a raw write is uploaded when it returns, so both its rows show the same run); untar, rsync = the same files PUT 16 at a time, read from the source folder.\n\n")
 	fmt.Fprintf(&w, "head -c 1: bytes GET are counted 2 s after head returns, to include read-ahead. \"until uploaded\": nimbus = `nimbus sync`, then (every system) "+
 		"the bucket is polled until all objects are there with their size. "+
-		"untar: `tar -x --no-same-owner` of Go's src/ without cmd/ and the testdata/ folders (packed once; the notes give its files and bytes) into a fresh folder of the mount.\n\n")
+		"untar: `tar -x --no-same-owner` of Go's src/ without cmd/ and the testdata/ folders (packed once; the notes give its files and bytes) into a fresh folder of the mount. "+
+		"rsync: `rsync -a --no-owner --no-group` of the same files, from Go's src/, into a fresh folder of the mount.\n\n")
 	for _, s := range systems {
 		if chosen(s.name) {
 			about := s.about

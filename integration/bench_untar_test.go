@@ -148,14 +148,57 @@ func (s subject) untarTree(ctx context.Context, lap func(outcome)) error {
 	return nil
 }
 
-// rawUntar is the limit of untarTree: the same files PUT with the SDK, 16
-// at a time, read from the folder the tar was made from.
-func (s subject) rawUntar(ctx context.Context, lap func(outcome)) error {
+func (s subject) rsyncPrefix() string { return s.writePrefix() + "rsync/" }
+
+func (s subject) makeRsyncDir(ctx context.Context, lap func(outcome)) error {
+	if _, err := s.packedTree(); err != nil {
+		return err
+	}
+	return os.MkdirAll(s.m.path(s.rsyncPrefix()), 0o755)
+}
+
+// rsyncTree copies the tree's folder into the mount with rsync -a, as a
+// backup or a deploy does (each file: a temporary name, its times and mode
+// set after close(), a rename), and laps once the bucket holds every file.
+func (s subject) rsyncTree(ctx context.Context, lap func(outcome)) error {
 	u, err := s.packedTree()
 	if err != nil {
 		return err
 	}
-	prefix := s.untarPrefix()
+	// --no-owner, --no-group: as root rsync -a would chown every file, as
+	// tar would (see untarTree).
+	args := []string{"-a", "--no-owner", "--no-group", "--exclude=/cmd/", "--exclude=testdata/",
+		u.root + "/", s.m.path(s.rsyncPrefix())}
+	if out, err := runCtx(ctx, "rsync", args...); err != nil {
+		return fmt.Errorf("%w: %s", err, tail(string(out)))
+	}
+	if err := s.m.flush(ctx); err != nil {
+		return err
+	}
+	if err := s.waitFiles(ctx, s.rsyncPrefix(), u.files); err != nil {
+		return err
+	}
+	lap(outcome{bytes: u.bytes, note: u.note()})
+	return nil
+}
+
+// rawUntar is the limit of untarTree: the same files PUT with the SDK, 16
+// at a time, read from the folder the tar was made from.
+func (s subject) rawUntar(ctx context.Context, lap func(outcome)) error {
+	return s.rawPutTree(ctx, s.untarPrefix(), lap)
+}
+
+// rawRsync is the limit of rsyncTree, the same as rawUntar's.
+func (s subject) rawRsync(ctx context.Context, lap func(outcome)) error {
+	return s.rawPutTree(ctx, s.rsyncPrefix(), lap)
+}
+
+// rawPutTree PUTs the tree's files under prefix, 16 at a time.
+func (s subject) rawPutTree(ctx context.Context, prefix string, lap func(outcome)) error {
+	u, err := s.packedTree()
+	if err != nil {
+		return err
+	}
 	rels := make(chan string)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
