@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,7 +117,7 @@ func newTier(t *testing.T, opt tierOpt) *tier {
 	log := slog.New(slog.NewTextHandler(m.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("mount log (last lines):\n%s", m.logs.tail(200))
+			t.Logf("mount log (last lines):\n%s", m.logs.tail(tierLogLines()))
 		}
 	})
 
@@ -345,6 +346,15 @@ func ownKey(key string) bool {
 		}
 	}
 	return false
+}
+
+// tierLogLines is how many of its last log lines a failed test shows: 200,
+// or NIMBUS_TIER_LOG_LINES (for a failure whose cause is further back).
+func tierLogLines() int {
+	if n, err := strconv.Atoi(os.Getenv("NIMBUS_TIER_LOG_LINES")); err == nil && n > 0 {
+		return n
+	}
+	return 200
 }
 
 // tierLog collects a mount's log lines for a failed test's report.
