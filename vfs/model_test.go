@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -615,7 +617,33 @@ func modelTree(t *testing.T, root string) map[string]string {
 // compareTrees requires the mount at root to show what the model holds.
 func (d *modelRun) compareTrees(root, when string) {
 	d.t.Helper()
-	reportDiffs(d.t, "tree "+when, modelTree(d.t, d.ref), modelTree(d.t, root))
+	want, got := modelTree(d.t, d.ref), modelTree(d.t, root)
+	reportDiffs(d.t, "tree "+when, want, got)
+	if d.t.Failed() && root == d.m.mnt {
+		d.explain(want, got)
+	}
+}
+
+// explain logs what the mount knows of each path the trees disagree on:
+// its tree entry, the journal's newest pending op on it, and the store's
+// object, which tell apart a stale listing, a stale local entry and an
+// upload that should not have happened.
+func (d *modelRun) explain(want, got map[string]string) {
+	keys := maps.Clone(want)
+	maps.Copy(keys, got)
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		wv, inWant := want[k]
+		if gv, inGot := got[k]; inWant && inGot && wv == gv {
+			continue
+		}
+		dir, name := splitPath(k)
+		e, ok, err := d.m.fsys.cfg.Tree.Get(dir, name)
+		d.t.Logf("%s: tree entry %+v (found %v, err %v)", k, e, ok, err)
+		p, pending := d.m.jour.Pending(k)
+		d.t.Logf("%s: newest pending op %+v (pending %v)", k, p, pending)
+		_, info, err := d.m.object(k)
+		d.t.Logf("%s: store %+v (err %v)", k, info, err)
+	}
 }
 
 func reportDiffs(t *testing.T, when string, want, got map[string]string) {
