@@ -583,8 +583,18 @@ func describe(info fs.FileInfo) string {
 // hash too.
 func modelTree(t *testing.T, root string) map[string]string {
 	t.Helper()
-	out := make(map[string]string)
-	err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+	out, _, err := walkModel(root)
+	if err != nil {
+		t.Fatalf("walk %s: %v", root, err)
+	}
+	return out
+}
+
+// walkModel describes every file and folder under root, and on an error
+// says which path (relative to root) it was at.
+func walkModel(root string) (out map[string]string, at string, err error) {
+	out = make(map[string]string)
+	err = filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -597,6 +607,7 @@ func modelTree(t *testing.T, root string) map[string]string {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
+		at = rel
 		desc := describe(info)
 		if info.Mode().IsRegular() {
 			data, err := os.ReadFile(p)
@@ -608,16 +619,20 @@ func modelTree(t *testing.T, root string) map[string]string {
 		out[rel] = desc
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("walk %s: %v", root, err)
-	}
-	return out
+	return out, at, err
 }
 
 // compareTrees requires the mount at root to show what the model holds.
 func (d *modelRun) compareTrees(root, when string) {
 	d.t.Helper()
-	want, got := modelTree(d.t, d.ref), modelTree(d.t, root)
+	want := modelTree(d.t, d.ref)
+	got, at, err := walkModel(root)
+	if err != nil {
+		if root == d.m.mnt {
+			d.explainPath(at)
+		}
+		d.t.Fatalf("walk %s %s: %v", root, when, err)
+	}
 	reportDiffs(d.t, "tree "+when, want, got)
 	if d.t.Failed() && root == d.m.mnt {
 		d.explain(want, got)
@@ -636,13 +651,25 @@ func (d *modelRun) explain(want, got map[string]string) {
 		if gv, inGot := got[k]; inWant && inGot && wv == gv {
 			continue
 		}
-		dir, name := splitPath(k)
-		e, ok, err := d.m.fsys.cfg.Tree.Get(dir, name)
-		d.t.Logf("%s: tree entry %+v (found %v, err %v)", k, e, ok, err)
-		p, pending := d.m.jour.Pending(k)
-		d.t.Logf("%s: newest pending op %+v (pending %v)", k, p, pending)
-		_, info, err := d.m.object(k)
-		d.t.Logf("%s: store %+v (err %v)", k, info, err)
+		d.explainPath(k)
+	}
+}
+
+// explainPath logs what the mount knows of the path k (see explain), and
+// its live node's entry, if the kernel holds one.
+func (d *modelRun) explainPath(k string) {
+	dir, name := splitPath(k)
+	e, ok, err := d.m.fsys.cfg.Tree.Get(dir, name)
+	d.t.Logf("%s: tree entry %+v (found %v, err %v)", k, e, ok, err)
+	p, pending := d.m.jour.Pending(k)
+	d.t.Logf("%s: newest pending op %+v (pending %v)", k, p, pending)
+	_, info, err := d.m.object(k)
+	d.t.Logf("%s: store %+v (err %v)", k, info, err)
+	if n := d.m.fsys.liveFile(k); n != nil {
+		n.mu.Lock()
+		working := n.work != nil
+		n.mu.Unlock()
+		d.t.Logf("%s: live node entry %+v, working copy %v, content %+v", k, n.getEntry(), working, n.content())
 	}
 }
 
