@@ -125,9 +125,7 @@ func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName str
 				// the rename that made it. Its size is the one the
 				// copy was committed with: a listing still shows the
 				// object it replaces, if any.
-				if p.Size > 0 {
-					size = p.Size
-				}
+				size = f.pendingCopySize(p, size)
 				move = journal.Op{Kind: journal.Copy, Key: newKey, Src: key, Size: size}
 			}
 		} else if o.tree {
@@ -217,6 +215,27 @@ func (f *FS) tryRenameDir(ctx context.Context, srcDir, name, dstDir, newName str
 		}
 	}
 	return true, nil
+}
+
+// pendingCopySize is the size of the file a pending copy p makes: the size
+// it was committed with. A record from before copies kept their size says
+// 0, as does the copy of an empty file: then the tree's entry, which the
+// rename that made the copy wrote, tells, and failing that the size the
+// listing showed under the name (listed).
+func (f *FS) pendingCopySize(p journal.PendingOp, listed int64) int64 {
+	if p.Size > 0 {
+		return p.Size
+	}
+	if rel, ok := f.relPath(p.Key); ok {
+		dir, name := splitPath(rel)
+		e, known, err := f.cfg.Tree.Get(dir, name)
+		if err != nil {
+			f.log.Warn("size of a pending copy", "key", p.Key, "err", err)
+		} else if known && e.Local && !e.Dir && !e.Gone {
+			return e.Size
+		}
+	}
+	return listed
 }
 
 // movedAttrs returns the attributes a file moved by a folder rename keeps:

@@ -1,10 +1,13 @@
 package vfs
 
 import (
+	"bytes"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nimbus-fs/nimbus/journal"
 )
 
 // TestFolderRenameCopyDoneBeforeRenameReturns renames a folder holding a
@@ -90,4 +93,45 @@ func TestFolderRenameThenDeleteForgetsTheMove(t *testing.T) {
 	if n := moving(); n != 0 {
 		t.Fatalf("%d files still recorded as being moved once everything landed, want 0", n)
 	}
+}
+
+// An empty file renamed over a file of a folder, its server-side copy still
+// pending, keeps its size of 0 when the folder is renamed: the folder
+// rename used to take the size the listing showed under that name (the
+// file the copy replaces) for a pending copy of size 0, and reading the
+// file then failed with EIO (the copy's source is shorter than the size).
+func TestFolderRenameKeepsAPendingEmptyCopyEmpty(t *testing.T) {
+	old := bytes.Repeat([]byte("replaced "), 1000)
+	m := newTier(t, tierOpt{holdUploads: true, remote: seededRemote(t, map[string][]byte{"empty": nil, "d/f": old})})
+	if err := os.Rename(m.path("empty"), m.path("d/f")); err != nil { // a pending server-side copy
+		t.Fatal(err)
+	}
+	if p, ok := m.jour.Pending("d/f"); !ok || p.Kind != journal.Copy {
+		t.Fatalf("the rename left %+v pending on d/f, want a copy: the test proves nothing", p)
+	}
+	if err := os.Rename(m.path("d"), m.path("e")); err != nil {
+		t.Fatal(err)
+	}
+	// What a lookup after the kernel forgot the file shows.
+	if e, ok, err := m.fsys.cfg.Tree.Get("e", "f"); err != nil || !ok || e.Size != 0 {
+		t.Fatalf("the tree shows e/f as %+v (found %v, %v), want 0 bytes", e, ok, err)
+	}
+	for _, stage := range []string{"pending", "uploaded"} {
+		if stage == "uploaded" {
+			m.startUploads()
+			m.sync(tierSync)
+		}
+		st, err := os.Stat(m.path("e/f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() != 0 {
+			t.Fatalf("%s: e/f is %d bytes, want 0", stage, st.Size())
+		}
+		if got, err := os.ReadFile(m.path("e/f")); err != nil || len(got) != 0 {
+			t.Fatalf("%s: reading e/f: %d bytes, %v; want 0 bytes", stage, len(got), err)
+		}
+	}
+	m.wantRemote("e/f", nil)
+	m.wantNoRemote("d/f")
 }
