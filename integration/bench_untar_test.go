@@ -119,63 +119,61 @@ func (u *untarSet) note() string {
 
 func (s subject) untarPrefix() string { return s.writePrefix() + "untar/" }
 
+func (s subject) rsyncPrefix() string { return s.writePrefix() + "rsync/" }
+
 func (s subject) makeUntarDir(ctx context.Context, lap func(outcome)) error {
+	return s.makeTreeDir(s.untarPrefix())
+}
+
+func (s subject) makeRsyncDir(ctx context.Context, lap func(outcome)) error {
+	return s.makeTreeDir(s.rsyncPrefix())
+}
+
+// makeTreeDir packs the tree, if not yet, and makes the folder on the
+// mount it is put into.
+func (s subject) makeTreeDir(prefix string) error {
 	if _, err := s.packedTree(); err != nil {
 		return err
 	}
-	return os.MkdirAll(s.m.path(s.untarPrefix()), 0o755)
+	return os.MkdirAll(s.m.path(prefix), 0o755)
 }
 
 // untarTree unpacks the tree with tar into the mount, and laps once the
 // bucket holds every file with its size.
 func (s subject) untarTree(ctx context.Context, lap func(outcome)) error {
-	u, err := s.packedTree()
-	if err != nil {
-		return err
-	}
 	// As root tar would chown every file to the archive's owner: not what
 	// a user unpacking a download does.
-	if out, err := runCtx(ctx, "tar", "-x", "--no-same-owner", "-f", u.tar, "-C", s.m.path(s.untarPrefix())); err != nil {
-		return fmt.Errorf("%w: %s", err, tail(string(out)))
-	}
-	if err := s.m.flush(ctx); err != nil {
-		return err
-	}
-	if err := s.waitFiles(ctx, s.untarPrefix(), u.files); err != nil {
-		return err
-	}
-	lap(outcome{bytes: u.bytes, note: u.note()})
-	return nil
-}
-
-func (s subject) rsyncPrefix() string { return s.writePrefix() + "rsync/" }
-
-func (s subject) makeRsyncDir(ctx context.Context, lap func(outcome)) error {
-	if _, err := s.packedTree(); err != nil {
-		return err
-	}
-	return os.MkdirAll(s.m.path(s.rsyncPrefix()), 0o755)
+	return s.putTree(ctx, lap, s.untarPrefix(), func(u *untarSet, dst string) []string {
+		return []string{"tar", "-x", "--no-same-owner", "-f", u.tar, "-C", dst}
+	})
 }
 
 // rsyncTree copies the tree's folder into the mount with rsync -a, as a
 // backup or a deploy does (each file: a temporary name, its times and mode
 // set after close(), a rename), and laps once the bucket holds every file.
 func (s subject) rsyncTree(ctx context.Context, lap func(outcome)) error {
+	// --no-owner, --no-group: as root rsync -a would chown every file, as
+	// tar would (see untarTree).
+	return s.putTree(ctx, lap, s.rsyncPrefix(), func(u *untarSet, dst string) []string {
+		return []string{"rsync", "-a", "--no-owner", "--no-group", "--exclude=/cmd/", "--exclude=testdata/", u.root + "/", dst}
+	})
+}
+
+// putTree runs the command that puts the tree into the mount's folder at
+// prefix, and laps once the bucket holds every file with its size.
+func (s subject) putTree(ctx context.Context, lap func(outcome), prefix string, command func(u *untarSet, dst string) []string) error {
 	u, err := s.packedTree()
 	if err != nil {
 		return err
 	}
-	// --no-owner, --no-group: as root rsync -a would chown every file, as
-	// tar would (see untarTree).
-	args := []string{"-a", "--no-owner", "--no-group", "--exclude=/cmd/", "--exclude=testdata/",
-		u.root + "/", s.m.path(s.rsyncPrefix())}
-	if out, err := runCtx(ctx, "rsync", args...); err != nil {
+	args := command(u, s.m.path(prefix))
+	if out, err := runCtx(ctx, args[0], args[1:]...); err != nil {
 		return fmt.Errorf("%w: %s", err, tail(string(out)))
 	}
 	if err := s.m.flush(ctx); err != nil {
 		return err
 	}
-	if err := s.waitFiles(ctx, s.rsyncPrefix(), u.files); err != nil {
+	if err := s.waitFiles(ctx, prefix, u.files); err != nil {
 		return err
 	}
 	lap(outcome{bytes: u.bytes, note: u.note()})

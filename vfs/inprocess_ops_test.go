@@ -614,16 +614,7 @@ func TestTierAttrChangeAfterCloseLinksTheContent(t *testing.T) {
 	}
 
 	// A write now must not write into the shared file.
-	f, err := os.OpenFile(m.path("f"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("SECOND"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	m.mustWriteAt("f", []byte("SECOND"), 0)
 	got, err := io.ReadAll(io.NewSectionReader(held, 0, 1<<20))
 	if err != nil {
 		t.Fatal(err)
@@ -686,16 +677,7 @@ func TestTierRenameLinksCommittedContent(t *testing.T) {
 	if got := pendingInode("b"); got != ino {
 		t.Fatalf("after the rename the upload of b has inode %d, want a link of a's content (inode %d)", got, ino)
 	}
-	f, err := os.OpenFile(m.path("b"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("CHANGED"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	m.mustWriteAt("b", []byte("CHANGED"), 0)
 	if got := pendingInode("b"); got == ino {
 		t.Fatal("the write after the rename was committed in the linked file")
 	}

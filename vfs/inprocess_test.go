@@ -384,6 +384,22 @@ func (l *tierLog) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// mustWriteAt writes data at off into the existing file rel on the mount.
+func (m *tier) mustWriteAt(rel string, data []byte, off int64) {
+	m.t.Helper()
+	f, err := os.OpenFile(m.path(rel), os.O_WRONLY, 0)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		f.Close()
+		m.t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
 // mustWrite writes data to rel on the mount, creating or truncating it.
 func (m *tier) mustWrite(rel string, data []byte) {
 	m.t.Helper()
