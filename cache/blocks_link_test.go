@@ -178,12 +178,7 @@ func TestLoadDoesNotPunchASharedFile(t *testing.T) {
 
 	// The journal's upload lands and its name goes; the working copy
 	// still reads the file, which must stay whole through evictions.
-	if err := os.Remove(staged); err != nil {
-		t.Fatal(err)
-	}
-	h = e.s.Open(c)
-	defer h.Close()
-	e.readOnce(e.fake.put("third.bin", 6*testBS), 0, 6*testBS)
+	e.dropNameAndEvict(c, staged, "third.bin")
 	checkWhole(t, "the staged file, after its name went and the cache evicted", reader, c)
 }
 
@@ -197,17 +192,25 @@ func TestCleanReopenKeepsASharedFileWhole(t *testing.T) {
 	staged := e.stageFile(c)
 	e.mustLinkAdopt(c, staged)
 	e.reopen(nil)
-	reader := readerAt(t, staged)             // a working copy made from the staged file
-	if err := os.Remove(staged); err != nil { // the replayed upload lands
-		t.Fatal(err)
+	reader := readerAt(t, staged)              // a working copy made from the staged file
+	e.dropNameAndEvict(c, staged, "other.bin") // the replayed upload lands
+	checkWhole(t, "the staged file, after a clean reopen, its name gone and the cache evicting", reader, c)
+}
+
+// dropNameAndEvict removes the staged name of c's file, as the journal does
+// once its upload lands, and reads a new content as large as the cache
+// while c is open, which evicts c's blocks.
+func (e *blockEnv) dropNameAndEvict(c Content, staged, other string) {
+	e.t.Helper()
+	if err := os.Remove(staged); err != nil {
+		e.t.Fatal(err)
 	}
 	h := e.s.Open(c)
 	defer h.Close()
-	e.readOnce(e.fake.put("other.bin", 6*testBS), 0, 6*testBS)
+	e.readOnce(e.fake.put(other, 6*testBS), 0, 6*testBS)
 	if got := e.s.CachedBytes(c); got == c.Size {
-		t.Fatalf("all of c's %d bytes still cached: nothing was evicted, the test proves nothing", got)
+		e.t.Fatalf("all of c's %d bytes still cached: nothing was evicted, the test proves nothing", got)
 	}
-	checkWhole(t, "the staged file, after a clean reopen, its name gone and the cache evicting", reader, c)
 }
 
 func readerAt(t *testing.T, path string) io.ReaderAt {

@@ -311,7 +311,6 @@ func (s *BlockStore) checkContent(c *content, recs []blockRecord, drop [][]byte)
 		// Shared with a staged file the journal will upload again
 		// (LinkAdopt before the crash; loadContents marked it): it holds
 		// all of c's bytes, so nothing is punched.
-		c.shared = true
 		return valid, drop
 	}
 	// Every block no record claims is punched, by ranges: it may hold
