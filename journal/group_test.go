@@ -189,3 +189,87 @@ func TestCompletionsShareOneTransaction(t *testing.T) {
 	}
 	m.assertNoStagedLeft()
 }
+
+// gateKeys holds every call on the given keys at a gate of its own.
+func gateKeys(m *machine, keys ...string) map[string]*gate {
+	gates := map[string]*gate{}
+	for _, k := range keys {
+		gates[k] = newGate()
+	}
+	m.hooks.setHooks(func(ctx context.Context, c call) error {
+		if g := gates[c.Key]; g != nil {
+			return g.hold(ctx, c)
+		}
+		return nil
+	}, nil)
+	return gates
+}
+
+// A finished upload gives its slot back before its completion is
+// recorded: with one slot, the next upload starts while the first one
+// waits for the writer lock.
+func TestAFinishedUploadFreesItsSlotBeforeItIsRecorded(t *testing.T) {
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 1 })
+	big := strings.Repeat("x", smallSize+1) // not small: one slot for both
+	gates := gateKeys(m, "b")
+	m.put("a", "a"+big, Base{})
+	m.put("b", "b"+big, Base{})
+	m.j.writeMu.Lock()
+	locked := true
+	defer func() {
+		if locked { // a failure below: let the machine stop
+			m.j.writeMu.Unlock()
+		}
+	}()
+	m.run()
+	wait.Until(t, 10*time.Second, "a's completion queued", func() bool { return m.completionsQueued() == 1 })
+	gates["b"].wait(t) // b started while a is not recorded yet
+	m.j.writeMu.Unlock()
+	locked = false
+	gates["b"].release()
+	m.waitIdle()
+	r.assertFiles(map[string]string{"a": "a" + big, "b": "b" + big})
+	m.assertNoStagedLeft()
+}
+
+// The first completion lingers while other uploads are in flight, and the
+// completions that arrive meanwhile share its transaction.
+func TestCompletionsLingerForUploadsInFlight(t *testing.T) {
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 8 })
+	lingering, resume := make(chan struct{}, 1), make(chan struct{})
+	var resumeOnce sync.Once
+	resumeAll := func() { resumeOnce.Do(func() { close(resume) }) }
+	defer resumeAll() // a failure below: let the machine stop
+	m.j.linger = func() {
+		lingering <- struct{}{}
+		<-resume
+	}
+	keys := []string{"a", "b", "c"}
+	gates := gateKeys(m, keys...)
+	for _, k := range keys {
+		m.put(k, "v1 of "+k, Base{})
+	}
+	m.run()
+	for _, k := range keys {
+		gates[k].wait(t)
+	}
+	before := m.j.completeTxs.Load()
+	gates["a"].release()
+	select {
+	case <-lingering:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a's completion did not linger while b and c were uploading")
+	}
+	gates["b"].release()
+	gates["c"].release()
+	wait.Until(t, 10*time.Second, "all completions queued", func() bool { return m.completionsQueued() == len(keys) })
+	resumeAll()
+	m.waitIdle()
+	if got := m.j.completeTxs.Load() - before; got != 1 {
+		t.Errorf("3 completions a little apart took %d transactions, want 1", got)
+	}
+	r.assertFiles(map[string]string{"a": "v1 of a", "b": "v1 of b", "c": "v1 of c"})
+	m.assertNoStagedLeft()
+}

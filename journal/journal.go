@@ -403,6 +403,12 @@ type Journal struct {
 	queueMu   sync.Mutex
 	commitQ   []*commitRequest // GUARDED_BY(queueMu)
 	completeQ []*completion    // GUARDED_BY(queueMu): finished ops to record
+	// completeLed: a completion leads the group in completeQ (it records
+	// the group once it has lingered; see complete).
+	completeLed bool // GUARDED_BY(queueMu)
+	// linger is how the leader of a group of completions waits for more
+	// while other uploads are in flight (completionLinger; tests stub it).
+	linger func()
 	// commitTxs and completeTxs count the bbolt transactions of Commit
 	// calls and of completions (tests).
 	commitTxs, completeTxs atomic.Int64
@@ -464,6 +470,7 @@ func Open(cfg Config) (*Journal, error) {
 		spareFiles:  cfg.SpareFiles,
 		syncFile:    (*os.File).Sync,
 		syncDir:     syncDir,
+		linger:      func() { time.Sleep(completionLinger) },
 		entries:     map[uint64]*entry{},
 		keyQ:        map[string][]*entry{},
 		groupQ:      map[uint64][]*entry{},
