@@ -128,8 +128,13 @@ func (j *Journal) complete(e *entry, rec record, out outcome) {
 	j.mu.Lock()
 	j.uploading--
 	others := j.uploading > 0
-	j.notifyLocked() // the dispatcher may start the next op
 	j.mu.Unlock()
+	// The dispatcher may start the next op. Only it: nothing a waiter
+	// (WaitIdle) looks at changes until the op is recorded.
+	select {
+	case j.wake <- struct{}{}:
+	default:
+	}
 
 	c := &completion{e: e, rec: rec, out: out}
 	j.queueMu.Lock()
