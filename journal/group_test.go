@@ -2,9 +2,11 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,5 +273,48 @@ func TestCompletionsLingerForUploadsInFlight(t *testing.T) {
 		t.Errorf("3 completions a little apart took %d transactions, want 1", got)
 	}
 	r.assertFiles(map[string]string{"a": "v1 of a", "b": "v1 of b", "c": "v1 of c"})
+	m.assertNoStagedLeft()
+}
+
+// A group of completions whose transaction fails puts every op back: each
+// runs again, finds its own content in the store (no conflict), and is
+// recorded; the slots they gave back are not given back twice.
+func TestAFailedCompletionRecordRetriesItsOps(t *testing.T) {
+	r := newRemote(t)
+	m := newMachine(t, r.root, "laptop", func(c *Config) { c.Concurrency = 8 })
+	var fails atomic.Int32
+	record := m.j.recordCompletions
+	m.j.recordCompletions = func(fn func(*bbolt.Tx) error) error {
+		if fails.Add(1) == 1 {
+			return errors.New("disk full")
+		}
+		return record(fn)
+	}
+	keys := []string{"a", "b", "c"}
+	gates := gateKeys(m, keys...)
+	for _, k := range keys {
+		m.put(k, "v1 of "+k, Base{})
+	}
+	m.run()
+	for _, k := range keys {
+		gates[k].wait(t)
+	}
+	for _, k := range keys {
+		gates[k].release() // all three finish at once: one group, which fails
+	}
+	m.waitIdle()
+	if n := fails.Load(); n < 2 {
+		t.Fatalf("%d completion transactions, want the failed one and more", n)
+	}
+	r.assertFiles(map[string]string{"a": "v1 of a", "b": "v1 of b", "c": "v1 of c"})
+	if c := m.j.Conflicts(); len(c) != 0 {
+		t.Errorf("conflicts = %+v", c)
+	}
+	m.j.mu.Lock()
+	uploading := m.j.uploading
+	m.j.mu.Unlock()
+	if uploading != 0 {
+		t.Errorf("uploading = %d once idle, want 0", uploading)
+	}
 	m.assertNoStagedLeft()
 }

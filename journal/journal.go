@@ -409,6 +409,9 @@ type Journal struct {
 	// linger is how the leader of a group of completions waits for more
 	// while other uploads are in flight (completionLinger; tests stub it).
 	linger func()
+	// recordCompletions runs the transaction of a group of completions:
+	// db.Update; tests make it fail.
+	recordCompletions func(fn func(*bbolt.Tx) error) error
 	// commitTxs and completeTxs count the bbolt transactions of Commit
 	// calls and of completions (tests).
 	commitTxs, completeTxs atomic.Int64
@@ -455,30 +458,31 @@ func Open(cfg Config) (*Journal, error) {
 		return nil, fmt.Errorf("journal: create staging folder: %w", err)
 	}
 	j := &Journal{
-		db:          cfg.DB,
-		dir:         dir,
-		store:       cfg.Store,
-		host:        cfg.Host,
-		concurrency: cfg.Concurrency,
-		minBackoff:  cfg.MinBackoff,
-		maxBackoff:  cfg.MaxBackoff,
-		now:         cfg.Now,
-		log:         cfg.Logger,
-		applied:     cfg.Applied,
-		uploadDelay: cfg.UploadDelay,
-		inlineLimit: cfg.InlineLimit,
-		spareFiles:  cfg.SpareFiles,
-		syncFile:    (*os.File).Sync,
-		syncDir:     syncDir,
-		linger:      func() { time.Sleep(completionLinger) },
-		entries:     map[uint64]*entry{},
-		keyQ:        map[string][]*entry{},
-		groupQ:      map[uint64][]*entry{},
-		staged:      map[string]*entry{},
-		keyDelays:   map[string]*keyDelay{},
-		liveStreams: map[*Stream]struct{}{},
-		changed:     make(chan struct{}),
-		wake:        make(chan struct{}, 1),
+		db:                cfg.DB,
+		dir:               dir,
+		store:             cfg.Store,
+		host:              cfg.Host,
+		concurrency:       cfg.Concurrency,
+		minBackoff:        cfg.MinBackoff,
+		maxBackoff:        cfg.MaxBackoff,
+		now:               cfg.Now,
+		log:               cfg.Logger,
+		applied:           cfg.Applied,
+		uploadDelay:       cfg.UploadDelay,
+		inlineLimit:       cfg.InlineLimit,
+		spareFiles:        cfg.SpareFiles,
+		syncFile:          (*os.File).Sync,
+		syncDir:           syncDir,
+		linger:            func() { time.Sleep(completionLinger) },
+		recordCompletions: cfg.DB.Update,
+		entries:           map[uint64]*entry{},
+		keyQ:              map[string][]*entry{},
+		groupQ:            map[uint64][]*entry{},
+		staged:            map[string]*entry{},
+		keyDelays:         map[string]*keyDelay{},
+		liveStreams:       map[*Stream]struct{}{},
+		changed:           make(chan struct{}),
+		wake:              make(chan struct{}, 1),
 	}
 	j.startWriteBack = startWriteBack
 	if j.host == "" {

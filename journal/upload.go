@@ -209,7 +209,7 @@ func (j *Journal) completeQueuedLocked() ([]*completion, error) {
 	}
 	j.mu.Unlock()
 	j.completeTxs.Add(1)
-	err := j.db.Update(func(tx *bbolt.Tx) error {
+	err := j.recordCompletions(func(tx *bbolt.Tx) error {
 		for _, c := range batch {
 			if err := deleteRecord(tx, c.rec.Seq); err != nil {
 				return err
