@@ -207,6 +207,21 @@ func gateKeys(m *machine, keys ...string) map[string]*gate {
 	return gates
 }
 
+// uploadsHeld puts "v1 of KEY" at each key, runs m, and returns once each
+// upload is held at its own gate.
+func uploadsHeld(t *testing.T, m *machine, keys ...string) map[string]*gate {
+	t.Helper()
+	gates := gateKeys(m, keys...)
+	for _, k := range keys {
+		m.put(k, "v1 of "+k, Base{})
+	}
+	m.run()
+	for _, k := range keys {
+		gates[k].wait(t)
+	}
+	return gates
+}
+
 // A finished upload gives its slot back before its completion is
 // recorded: with one slot, the next upload starts while the first one
 // waits for the writer lock.
@@ -249,14 +264,7 @@ func TestCompletionsLingerForUploadsInFlight(t *testing.T) {
 		<-resume
 	}
 	keys := []string{"a", "b", "c"}
-	gates := gateKeys(m, keys...)
-	for _, k := range keys {
-		m.put(k, "v1 of "+k, Base{})
-	}
-	m.run()
-	for _, k := range keys {
-		gates[k].wait(t)
-	}
+	gates := uploadsHeld(t, m, keys...)
 	before := m.j.completeTxs.Load()
 	gates["a"].release()
 	select {
@@ -291,14 +299,7 @@ func TestAFailedCompletionRecordRetriesItsOps(t *testing.T) {
 		return record(fn)
 	}
 	keys := []string{"a", "b", "c"}
-	gates := gateKeys(m, keys...)
-	for _, k := range keys {
-		m.put(k, "v1 of "+k, Base{})
-	}
-	m.run()
-	for _, k := range keys {
-		gates[k].wait(t)
-	}
+	gates := uploadsHeld(t, m, keys...)
 	for _, k := range keys {
 		gates[k].release() // all three finish at once: one group, which fails
 	}
