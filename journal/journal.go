@@ -399,13 +399,11 @@ type Journal struct {
 	writeMu sync.Mutex
 	// queueMu guards commitQ and completeQ: the Commit calls and the
 	// finished ops waiting for writeMu, which the next holder records
-	// together (group commit). A leaf lock.
+	// together (group commit; the first completion queued leads the
+	// others, see complete). A leaf lock.
 	queueMu   sync.Mutex
 	commitQ   []*commitRequest // GUARDED_BY(queueMu)
 	completeQ []*completion    // GUARDED_BY(queueMu): finished ops to record
-	// completeLed: a completion leads the group in completeQ (it records
-	// the group once it has lingered; see complete).
-	completeLed bool // GUARDED_BY(queueMu)
 	// linger is how the leader of a group of completions waits for more
 	// while other uploads are in flight (completionLinger; tests stub it).
 	linger func()

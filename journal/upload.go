@@ -138,9 +138,8 @@ func (j *Journal) complete(e *entry, rec record, out outcome) {
 
 	c := &completion{e: e, rec: rec, out: out}
 	j.queueMu.Lock()
+	lead := len(j.completeQ) == 0
 	j.completeQ = append(j.completeQ, c)
-	lead := !j.completeLed
-	j.completeLed = true
 	j.queueMu.Unlock()
 	if !lead {
 		return
@@ -188,8 +187,7 @@ type completion struct {
 func (j *Journal) completeQueuedLocked() ([]*completion, error) {
 	j.queueMu.Lock()
 	batch := j.completeQ
-	j.completeQ = nil
-	j.completeLed = false // a completion from now on leads a new group
+	j.completeQ = nil // a completion from now on leads a new group
 	j.queueMu.Unlock()
 
 	// Ops that completed together were uploading at once, so none waits
