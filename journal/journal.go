@@ -456,33 +456,33 @@ func Open(cfg Config) (*Journal, error) {
 		return nil, fmt.Errorf("journal: create staging folder: %w", err)
 	}
 	j := &Journal{
-		db:                cfg.DB,
-		dir:               dir,
-		store:             cfg.Store,
-		host:              cfg.Host,
-		concurrency:       cfg.Concurrency,
-		minBackoff:        cfg.MinBackoff,
-		maxBackoff:        cfg.MaxBackoff,
-		now:               cfg.Now,
-		log:               cfg.Logger,
-		applied:           cfg.Applied,
-		uploadDelay:       cfg.UploadDelay,
-		inlineLimit:       cfg.InlineLimit,
-		spareFiles:        cfg.SpareFiles,
-		syncFile:          (*os.File).Sync,
-		syncDir:           syncDir,
-		linger:            func() { time.Sleep(completionLinger) },
-		recordCompletions: cfg.DB.Update,
-		entries:           map[uint64]*entry{},
-		keyQ:              map[string][]*entry{},
-		groupQ:            map[uint64][]*entry{},
-		staged:            map[string]*entry{},
-		keyDelays:         map[string]*keyDelay{},
-		liveStreams:       map[*Stream]struct{}{},
-		changed:           make(chan struct{}),
-		wake:              make(chan struct{}, 1),
+		db:          cfg.DB,
+		dir:         dir,
+		store:       cfg.Store,
+		host:        cfg.Host,
+		concurrency: cfg.Concurrency,
+		minBackoff:  cfg.MinBackoff,
+		maxBackoff:  cfg.MaxBackoff,
+		now:         cfg.Now,
+		log:         cfg.Logger,
+		applied:     cfg.Applied,
+		uploadDelay: cfg.UploadDelay,
+		inlineLimit: cfg.InlineLimit,
+		spareFiles:  cfg.SpareFiles,
+		syncFile:    (*os.File).Sync,
+		syncDir:     syncDir,
+		entries:     map[uint64]*entry{},
+		keyQ:        map[string][]*entry{},
+		groupQ:      map[uint64][]*entry{},
+		staged:      map[string]*entry{},
+		keyDelays:   map[string]*keyDelay{},
+		liveStreams: map[*Stream]struct{}{},
+		changed:     make(chan struct{}),
+		wake:        make(chan struct{}, 1),
 	}
 	j.startWriteBack = startWriteBack
+	j.linger = func() { time.Sleep(completionLinger) }
+	j.recordCompletions = cfg.DB.Update
 	if j.host == "" {
 		j.host = shortHostname()
 	}
