@@ -818,6 +818,12 @@ func (j *Journal) whyPendingLocked(e *entry) string {
 func (j *Journal) notifyLocked() {
 	close(j.changed)
 	j.changed = make(chan struct{})
+	j.nudge()
+}
+
+// nudge wakes the dispatcher only. wake is never closed, so no lock is
+// needed.
+func (j *Journal) nudge() {
 	select {
 	case j.wake <- struct{}{}:
 	default:

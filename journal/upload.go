@@ -131,10 +131,7 @@ func (j *Journal) complete(e *entry, rec record, out outcome) {
 	j.mu.Unlock()
 	// The dispatcher may start the next op. Only it: nothing a waiter
 	// (WaitIdle) looks at changes until the op is recorded.
-	select {
-	case j.wake <- struct{}{}:
-	default:
-	}
+	j.nudge()
 
 	c := &completion{e: e, rec: rec, out: out}
 	j.queueMu.Lock()
