@@ -17,6 +17,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/sys/unix"
 
+	nimbuss3 "github.com/nimbus-fs/nimbus/backend/s3"
 	"github.com/nimbus-fs/nimbus/integration/s3proxy"
 )
 
@@ -127,7 +128,10 @@ func benchFileSystems(b *testing.B) {
 	})
 	bx := &bench{
 		b: b, e: e, proxy: proxy, limit: limit,
-		s3:   awss3.New(e.s3.Options(), func(o *awss3.Options) { o.BaseEndpoint = aws.String(proxy.URL) }),
+		s3: awss3.New(e.s3.Options(), func(o *awss3.Options) {
+			o.BaseEndpoint = aws.String(proxy.URL)
+			o.APIOptions = append(o.APIOptions, nimbuss3.UnsignedPayload) // as nimbus uploads to a loopback endpoint
+		}),
 		rows: make(map[string]map[string]*benchRow),
 	}
 	bx.putDataset()
@@ -414,7 +418,8 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 	fmt.Fprintf(&w, "\nraw rows (the limit): cold read = 8 parallel ranged GETs of 8 MiB; warm and repeated read, warm preads = the same bytes in a local file; "+
 		"cold preads = one 4 KiB ranged GET at a time; head = one 1-byte ranged GET; ls/find = one flat ListObjectsV2 of tree/ (1,000 keys a page); "+
 		"4 readers = 4 objects at once, 2 ranged GETs of 8 MiB in flight each; creates = 1,000 PUTs 16 at a time; write = SDK multipart upload, 16 MiB parts 8 at a time "+
-		"(a raw write is uploaded when it returns, so both its rows show the same run); untar, rsync = the same files PUT 16 at a time, read from the source folder.\n\n")
+		"(a raw write is uploaded when it returns, so both its rows show the same run); untar, rsync = the same files PUT 16 at a time, read from the source folder. "+
+		"Raw bodies are sent as nimbus sends them to a loopback endpoint: unsigned (UNSIGNED-PAYLOAD) and without a checksum.\n\n")
 	fmt.Fprintf(&w, "head -c 1: bytes GET are counted 2 s after head returns, to include read-ahead. \"until uploaded\": nimbus = `nimbus sync`, then (every system) "+
 		"the bucket is polled until all objects are there with their size. "+
 		"untar: `tar -x --no-same-owner` of Go's src/ without cmd/ and the testdata/ folders (packed once; the notes give its files and bytes) into a fresh folder of the mount. "+

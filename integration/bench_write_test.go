@@ -203,7 +203,12 @@ func rawPuts(ctx context.Context, client *awss3.Client, bucket, prefix string, n
 // rawMultipart uploads body with the SDK's transfer manager: 16 MiB parts,
 // 8 at a time.
 func rawMultipart(ctx context.Context, client *awss3.Client, bucket, key string, body io.Reader) error {
-	up := manager.NewUploader(client, func(u *manager.Uploader) { u.PartSize = 16 << 20; u.Concurrency = 8 })
+	up := manager.NewUploader(client, func(u *manager.Uploader) {
+		u.PartSize, u.Concurrency = 16<<20, 8
+		// No CRC32 of each part: nimbus sends none to a store at an
+		// endpoint of its own (backend/s3).
+		u.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	})
 	_, err := up.Upload(ctx, &awss3.PutObjectInput{Bucket: &bucket, Key: aws.String(key), Body: body})
 	return err
 }

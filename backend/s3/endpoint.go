@@ -2,13 +2,16 @@ package s3
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/middleware"
 )
 
 // Where a custom endpoint came from, for messages.
@@ -65,4 +68,32 @@ func checkEndpoint(endpoint, source string) (string, error) {
 		return "", fmt.Errorf("s3: endpoint %q (%s) holds a user name or password: give credentials with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile", u.Redacted(), source)
 	}
 	return strings.TrimRight(endpoint, "/"), nil
+}
+
+// loopbackEndpoint reports whether endpoint, a checked endpoint URL, names
+// this machine: localhost, or a literal loopback address. A name is not
+// resolved: what it resolves to may change.
+func loopbackEndpoint(endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return false
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// UnsignedPayload is an API option of an S3 client: a request carries its
+// body unsigned (UNSIGNED-PAYLOAD) rather than signed with its SHA-256, as
+// the SDK already sends it over TLS. Operations without a payload hash step
+// (a presigned request) are left alone. A Store uses it for a loopback
+// endpoint; the benchmark's raw client, to upload as nimbus does.
+func UnsignedPayload(stack *middleware.Stack) error {
+	if _, ok := stack.Finalize.Get((*v4.ComputePayloadSHA256)(nil).ID()); !ok {
+		return nil
+	}
+	return v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware(stack)
 }

@@ -268,6 +268,15 @@ func newStore(awsCfg aws.Config, cfg Config) *Store {
 		// Ranged GETs cannot be checked against whole-object
 		// checksums; If-Match on the ETag guards consistency instead.
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		if loopbackEndpoint(cfg.Endpoint) {
+			// Over plain HTTP the SDK signs every body with its SHA-256,
+			// and the store hashes it again to check: two passes over
+			// each byte uploaded, a third of a large write's CPU. Over
+			// TLS it sends bodies unsigned, the channel guarding them; a
+			// loopback connection never leaves the machine, so the same
+			// holds for it.
+			o.APIOptions = append(o.APIOptions, UnsignedPayload)
+		}
 		if opt := cfg.Encryption.apiOption(); opt != nil {
 			o.APIOptions = append(o.APIOptions, opt)
 		}
