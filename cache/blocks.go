@@ -46,6 +46,10 @@ const (
 	// pinSpareBytes is the free space Pin leaves on the cache's file
 	// system, for the database, the journal and everything else on it.
 	pinSpareBytes = 64 << 20
+
+	// maxSyncDelay is how long a flush may leave a content file unsynced
+	// while GETs are still writing into it (see flush).
+	maxSyncDelay = 10 * time.Second
 )
 
 // ErrBlockStoreClosed is returned by reads after BlockStore.Close.
@@ -216,6 +220,9 @@ type BlockStore struct {
 	maxAheadBlocks int64 // largest read-ahead window of one handle; 0 = none
 	aheadLimit     int64 // most bytes of unread read-ahead in the whole store
 
+	// maxSyncDelay is the constant of that name; tests shorten it.
+	maxSyncDelay time.Duration
+
 	ctx    context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // fetch runs and the flusher
@@ -293,6 +300,9 @@ type content struct {
 	// pinned: the content's blocks are never evicted and count as
 	// pinnedBytes; it stays in the index (and the database) without blocks.
 	pinned bool // GUARDED_BY(BlockStore.mu)
+	// syncDeferred: when a flush first left the file unsynced because GETs
+	// were writing into it; zero once it is synced.
+	syncDeferred time.Time // GUARDED_BY(BlockStore.mu)
 	// goneErr, once set, retires the content: it left the index, its file
 	// was unlinked (the path may already belong to a successor with the
 	// same id), and reads through old handles fail with goneErr.
@@ -360,6 +370,7 @@ func OpenBlockStore(cfg BlockStoreConfig) (*BlockStore, error) {
 		page:           pageSizeFor(bs),
 		capacity:       cfg.Capacity,
 		flushInterval:  cfg.FlushInterval,
+		maxSyncDelay:   maxSyncDelay,
 		runBlocks:      max(1, min(maxRunBytes, cfg.Capacity/4)/bs),
 		maxAheadBlocks: max(0, min(cfg.ReadAhead, cfg.Capacity/4)/bs),
 		aheadLimit:     cfg.Capacity / 2,

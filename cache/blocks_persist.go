@@ -457,12 +457,23 @@ func (b *flushBatch) empty() bool {
 // written since the last flush, then one bbolt transaction, so that no
 // committed record claims data that is not durable. clean marks a clean
 // shutdown, which lets the next open skip checking the records.
+//
+// A file that GETs are still writing into is left for a later flush, with
+// its new block records, until they pause or for maxSyncDelay at most
+// (not at a clean shutdown): its fdatasync would write back what they are
+// writing while they write it, and they stall behind it. A cold 1 GiB read
+// with a flush in its middle took 1.25-1.39 s here, 0.93-0.96 s without.
+// A crash meanwhile only forgets those blocks, which are fetched again.
 func (s *BlockStore) flush(clean bool) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 
 	s.mu.Lock()
-	b := s.snapshotLocked()
+	var deferred map[*content]bool
+	if !clean {
+		deferred = s.deferredSyncsLocked(time.Now())
+	}
+	b := s.snapshotLocked(deferred)
 	s.mu.Unlock()
 	if b.empty() && !clean {
 		return nil
@@ -524,7 +535,7 @@ func (s *BlockStore) flush(clean bool) error {
 }
 
 // snapshotLocked takes the pending changes for a flush.
-func (s *BlockStore) snapshotLocked() *flushBatch {
+func (s *BlockStore) snapshotLocked(deferred map[*content]bool) *flushBatch {
 	b := &flushBatch{contentDels: s.gone}
 	s.gone = nil
 	toRecord := make(map[*content]bool)
@@ -547,27 +558,59 @@ func (s *BlockStore) snapshotLocked() *flushBatch {
 		}
 		if !cached || k.c.gone() {
 			b.dels = append(b.dels, k)
+			delete(s.pending, k)
 			continue
 		}
+		if deferred[k.c] {
+			continue // recorded once its file is synced
+		}
 		b.puts = append(b.puts, blockRecord{k: k, seq: seq, partial: partial, mask: mask})
+		delete(s.pending, k)
 		if !k.c.recorded {
 			toRecord[k.c] = true
 		}
 	}
-	clear(s.pending)
 	for c := range toRecord {
 		b.contentPuts = append(b.contentPuts, contentPut{c, contentRecord{Key: c.key, ETag: c.etag, Size: c.size, Pinned: c.pinned}})
 	}
 	for c := range s.unsynced {
+		if deferred[c] {
+			continue
+		}
+		delete(s.unsynced, c)
 		if c.f == nil {
 			continue // cannot happen: an unsynced file stays open
 		}
 		c.refs++
+		c.syncDeferred = time.Time{}
 		b.syncs = append(b.syncs, c)
 		b.files = append(b.files, c.f)
 	}
-	clear(s.unsynced)
 	return b
+}
+
+// deferredSyncsLocked returns the unsynced contents that GETs are writing
+// into, which flush leaves for later, except those left since
+// maxSyncDelay before now.
+func (s *BlockStore) deferredSyncsLocked(now time.Time) map[*content]bool {
+	var out map[*content]bool
+	for k := range s.flights {
+		c := k.c
+		if _, dirty := s.unsynced[c]; !dirty || out[c] {
+			continue
+		}
+		if c.syncDeferred.IsZero() {
+			c.syncDeferred = now
+		}
+		if now.Sub(c.syncDeferred) >= s.maxSyncDelay {
+			continue
+		}
+		if out == nil {
+			out = make(map[*content]bool)
+		}
+		out[c] = true
+	}
+	return out
 }
 
 // commit writes a batch in one transaction: deletions first, so that a
