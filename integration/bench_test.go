@@ -298,6 +298,10 @@ func (bx *bench) skipPlan(system string, p plan, why string) {
 func (bx *bench) measure(system string, m benchMount, s step) bool {
 	if s.dropPageCache {
 		dropPageCache(bx.b)
+	} else {
+		// The write-back a previous step left (a cache filled by a read)
+		// is not this step's: it starts with none, as a cold one does.
+		unix.Sync()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bx.limit)
 	defer cancel()
@@ -385,7 +389,7 @@ func (bx *bench) table(systems []benchSystem, chosen func(string) bool, took tim
 		"(a counting proxy in front of MinIO is every system's endpoint, raw's too). "+
 		"**peak RSS** is VmHWM of the mount process after the workload. "+
 		"**CPU/MiB** is the user+system CPU time the mount process spent during the workload (/proc/PID/stat), per MiB read or written. "+
-		"Steps marked cold drop the page cache first, MinIO's included, for every system alike. "+
+		"Every step starts after a sync(2), untimed; steps marked cold also drop the page cache, MinIO's included, for every system alike. "+
 		"Time limit per workload: %s.\n\n", bx.limit)
 
 	ops := s3proxy.Ops()
